@@ -1,0 +1,52 @@
+# kryonix-dagster: `make demo` sets everything up and runs the main job on local defaults;
+# `make test` runs the test suite against the real local services.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+# Local defaults for the demo and `make dev`: a loopback S3 stand-in and a Dagster home
+# inside the checkout. Any of these set in the environment wins.
+export KRYONIX_LOCAL_DIR ?= $(CURDIR)/.kryonix
+export KRYONIX_S3_ENDPOINT ?= http://127.0.0.1:9900
+export KRYONIX_S3_ACCESS_KEY ?= kryonix-demo
+export KRYONIX_S3_SECRET_KEY ?= kryonix-demo-secret
+export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
+DEMO_TENANTS ?= 3
+DEMO_SCALE ?= 1
+
+.PHONY: install system-deps services s3 demo dev test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+services:
+	@scripts/start-services.sh
+
+s3: install
+	@if [ "$(KRYONIX_S3_ENDPOINT)" = "http://127.0.0.1:9900" ]; then scripts/s3-standin.sh; fi
+
+demo: install system-deps services s3
+	@mkdir -p "$(DAGSTER_HOME)"
+	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
+	$(BIN)/kryonix-backup tenants list
+
+dev: install system-deps services s3
+	@mkdir -p "$(DAGSTER_HOME)"
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install system-deps services
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	@if [ -f "$(KRYONIX_LOCAL_DIR)/moto_server.pid" ]; then kill $$(cat "$(KRYONIX_LOCAL_DIR)/moto_server.pid") 2>/dev/null || true; fi
+	rm -rf "$(KRYONIX_LOCAL_DIR)" .pytest_cache

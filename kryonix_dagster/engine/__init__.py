@@ -1,0 +1,1 @@
+"""The backup engine: tenants, naming, per-service tiers, restic, keys. No Dagster here."""

@@ -1,0 +1,72 @@
+"""Idempotent creation and migration of the main database (`kryonix_main`).
+
+Each migration runs once, in order, inside one transaction that also records it in
+`tenants.schema_migrations`; an advisory lock serialises concurrent migrators. Running
+`migrate` twice changes nothing the second time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import pg
+from .config import Settings
+
+_MIGRATION_LOCK = 0x6B72796F  # "kryo": pg_advisory_xact_lock key for migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "tenant registry",
+        """
+        CREATE TABLE tenants.clientes (
+            id          text PRIMARY KEY CHECK (id ~ '^[a-z0-9]{1,32}$'),
+            nome        text NOT NULL,
+            plano       text NOT NULL,
+            status      text NOT NULL DEFAULT 'ativo' CHECK (status IN ('ativo', 'inativo')),
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX clientes_status_plano ON tenants.clientes (status, plano);
+        """,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    database_created: bool
+    applied: tuple[int, ...]
+    current_version: int
+
+
+def migrate(settings: Settings) -> MigrationReport:
+    """Create the main database if missing and apply pending migrations."""
+    created = pg.create_database(settings.pg_dsn, settings.main_db)
+    applied: list[int] = []
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        cur.execute("CREATE SCHEMA IF NOT EXISTS tenants")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS tenants.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute("SELECT version FROM tenants.schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO tenants.schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied.append(migration.version)
+    return MigrationReport(created, tuple(applied), MIGRATIONS[-1].version)

@@ -1,0 +1,115 @@
+"""The isolation contract: every per-tenant name is derived here and only here.
+
+A tenant id matches ``^[a-z0-9]{1,32}$``. Ids carry no separator characters, so the
+separators used below (``_``, ``-``, ``:``) make one tenant's names never a prefix of
+another's: ``cliente-1-`` does not match ``cliente-10-media``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadInput
+
+TENANT_ID_PATTERN = re.compile(r"[a-z0-9]{1,32}")
+PLANS = ("basic", "pro", "enterprise")
+STATUSES = ("ativo", "inativo")
+
+
+def validate_tenant_id(raw: object) -> str:
+    """Return the id if it obeys the contract, else raise BadInput (exit 2)."""
+    if not isinstance(raw, str) or not TENANT_ID_PATTERN.fullmatch(raw):
+        shown = repr(raw) if isinstance(raw, str) and len(raw) <= 40 else "the given id"
+        raise BadInput(f"invalid tenant id {shown}: must match ^[a-z0-9]{{1,32}}$")
+    return raw
+
+
+def validate_plan(raw: str) -> str:
+    if raw not in PLANS:
+        raise BadInput(f"unknown plan {raw!r}: expected one of {', '.join(PLANS)}")
+    return raw
+
+
+def validate_status(raw: str) -> str:
+    if raw not in STATUSES:
+        raise BadInput(f"unknown status {raw!r}: expected one of {', '.join(STATUSES)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class TenantNames:
+    """All names of one tenant, in every service."""
+
+    tenant_id: str
+    database: str
+    role_prefix: str
+    bucket_prefix: str
+    redis_prefix: str
+    vhost: str
+    app_data_dir: Path
+    repository: str
+
+    @property
+    def redis_match(self) -> str:
+        """SCAN MATCH pattern; safe because ids contain no glob characters."""
+        return f"{self.redis_prefix}*"
+
+    @property
+    def backup_flag_key(self) -> str:
+        return f"{self.redis_prefix}backup:in_progress"
+
+    def owns_bucket(self, bucket: str) -> bool:
+        return bucket.startswith(self.bucket_prefix) and len(bucket) > len(self.bucket_prefix)
+
+    def owns_role(self, role: str) -> bool:
+        return role.startswith(self.role_prefix) and len(role) > len(self.role_prefix)
+
+    def owns_redis_key(self, key: bytes | str) -> bool:
+        prefix = self.redis_prefix.encode() if isinstance(key, bytes) else self.redis_prefix
+        return key.startswith(prefix)
+
+    def bucket(self, suffix: str) -> str:
+        return f"{self.bucket_prefix}{suffix}"
+
+    def role(self, suffix: str) -> str:
+        return f"{self.role_prefix}{suffix}"
+
+
+def tenant_names(tenant_id: str, app_data_root: Path, repo_root: str) -> TenantNames:
+    tid = validate_tenant_id(tenant_id)
+    return TenantNames(
+        tenant_id=tid,
+        database=f"kryonix_cliente_{tid}",
+        role_prefix=f"kryonix_cliente_{tid}_",
+        bucket_prefix=f"cliente-{tid}-",
+        redis_prefix=f"cliente:{tid}:",
+        vhost=f"/cliente_{tid}",
+        app_data_dir=Path(app_data_root) / f"cliente_{tid}",
+        repository=f"{repo_root.rstrip('/')}/cliente_{tid}",
+    )
+
+
+def names_for(settings, tenant_id: str) -> TenantNames:
+    """Names of a tenant under the given Settings."""
+    return tenant_names(tenant_id, settings.app_data_dir, settings.repo)
+
+
+def rename_bucket(bucket: str, source: TenantNames, target: TenantNames) -> str:
+    """Map a source tenant's bucket to the target tenant's bucket of the same suffix."""
+    if not source.owns_bucket(bucket):
+        raise ValueError(f"bucket {bucket!r} does not belong to tenant {source.tenant_id}")
+    return target.bucket_prefix + bucket[len(source.bucket_prefix):]
+
+
+def rename_redis_key(key: bytes, source: TenantNames, target: TenantNames) -> bytes:
+    prefix = source.redis_prefix.encode()
+    if not key.startswith(prefix):
+        raise ValueError(f"key does not belong to tenant {source.tenant_id}")
+    return target.redis_prefix.encode() + key[len(prefix):]
+
+
+def rename_role(role: str, source: TenantNames, target: TenantNames) -> str:
+    if not source.owns_role(role):
+        raise ValueError(f"role {role!r} does not belong to tenant {source.tenant_id}")
+    return target.role_prefix + role[len(source.role_prefix):]

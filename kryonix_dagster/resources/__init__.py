@@ -1,0 +1,133 @@
+"""One ConfigurableResource per external system, each exposing the few verbs the assets need.
+
+Values come from the KRYONIX_* environment through `EnvVar` (so the UI shows the variable's
+name, never a secret); a variable that is unset keeps the engine's local default.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource, EnvVar
+
+from ..engine import registry
+from ..engine.config import Settings, api_credentials, load_settings
+from ..engine.registry import Tenant
+
+
+def env_or_default(name: str) -> EnvVar | None:
+    """EnvVar(name) when the variable is set, else None (the engine default applies)."""
+    return EnvVar(name) if os.environ.get(name) else None
+
+
+class PostgresResource(ConfigurableResource):
+    """The tenants' PostgreSQL cluster and the main database holding the registry."""
+
+    dsn: str | None = None
+    main_db: str | None = None
+
+    def tenants(self, status: str | None = None, plan: str | None = None) -> list[Tenant]:
+        return registry.list_tenants(self.fragment_settings(), status=status, plan=plan)
+
+    def tenant_ids(self) -> list[str]:
+        return registry.list_tenant_ids(self.fragment_settings())
+
+    def fragment_settings(self) -> Settings:
+        return _apply(load_settings(), pg_dsn=self.dsn, main_db=self.main_db)
+
+
+class ObjectStorageResource(ConfigurableResource):
+    """The tenants' S3/MinIO object storage."""
+
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str | None = None
+
+
+class RedisResource(ConfigurableResource):
+    url: str | None = None
+
+
+class RabbitMQResource(ConfigurableResource):
+    amqp_url: str | None = None
+    api_url: str | None = None
+    api_user: str | None = None
+    api_password: str | None = None
+
+
+class BackupRepositoryResource(ConfigurableResource):
+    """Where the per-tenant restic repositories live and the master key that wraps their passwords."""
+
+    repo: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    master_key_file: str | None = None
+    state_dir: str | None = None
+
+
+class AppDataResource(ConfigurableResource):
+    root: str | None = None
+
+
+def _apply(settings: Settings, **values) -> Settings:
+    changes = {k: v for k, v in values.items() if v not in (None, "")}
+    return settings.with_overrides(**changes) if changes else settings
+
+
+def engine_settings(
+    postgres: PostgresResource,
+    object_storage: ObjectStorageResource,
+    redis: RedisResource,
+    rabbitmq: RabbitMQResource,
+    repository: BackupRepositoryResource,
+    app_data: AppDataResource,
+) -> Settings:
+    """The CLI's Settings (read from the same environment), with the resources' values on top."""
+    settings = postgres.fragment_settings()
+    api_user, api_password = api_credentials(rabbitmq.amqp_url or settings.amqp_url)
+    return _apply(
+        settings,
+        s3_endpoint=object_storage.endpoint,
+        s3_access_key=object_storage.access_key,
+        s3_secret_key=object_storage.secret_key,
+        s3_region=object_storage.region,
+        redis_url=redis.url,
+        amqp_url=rabbitmq.amqp_url,
+        rabbitmq_api=rabbitmq.api_url,
+        rabbitmq_api_user=rabbitmq.api_user or (api_user if rabbitmq.amqp_url else None),
+        rabbitmq_api_password=rabbitmq.api_password or (api_password if rabbitmq.amqp_url else None),
+        repo=repository.repo,
+        repo_access_key=repository.access_key,
+        repo_secret_key=repository.secret_key,
+        master_key_file=Path(repository.master_key_file) if repository.master_key_file else None,
+        state_dir=Path(repository.state_dir) if repository.state_dir else None,
+        app_data_dir=Path(app_data.root) if app_data.root else None,
+    )
+
+
+def resources_from_env() -> dict[str, ConfigurableResource]:
+    return {
+        "postgres": PostgresResource(dsn=env_or_default("KRYONIX_PG_DSN"), main_db=env_or_default("KRYONIX_MAIN_DB")),
+        "object_storage": ObjectStorageResource(
+            endpoint=env_or_default("KRYONIX_S3_ENDPOINT"),
+            access_key=env_or_default("KRYONIX_S3_ACCESS_KEY"),
+            secret_key=env_or_default("KRYONIX_S3_SECRET_KEY"),
+            region=env_or_default("KRYONIX_S3_REGION"),
+        ),
+        "redis": RedisResource(url=env_or_default("KRYONIX_REDIS_URL")),
+        "rabbitmq": RabbitMQResource(
+            amqp_url=env_or_default("KRYONIX_AMQP_URL"),
+            api_url=env_or_default("KRYONIX_RABBITMQ_API"),
+            api_user=env_or_default("KRYONIX_RABBITMQ_API_USER"),
+            api_password=env_or_default("KRYONIX_RABBITMQ_API_PASSWORD"),
+        ),
+        "repository": BackupRepositoryResource(
+            repo=env_or_default("KRYONIX_REPO"),
+            access_key=env_or_default("KRYONIX_REPO_ACCESS_KEY"),
+            secret_key=env_or_default("KRYONIX_REPO_SECRET_KEY"),
+            master_key_file=env_or_default("KRYONIX_MASTER_KEY_FILE"),
+            state_dir=env_or_default("KRYONIX_STATE_DIR"),
+        ),
+        "app_data": AppDataResource(root=env_or_default("KRYONIX_APP_DATA_DIR")),
+    }
