@@ -6,6 +6,7 @@ document on stdout. Errors are one line on stderr. Nothing ever prompts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -14,9 +15,11 @@ import click
 
 from .engine import registry
 from .engine.config import Settings, load_settings
-from .engine.errors import BadInput, KryonixError, one_line
+from .engine.errors import BadInput, KryonixError, OperationFailed, one_line
 from .engine.migrations import migrate
 from .engine.naming import PLANS, STATUSES, validate_tenant_id
+from .engine.session import BACKUP_TYPES
+from .progress import TerminalReporter, human_bytes
 
 PROG = "kryonix-backup"
 
@@ -115,10 +118,179 @@ def demo_seed(count: int, scale: float) -> None:
         )
 
 
+# --- backup and restore ---------------------------------------------------------------------
+
+def _selected_tenants(settings: Settings, tenant_ids: tuple[str, ...], all_: bool, plan: str | None) -> list[str]:
+    if all_:
+        return [t.id for t in registry.list_tenants(settings, status="ativo", plan=plan)]
+    missing = [tid for tid in tenant_ids if registry.get_tenant(settings, tid) is None]
+    if missing:
+        raise BadInput(f"tenant(s) not registered: {', '.join(missing)}")
+    return list(dict.fromkeys(tenant_ids))
+
+
+@cli.command()
+@click.argument("tenant_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every active tenant.")
+@click.option("--plan", type=click.Choice(PLANS), help="With --all: only tenants of this plan.")
+@click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES), default="incremental", show_default=True)
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for a tenant whose lease another session holds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def backup(tenant_ids: tuple[str, ...], all_: bool, plan: str | None, backup_type: str, wait_seconds: float,
+           as_json: bool) -> None:
+    """Run one coordinated session (all tiers) per tenant."""
+    from .dagster_bridge import report_session
+    from .engine.session import run_backup
+
+    for tid in tenant_ids:
+        validate_tenant_id(tid)
+    if all_ == bool(tenant_ids):
+        raise BadInput("give tenant ids or --all (not both)")
+    if plan and not all_:
+        raise BadInput("--plan selects tenants with --all")
+    settings = ready_settings()
+    selected = _selected_tenants(settings, tenant_ids, all_, plan)
+    reporter = TerminalReporter()
+    sessions, failures = [], []
+    for n, tid in enumerate(selected, 1):
+        if len(selected) > 1:
+            reporter.info(f"[{n}/{len(selected)}] tenant {tid}")
+        try:
+            result = run_backup(settings, tid, backup_type, reporter, wait_seconds)
+        except KryonixError as exc:
+            if exc.exit_code == 2 and len(selected) == 1:
+                raise
+            failures.append(tid)
+            sessions.append({"tenant": tid, "status": "failed", "success": False, "error": one_line(str(exc))})
+            reporter.warn(one_line(str(exc)))
+            continue
+        if report_session(result):
+            reporter.info(f"reported session {result.session_id} to the Dagster instance")
+        sessions.append(result.to_json())
+        if not result.success:
+            failures.append(tid)
+    summary = _summary(sessions)
+    if as_json:
+        emit_json({"sessions": sessions, "summary": summary})
+    else:
+        for doc in sessions:
+            click.echo(f"{doc['tenant']}: {doc['status']}"
+                       + (f", session {doc['session']}, {human_bytes(doc['bytes_processed'])} read, "
+                          f"{human_bytes(doc['bytes_added'])} added" if "session" in doc else "")
+                       + (f" ({doc['error']})" if doc.get("error") else ""))
+        if len(sessions) > 1:
+            click.echo(f"total {summary['total']}, succeeded {summary['succeeded']}, failed {summary['failed']}, "
+                       f"success rate {summary['success_rate']:.0%}")
+    if failures:
+        raise OperationFailed(f"backup failed for tenant(s) {', '.join(failures)}")
+
+
+def _summary(sessions: list[dict]) -> dict:
+    total = len(sessions)
+    ok = sum(1 for s in sessions if s.get("success"))
+    return {"total": total, "succeeded": ok, "failed": total - ok, "success_rate": (ok / total) if total else 1.0}
+
+
+@cli.command()
+@click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def snapshots(tenant_id: str, as_json: bool) -> None:
+    """A tenant's restore points (sessions with a manifest), newest first."""
+    from .engine.manifest import restore_points
+    from .engine.tenant_repository import open_repository
+
+    validate_tenant_id(tenant_id)
+    repo = open_repository(ready_settings(), tenant_id)
+    points = [p.to_json() for p in restore_points(repo)] if repo else []
+    if as_json:
+        emit_json(points)
+    else:
+        print_table(points, ["session", "time", "type", "status", "manifest_snapshot"])
+
+
+@cli.command()
+@click.argument("tenant_id")
+@click.option("--read-data", is_flag=True, help="Also read and verify every stored byte.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def verify(tenant_id: str, read_data: bool, as_json: bool) -> None:
+    """Check a tenant's repository and that every restore point is whole."""
+    from .engine.verify import run_verify
+
+    validate_tenant_id(tenant_id)
+    TerminalReporter().info(f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else ""))
+    result = run_verify(ready_settings(), tenant_id, read_data=read_data)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"tenant {tenant_id}: {'ok' if result.ok else 'PROBLEMS'}, {result.restore_points} restore point(s)"
+                   + (f", {len(result.unfinished_sessions)} unfinished session(s) awaiting forget"
+                      if result.unfinished_sessions else ""))
+        for problem in result.problems:
+            click.echo(f"  - {problem}")
+    if not result.ok:
+        raise OperationFailed(f"tenant {tenant_id}: verification found {len(result.problems)} problem(s)")
+
+
+@cli.command()
+@click.argument("tenant_id")
+@click.option("--snapshot", default="latest", show_default=True, help="Session id (or manifest snapshot id) or latest.")
+@click.option("--into", "into", help="Restore into this other (registered) tenant instead.")
+@click.option("--services", help="Comma-separated tiers to restore (default: all in the session).")
+@click.option("--schema", help="Restore only this PostgreSQL schema.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for the target's lease.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def restore(tenant_id: str, snapshot: str, into: str | None, services: str | None, schema: str | None,
+            yes: bool, wait_seconds: float, as_json: bool) -> None:
+    """Replace a tenant's data (or --into another's) with a restore point."""
+    from .engine.restore import parse_services, run_restore, validate_restore_args
+
+    wanted = parse_services(services)
+    validate_restore_args(tenant_id, into, wanted, schema)
+    target = into or tenant_id
+    if sys.stdin.isatty() and not yes and not as_json:
+        what = f"schema {schema} of " if schema else ""
+        click.confirm(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
+                      abort=True, err=True)
+    result = run_restore(ready_settings(), tenant_id, snapshot, into, wanted, schema, TerminalReporter(), wait_seconds)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for name, outcome in result.tiers.items():
+            click.echo(f"{name}: restored {outcome.restored} item(s) into tenant {target}, "
+                       f"{outcome.connections_terminated} connection(s) terminated")
+        click.echo(f"restored session {result.session_id} of tenant {tenant_id} into tenant {target} "
+                   f"in {result.duration_seconds:.1f}s")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("tenant_id")
+@click.argument("restic_args", nargs=-1, type=click.UNPROCESSED)
+def restic(tenant_id: str, restic_args: tuple[str, ...]) -> None:
+    """Run restic on the tenant's repository: kryonix-backup restic ID -- ARGS..."""
+    from .engine.tenant_repository import open_repository
+
+    validate_tenant_id(tenant_id)
+    args = list(restic_args)
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        raise BadInput("give restic arguments after --, e.g. kryonix-backup restic 42 -- snapshots")
+    repo = open_repository(ready_settings(), tenant_id)
+    if repo is None:
+        raise BadInput(f"tenant {tenant_id} has never been backed up")
+    code = repo.passthrough(args)
+    if code:
+        sys.exit(code)
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: map every failure to one line and an exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cli.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as exc:

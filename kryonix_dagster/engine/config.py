@@ -39,6 +39,7 @@ class Settings:
     master_key_file: Path = field(default_factory=lambda: _config_home() / "master.key")
     app_data_dir: Path = field(default_factory=lambda: _data_home() / "appdata")
     state_dir: Path = field(default_factory=lambda: _data_home() / "state")
+    lease_ttl_seconds: int = 120
 
     def with_overrides(self, **changes: object) -> "Settings":
         return replace(self, **changes)
@@ -78,4 +79,5 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         master_key_file=Path(get("KRYONIX_MASTER_KEY_FILE", defaults.master_key_file)),
         app_data_dir=Path(get("KRYONIX_APP_DATA_DIR", defaults.app_data_dir)),
         state_dir=Path(get("KRYONIX_STATE_DIR", defaults.state_dir)),
+        lease_ttl_seconds=int(get("KRYONIX_LEASE_TTL_SECONDS", defaults.lease_ttl_seconds)),
     )

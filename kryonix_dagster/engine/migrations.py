@@ -36,6 +36,44 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX clientes_status_plano ON tenants.clientes (status, plano);
         """,
     ),
+    Migration(
+        2,
+        "backup keys, audit trail and leases",
+        """
+        CREATE TABLE tenants.backup_keys (
+            cliente_id      text PRIMARY KEY,
+            master_key_id   text NOT NULL,
+            nonce           bytea NOT NULL,
+            wrapped_password bytea NOT NULL,
+            created_at      timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE tenants.backup_audit (
+            id                bigserial PRIMARY KEY,
+            cliente_id        text NOT NULL,
+            operation         text NOT NULL,
+            session_id        text,
+            backup_type       text,
+            backup_date       timestamptz NOT NULL DEFAULT now(),
+            finished_at       timestamptz,
+            backup_size_bytes bigint,
+            bytes_added       bigint,
+            duration_seconds  double precision,
+            success           boolean NOT NULL,
+            error             text,
+            snapshot_ids      jsonb NOT NULL DEFAULT '{}'::jsonb,
+            details           jsonb NOT NULL DEFAULT '{}'::jsonb
+        );
+        CREATE INDEX backup_audit_cliente_date ON tenants.backup_audit (cliente_id, operation, backup_date DESC);
+        CREATE TABLE tenants.backup_leases (
+            cliente_id  text PRIMARY KEY,
+            session_id  text NOT NULL,
+            operation   text NOT NULL,
+            holder      text NOT NULL,
+            acquired_at timestamptz NOT NULL DEFAULT now(),
+            expires_at  timestamptz NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -5,7 +5,6 @@ visible). Changes are sent in batches of BATCH_SIZE keys, at most MAX_CHANGES_PE
 tick; the cursor records the registry fingerprint the tick worked from and how many changes
 were left for the next tick, which the sensor's tick history shows to operators.
 """
-from __future__ import annotations
 
 import hashlib
 import json

@@ -1,0 +1,3 @@
+from .backups import tenant_backup_session
+
+__all__ = ["tenant_backup_session"]

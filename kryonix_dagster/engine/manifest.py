@@ -1,0 +1,116 @@
+"""What a restore point is: a session manifest stored as the session's last snapshot.
+
+A session writes one or more tier snapshots tagged `session=SID`, then the manifest
+(`manifest.json`, tagged `kind=manifest`). Only sessions with a manifest are restore points:
+a session that dies before writing it leaves tier snapshots that nothing lists and that
+`forget` removes.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .repository import Restic, Snapshot
+
+MANIFEST_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
+KIND_MANIFEST = "kind=manifest"
+KIND_TIER = "kind=tier"
+
+STATUS_OK = "ok"
+STATUS_EMPTY = "empty"  # the tenant has no such resource (no bucket, no vhost): nothing to back up
+STATUS_FAILED = "failed"
+STATUS_SKIPPED = "skipped"  # not run because a critical tier failed before it
+
+
+def new_session_id(now: datetime | None = None) -> str:
+    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class TierResult:
+    tier: str
+    status: str
+    snapshots: dict[str, str] = field(default_factory=dict)  # part name → restic snapshot id
+    bytes_processed: int = 0
+    bytes_added: int = 0
+    items: int = 0  # rows, objects, keys, messages or files
+    duration_seconds: float = 0.0
+    checksums: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in (STATUS_OK, STATUS_EMPTY)
+
+
+@dataclass
+class SessionManifest:
+    tenant_id: str
+    session_id: str
+    backup_type: str
+    started_at: str
+    finished_at: str
+    status: str  # complete | partial
+    tiers: dict[str, TierResult]
+    tools: dict[str, str] = field(default_factory=dict)
+    restore_point: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    consistency: dict[str, Any] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        return json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "SessionManifest":
+        doc = json.loads(raw)
+        doc["tiers"] = {name: TierResult(**tier) for name, tier in doc["tiers"].items()}
+        return cls(**doc)
+
+    def tags(self) -> list[str]:
+        return [KIND_MANIFEST, f"session={self.session_id}", f"type={self.backup_type}", f"status={self.status}"]
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """A session with a manifest, as listed from the repository's snapshot tags."""
+
+    session_id: str
+    time: datetime
+    backup_type: str
+    status: str
+    manifest_snapshot: str
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> "RestorePoint":
+        return cls(snap.tag("session") or "?", snap.time, snap.tag("type") or "?", snap.tag("status") or "?", snap.id)
+
+    def to_json(self) -> dict:
+        return {"session": self.session_id, "time": self.time.isoformat(), "type": self.backup_type,
+                "status": self.status, "manifest_snapshot": self.manifest_snapshot[:8]}
+
+
+def tier_tags(session_id: str, tier: str, part: str, backup_type: str) -> list[str]:
+    return [KIND_TIER, f"session={session_id}", f"tier={tier}", f"part={part}", f"type={backup_type}"]
+
+
+def restore_points(repo: Restic) -> list[RestorePoint]:
+    """Newest first."""
+    points = [RestorePoint.from_snapshot(s) for s in repo.snapshots([KIND_MANIFEST])]
+    return sorted(points, key=lambda p: (p.time, p.session_id), reverse=True)
+
+
+def read_manifest(repo: Restic, point: RestorePoint) -> SessionManifest:
+    return SessionManifest.from_json(repo.dump_bytes(point.manifest_snapshot, f"/{MANIFEST_FILE}"))
+
+
+def write_manifest(repo: Restic, manifest: SessionManifest, time: datetime) -> str:
+    summary = repo.backup_bytes(manifest.to_json(), MANIFEST_FILE, manifest.tags(), time)
+    return summary.snapshot_id

@@ -1,0 +1,128 @@
+"""Pure helpers around pg_restore: TOC selection for one schema, role renaming in SQL
+scripts, and statements wrapped so one unrestorable foreign key warns instead of aborting."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+# pg_restore -l types, longest first so "FK CONSTRAINT" wins over "CONSTRAINT".
+_TOC_TYPES = sorted((
+    "TABLE DATA", "TABLE", "SEQUENCE SET", "SEQUENCE OWNED BY", "SEQUENCE", "FK CONSTRAINT", "CONSTRAINT",
+    "INDEX ATTACH", "INDEX", "DEFAULT ACL", "DEFAULT", "ACL", "COMMENT", "SCHEMA", "VIEW", "MATERIALIZED VIEW DATA",
+    "MATERIALIZED VIEW", "FUNCTION", "PROCEDURE", "AGGREGATE", "TYPE", "DOMAIN", "TRIGGER", "RULE", "POLICY",
+    "ROW SECURITY", "EXTENSION", "COLLATION", "CONVERSION", "OPERATOR", "STATISTICS", "PUBLICATION",
+    "PUBLICATION TABLE", "SUBSCRIPTION", "EVENT TRIGGER", "FOREIGN TABLE", "SERVER", "USER MAPPING",
+    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "CAST", "ENCODING", "STDSTRINGS", "SEARCHPATH",
+    "DATABASE", "DATABASE PROPERTIES", "LARGE OBJECT", "BLOBS", "BLOB",
+), key=len, reverse=True)
+
+_ENTRY = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
+IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    line: str
+    kind: str
+    namespace: str
+    name: str
+
+
+def parse_toc(listing: str) -> list[TocEntry]:
+    entries = []
+    for line in listing.splitlines():
+        match = _ENTRY.match(line)
+        if not match:
+            continue
+        rest = match.group(4)
+        kind = next((t for t in _TOC_TYPES if rest.startswith(t + " ")), rest.split(" ", 1)[0])
+        tokens = rest[len(kind):].strip().split(" ")
+        namespace = tokens[0] if tokens else "-"
+        name = " ".join(tokens[1:-1]) if len(tokens) > 2 else (tokens[1] if len(tokens) > 1 else "")
+        entries.append(TocEntry(line, kind, namespace, name))
+    return entries
+
+
+def schema_entries(entries: Iterable[TocEntry], schema: str) -> tuple[list[TocEntry], list[TocEntry]]:
+    """(everything of `schema` except its foreign keys, its foreign keys)."""
+    main, fks = [], []
+    for e in entries:
+        own = e.namespace == schema
+        about_schema = e.namespace == "-" and (
+            (e.kind == "SCHEMA" and e.name == schema) or (e.kind in ("ACL", "COMMENT") and e.name == f"SCHEMA {schema}")
+        )
+        if own and e.kind == "FK CONSTRAINT":
+            fks.append(e)
+        elif own or about_schema:
+            main.append(e)
+    return main, fks
+
+
+def schemas_in(entries: Iterable[TocEntry]) -> list[str]:
+    return sorted({e.name for e in entries if e.kind == "SCHEMA"})
+
+
+def rename_roles(lines: Iterable[str], source_prefix: str, target_prefix: str) -> Iterator[str]:
+    """Rewrite the source tenant's role names to the target's, outside COPY data only."""
+    pattern = re.compile(r"(?<![A-Za-z0-9_])" + re.escape(source_prefix) + r"(?=[a-z0-9_])")
+    in_copy = False
+    for line in lines:
+        if in_copy:
+            if line.rstrip("\n") == "\\.":
+                in_copy = False
+            yield line
+            continue
+        if line.startswith("COPY ") and line.rstrip().endswith("FROM stdin;"):
+            in_copy = True
+            yield line
+            continue
+        yield pattern.sub(target_prefix, line)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def statements(script: str) -> list[str]:
+    """Split a pg_restore script that holds only DDL statements (no COPY). Comments and psql
+    meta-commands (pg_restore's \\restrict guards) are dropped."""
+    body = "\n".join(line for line in script.splitlines()
+                     if line.strip() and not line.startswith(("--", "\\")))
+    parts = (part.strip() for part in re.split(r";[ \t]*(?:\n|$)", body))
+    return [p for p in parts if p and not p.startswith(("SET ", "SELECT pg_catalog.set_config"))]
+
+
+def guarded_foreign_key(statement: str, label: str) -> str:
+    """Add a foreign key; rows that violate it make it NOT VALID (with a warning), a missing
+    referenced table skips it (with a warning). Nothing here aborts the restore."""
+    stmt = statement.rstrip(";").strip()
+    return (
+        "DO $kryonix$\nBEGIN\n"
+        f"  EXECUTE {_literal(stmt)};\n"
+        "EXCEPTION\n"
+        "  WHEN foreign_key_violation THEN\n"
+        f"    EXECUTE {_literal(stmt + ' NOT VALID')};\n"
+        f"    RAISE WARNING 'kryonix: foreign key % added NOT VALID: existing rows reference missing rows', {_literal(label)};\n"
+        "  WHEN undefined_table OR undefined_column OR invalid_schema_name THEN\n"
+        f"    RAISE WARNING 'kryonix: foreign key % skipped: %', {_literal(label)}, SQLERRM;\n"
+        "END\n$kryonix$;\n"
+    )
+
+
+def table_checksum_sql(table: str) -> str:
+    """Row count and an order-independent hash of a table's rows (same SQL at backup and restore)."""
+    return (f"SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text "
+            f"FROM {table} t")
+
+
+def checksum_assertion(table: str, count: int, digest: str) -> str:
+    """A DO block that aborts the restore's transaction if the table does not match."""
+    return (
+        "DO $kryonix$\nDECLARE c bigint; h text;\nBEGIN\n"
+        f"  {table_checksum_sql(table)} INTO c, h;\n"
+        f"  IF c <> {int(count)} OR h <> {_literal(digest)} THEN\n"
+        f"    RAISE EXCEPTION 'kryonix: % restored % rows that do not match the backup ({int(count)} rows)', "
+        f"{_literal(table)}, c;\n"
+        "  END IF;\nEND\n$kryonix$;\n"
+    )

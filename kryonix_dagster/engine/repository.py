@@ -1,0 +1,370 @@
+"""The one typed wrapper around restic. No other module runs restic or parses its output.
+
+Each tenant has its own repository and password; the password travels in the process
+environment (RESTIC_PASSWORD), never on a command line, in a log line or in an exception.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Callable, Iterable, Sequence
+
+from . import procs
+from .errors import OperationFailed, one_line
+
+HOST = "kryonix"  # fixed, so snapshots group and find parents whatever machine ran them
+Progress = Callable[["BackupProgress"], None]
+
+
+@dataclass(frozen=True)
+class BackupProgress:
+    bytes_done: int
+    total_bytes: int | None
+    files_done: int
+    percent: float | None
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    snapshot_id: str
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    data_added: int
+    total_files_processed: int
+    total_bytes_processed: int
+    total_duration: float
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "BackupSummary":
+        return cls(
+            snapshot_id=doc["snapshot_id"],
+            files_new=doc.get("files_new", 0),
+            files_changed=doc.get("files_changed", 0),
+            files_unmodified=doc.get("files_unmodified", 0),
+            data_added=doc.get("data_added", 0),
+            total_files_processed=doc.get("total_files_processed", 0),
+            total_bytes_processed=doc.get("total_bytes_processed", 0),
+            total_duration=doc.get("total_duration", 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    short_id: str
+    time: datetime
+    tags: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    hostname: str = ""
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Snapshot":
+        return cls(
+            id=doc["id"],
+            short_id=doc.get("short_id", doc["id"][:8]),
+            time=parse_restic_time(doc["time"]),
+            tags=tuple(doc.get("tags") or ()),
+            paths=tuple(doc.get("paths") or ()),
+            hostname=doc.get("hostname", ""),
+        )
+
+    def tag(self, key: str) -> str | None:
+        prefix = f"{key}="
+        for tag in self.tags:
+            if tag.startswith(prefix):
+                return tag[len(prefix):]
+        return None
+
+
+@dataclass(frozen=True)
+class ForgetGroup:
+    keep: tuple[Snapshot, ...]
+    remove: tuple[Snapshot, ...]
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    output: str
+
+
+def parse_restic_time(text: str) -> datetime:
+    """restic prints RFC 3339 with nanoseconds; Python takes microseconds."""
+    text = text.replace("Z", "+00:00")
+    if "." in text:
+        head, rest = text.split(".", 1)
+        frac, tz = "", ""
+        for i, ch in enumerate(rest):
+            if not ch.isdigit():
+                frac, tz = rest[:i], rest[i:]
+                break
+        else:
+            frac = rest
+        text = f"{head}.{frac[:6].ljust(6, '0')}{tz}"
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+def restic_location(repo: str) -> str:
+    """KRYONIX_REPO accepts file:///path; restic wants a plain path for local repositories."""
+    return repo[len("file://"):] if repo.startswith("file://") else repo
+
+
+def restic_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def restic_version() -> str:
+    try:
+        out = subprocess.run(["restic", "version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise OperationFailed("restic is not installed (apt-get install restic)") from None
+    return out.split()[1] if len(out.split()) > 1 else out.strip()
+
+
+class Restic:
+    """A restic repository opened with its password."""
+
+    def __init__(self, repo: str, password: str, label: str, cache_dir: Path,
+                 access_key: str | None = None, secret_key: str | None = None):
+        self.location = restic_location(repo)
+        self.label = label  # e.g. "tenant 42", used in every error message
+        self._password = password
+        self._cache_dir = cache_dir
+        self._access_key = access_key
+        self._secret_key = secret_key
+
+    def __repr__(self) -> str:
+        return f"Restic({self.label}, {self.location})"
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "AWS_"))}
+        env.update(
+            RESTIC_REPOSITORY=self.location,
+            RESTIC_PASSWORD=self._password,
+            RESTIC_CACHE_DIR=str(self._cache_dir),
+            RESTIC_PROGRESS_FPS="0.5",
+            TZ="UTC",
+        )
+        if self._access_key:
+            env["AWS_ACCESS_KEY_ID"] = self._access_key
+        if self._secret_key:
+            env["AWS_SECRET_ACCESS_KEY"] = self._secret_key
+        return env
+
+    def _fail(self, action: str, stderr: str) -> OperationFailed:
+        return OperationFailed(f"{self.label}: restic {action} failed: {one_line(stderr, 300)}")
+
+    def run(self, args: Sequence[str], action: str, stdin: bytes | None = None, cwd: Path | None = None,
+            ok_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+        proc = procs.run(["restic", *args], input=stdin, capture_output=True, env=self.env(), cwd=cwd)
+        if proc.returncode not in ok_codes:
+            raise self._fail(action, proc.stderr.decode(errors="replace"))
+        return proc
+
+    def run_json(self, args: Sequence[str], action: str):
+        out = self.run([*args, "--json"], action).stdout.decode()
+        return json.loads(out) if out.strip() else None
+
+    # -- repository lifecycle ----------------------------------------------------------------
+
+    def exists(self) -> bool:
+        if "://" not in self.location and ":" not in self.location.split("/")[0]:
+            return (Path(self.location) / "config").exists()
+        proc = subprocess.run(["restic", "cat", "config"], capture_output=True, env=self.env())
+        if proc.returncode == 0:
+            return True
+        err = proc.stderr.decode(errors="replace")
+        if "Is there a repository at the following location?" in err:
+            return False
+        raise self._fail("cat config", err)
+
+    def init(self) -> None:
+        self.run(["init", "--repository-version", "2"], "init")
+
+    def unlock(self) -> None:
+        """Remove stale locks only (a killed session's); live ones stay."""
+        self.run(["unlock"], "unlock")
+
+    # -- backup --------------------------------------------------------------------------------
+
+    def _backup(self, args: list[str], tags: Iterable[str], time: datetime | None, feed, cwd: Path | None,
+                progress: Progress | None, action: str) -> BackupSummary:
+        cmd = ["restic", "backup", "--json", "--host", HOST]
+        for tag in tags:
+            cmd += ["--tag", tag]
+        if time is not None:
+            cmd += ["--time", restic_time(time)]
+        cmd += args
+        with tempfile.TemporaryFile() as errfile:
+            proc = procs.popen(cmd, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=errfile, env=self.env(), cwd=cwd)
+            feeder_error: list[BaseException] = []
+            feeder = None
+            if feed:
+                feeder = threading.Thread(target=_pump, args=(feed, proc, feeder_error), daemon=True)
+                feeder.start()
+            summary = None
+            for line in proc.stdout:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                kind = doc.get("message_type")
+                if kind == "summary":
+                    summary = BackupSummary.from_json(doc)
+                elif kind == "status" and progress:
+                    progress(BackupProgress(
+                        bytes_done=doc.get("bytes_done", 0), total_bytes=doc.get("total_bytes"),
+                        files_done=doc.get("files_done", 0), percent=doc.get("percent_done")))
+            code = proc.wait()
+            if feeder:
+                feeder.join()
+            errfile.seek(0)
+            stderr = errfile.read().decode(errors="replace")
+        if feeder_error:
+            if summary:  # restic finished before the kill: a truncated stream must not stay
+                self.forget_ids([summary.snapshot_id])
+            raise feeder_error[0]
+        if code not in (0, 3) or summary is None:  # 3: some source files unreadable (reported)
+            raise self._fail(action, stderr or f"exit code {code}")
+        if code == 3:
+            raise self._fail(action, f"some files could not be read: {stderr}")
+        return summary
+
+    def backup_stream(self, chunks: Iterable[bytes], filename: str, tags: Iterable[str],
+                      time: datetime | None = None, progress: Progress | None = None) -> BackupSummary:
+        """Store a byte stream as one file of a new snapshot (`restic backup --stdin`)."""
+        return self._backup(["--stdin", "--stdin-filename", filename], tags, time, chunks, None, progress,
+                            f"backup of {filename}")
+
+    def backup_bytes(self, data: bytes, filename: str, tags: Iterable[str], time: datetime | None = None) -> BackupSummary:
+        return self.backup_stream([data], filename, tags, time)
+
+    def backup_directory(self, directory: Path, tags: Iterable[str], time: datetime | None = None,
+                         parent: str | None = None, excludes: Iterable[str] = (), force: bool = False,
+                         progress: Progress | None = None) -> BackupSummary:
+        """Back up a directory's contents; the snapshot's root is the directory itself, so a
+        restore can target any folder (another tenant's included)."""
+        args = []
+        if parent:
+            args += ["--parent", parent]
+        if force:
+            args.append("--force")
+        for pattern in excludes:
+            args += ["--exclude", pattern]
+        args.append(".")
+        return self._backup(args, tags, time, None, Path(directory), progress, f"backup of {directory}")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def snapshots(self, tags: Sequence[str] = ()) -> list[Snapshot]:
+        args = ["snapshots"]
+        if tags:
+            args += ["--tag", ",".join(tags)]
+        docs = self.run_json(args, "snapshots") or []
+        return sorted((Snapshot.from_json(d) for d in docs), key=lambda s: s.time)
+
+    def dump_to(self, snapshot_id: str, path: str, out: IO[bytes]) -> None:
+        with tempfile.TemporaryFile() as errfile:
+            proc = procs.run(["restic", "dump", snapshot_id, path], stdout=out, stderr=errfile, env=self.env())
+            if proc.returncode != 0:
+                errfile.seek(0)
+                raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
+
+    def dump_bytes(self, snapshot_id: str, path: str) -> bytes:
+        return self.run(["dump", snapshot_id, path], f"dump {snapshot_id[:8]}:{path}").stdout
+
+    def restore(self, snapshot_id: str, target: Path, includes: Iterable[str] = ()) -> None:
+        args = ["restore", snapshot_id, "--target", str(target)]
+        for pattern in includes:
+            args += ["--include", pattern]
+        self.run(args, f"restore {snapshot_id[:8]}")
+
+    def list_files(self, snapshot_id: str) -> list[str]:
+        """Paths inside a snapshot (`restic ls --json`)."""
+        out = self.run(["ls", "--json", snapshot_id], f"ls {snapshot_id[:8]}").stdout.decode()
+        paths = []
+        for line in out.splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("struct_type") == "node":
+                paths.append(doc["path"])
+        return paths
+
+    def stats(self, mode: str = "raw-data") -> dict:
+        return self.run_json(["stats", "--mode", mode], "stats") or {}
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def forget_ids(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
+        if snapshot_ids:
+            self.run(["forget", *(["--prune"] if prune else []), *snapshot_ids], "forget")
+
+    def forget_policy(self, policy_args: Sequence[str], tags: Sequence[str] = (), group_by: str = "host,tags",
+                      dry_run: bool = False) -> list[ForgetGroup]:
+        args = ["forget", "--group-by", group_by, *policy_args]
+        if tags:
+            args += ["--tag", ",".join(tags)]
+        if dry_run:
+            args.append("--dry-run")
+        docs = self.run_json(args, "forget") or []
+        groups = []
+        for doc in docs:
+            reasons = {}
+            for reason in doc.get("reasons") or []:
+                snap = reason.get("snapshot", {})
+                reasons[snap.get("id", "")] = reason.get("matches", [])
+            groups.append(ForgetGroup(
+                keep=tuple(Snapshot.from_json(s) for s in doc.get("keep") or []),
+                remove=tuple(Snapshot.from_json(s) for s in doc.get("remove") or []),
+                reasons=reasons,
+            ))
+        return groups
+
+    def prune(self) -> None:
+        self.run(["prune"], "prune")
+
+    def check(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
+        args = ["check"]
+        if read_data:
+            args.append("--read-data")
+        elif subset:
+            args.append(f"--read-data-subset={subset}")
+        proc = procs.run(["restic", *args], capture_output=True, env=self.env())
+        output = (proc.stdout + proc.stderr).decode(errors="replace")
+        return CheckResult(ok=proc.returncode == 0, output=output)
+
+    def passthrough(self, args: Sequence[str]) -> int:
+        """Run restic with the operator's arguments, output straight to the terminal."""
+        return subprocess.run(["restic", *args], env=self.env()).returncode
+
+
+def _pump(chunks: Iterable[bytes], proc: subprocess.Popen, errors: list[BaseException]) -> None:
+    """Feed restic's stdin. If the producer fails, kill restic before it sees EOF, so a
+    truncated stream never becomes a snapshot."""
+    pipe = proc.stdin
+    try:
+        for chunk in chunks:
+            pipe.write(chunk)
+    except BrokenPipeError as exc:
+        errors.append(OperationFailed(f"restic stopped reading its input: {exc}"))
+    except BaseException as exc:
+        proc.kill()
+        errors.append(exc)
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass

@@ -1,0 +1,144 @@
+"""Restore a tenant from a restore point, tier by tier, into itself or --into another tenant.
+
+Nothing outside the target tenant's names is ever written. The target's lease is held for
+the whole restore, so no backup session of the target interleaves with it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import audit, registry
+from .config import Settings
+from .errors import BadInput, KryonixError, one_line
+from .lease import Lease
+from .manifest import STATUS_OK, RestorePoint, SessionManifest, new_session_id, read_manifest, restore_points
+from .naming import names_for, validate_tenant_id
+from .pg_script import IDENTIFIER
+from .tenant_repository import open_repository
+from .tiers import TIER_NAMES, TIERS
+from .tiers.base import NullReporter, Reporter, RestoreContext, RestoreOutcome, Stopwatch
+
+
+@dataclass
+class RestoreResult:
+    tenant_id: str
+    target_id: str
+    session_id: str
+    started_at: datetime
+    tiers: dict[str, RestoreOutcome] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    success: bool = False
+    error: str | None = None
+    duration_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "tenant": self.tenant_id, "into": self.target_id, "session": self.session_id,
+            "success": self.success, "error": self.error, "duration_seconds": self.duration_seconds,
+            "tiers": {name: asdict(o) for name, o in self.tiers.items()}, "skipped": self.skipped,
+        }
+
+
+def parse_services(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    wanted = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip()))
+    unknown = [s for s in wanted if s not in TIER_NAMES]
+    if unknown or not wanted:
+        raise BadInput(f"unknown service(s) {', '.join(unknown) or '(none given)'}: expected some of {', '.join(TIER_NAMES)}")
+    return wanted
+
+
+def validate_restore_args(tenant_id: str, into: str | None, services: tuple[str, ...] | None, schema: str | None) -> None:
+    validate_tenant_id(tenant_id)
+    if into is not None:
+        validate_tenant_id(into)
+    if schema is not None:
+        if not IDENTIFIER.fullmatch(schema):
+            raise BadInput(f"invalid schema name {schema!r}")
+        if services is not None and services != ("postgresql",):
+            raise BadInput("--schema restores one PostgreSQL schema: use it with --services postgresql or alone")
+
+
+def choose_restore_point(points: list[RestorePoint], snapshot: str, tenant_id: str) -> RestorePoint:
+    if not points:
+        raise BadInput(f"tenant {tenant_id} has no restore points")
+    if snapshot == "latest":
+        return points[0]
+    matches = [p for p in points if p.session_id == snapshot or p.manifest_snapshot.startswith(snapshot)]
+    if len(matches) != 1:
+        raise BadInput(f"tenant {tenant_id}: no restore point {snapshot!r} (see `kryonix-backup snapshots {tenant_id}`)")
+    return matches[0]
+
+
+def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: str | None,
+          report: Reporter) -> tuple[list[str], dict[str, str]]:
+    """Which tiers to restore, and why the others are skipped."""
+    chosen = list(services or [t.name for t in TIERS])
+    if schema:
+        chosen = ["postgresql"]
+    todo, skipped = [], {}
+    for name in chosen:
+        result = manifest.tiers.get(name)
+        if result is None:
+            reason = "not in this session"
+        elif result.status != STATUS_OK:
+            reason = f"{result.status} in this session"
+        else:
+            todo.append(name)
+            continue
+        if services and name in services:
+            raise BadInput(f"session {manifest.session_id} cannot restore {name}: {reason}")
+        skipped[name] = reason
+        report.info(f"skipping {name}: {reason}")
+    return todo, skipped
+
+
+def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", into: str | None = None,
+                services: tuple[str, ...] | None = None, schema: str | None = None,
+                report: Reporter | None = None, wait_seconds: float = 0) -> RestoreResult:
+    report = report or NullReporter()
+    validate_restore_args(tenant_id, into, services, schema)
+    target_id = into or tenant_id
+    if into and registry.get_tenant(settings, into) is None:
+        raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
+    repo = open_repository(settings, tenant_id)
+    if repo is None:
+        raise BadInput(f"tenant {tenant_id} has never been backed up")
+    point = choose_restore_point(restore_points(repo), snapshot, tenant_id)
+    manifest = read_manifest(repo, point)
+    todo, skipped = _plan(manifest, services, schema, report)
+    if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
+        raise BadInput(f"schema {schema} is not in session {point.session_id}")
+    source, target = names_for(settings, tenant_id), names_for(settings, target_id)
+    result = RestoreResult(tenant_id, target_id, point.session_id, datetime.now(timezone.utc), skipped=skipped)
+    watch = Stopwatch()
+    with Lease(settings, target_id, new_session_id(), "restore", wait_seconds):
+        try:
+            for name in todo:
+                spec = next(t for t in TIERS if t.name == name)
+                report.info(f"restoring {name} of session {point.session_id} into tenant {target_id}")
+                ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[name], report, schema)
+                result.tiers[name] = spec.restore(ctx)
+                for warning in result.tiers[name].warnings:
+                    report.warn(warning)
+            result.success = True
+        except KryonixError as exc:
+            result.error = one_line(str(exc))
+            raise
+        finally:
+            result.duration_seconds = watch.seconds
+            _audit(settings, result)
+    return result
+
+
+def _audit(settings: Settings, result: RestoreResult) -> None:
+    audit.record(settings, audit.AuditRecord(
+        cliente_id=result.target_id, operation="restore", started_at=result.started_at, success=result.success,
+        session_id=result.session_id, finished_at=datetime.now(timezone.utc),
+        duration_seconds=result.duration_seconds, error=result.error,
+        details={"source": result.tenant_id, "tiers": {n: o.restored for n, o in result.tiers.items()},
+                 "skipped": result.skipped},
+    ))

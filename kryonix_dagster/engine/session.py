@@ -1,0 +1,268 @@
+"""A backup session: one coordinated, all-tier backup of one tenant (the seed's orchestrator).
+
+Phases: check the tenant is registered and active; take its lease; raise the
+`cliente:{id}:backup:in_progress` flag; health-check the services; create a PostgreSQL
+restore point named after the session; run the tiers phase by phase (foundation tiers in
+parallel; a failed critical tier stops the session); write the manifest last; release the
+flag and the lease and record the audit row on every path.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import audit, pg, registry, services
+from .config import Settings
+from .errors import BadInput, KryonixError, OperationFailed, one_line
+from .lease import Lease
+from .manifest import (STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id,
+                       read_manifest, restore_points, write_manifest)
+from .naming import names_for, validate_tenant_id
+from .repository import restic_version
+from .tenant_repository import open_repository
+from .tiers import PHASES, TIERS
+from .tiers.base import BackupContext, NullReporter, Reporter, Stopwatch, TierSpec
+
+log = logging.getLogger(__name__)
+BACKUP_TYPES = ("full", "incremental")
+
+
+@dataclass
+class SessionResult:
+    tenant_id: str
+    session_id: str
+    backup_type: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "failed"  # complete | partial | failed
+    tiers: dict[str, TierResult] = field(default_factory=dict)
+    error: str | None = None
+    manifest_snapshot: str | None = None
+    duration_seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def restore_point(self) -> bool:
+        return self.manifest_snapshot is not None
+
+    @property
+    def bytes_processed(self) -> int:
+        return sum(t.bytes_processed for t in self.tiers.values())
+
+    @property
+    def bytes_added(self) -> int:
+        return sum(t.bytes_added for t in self.tiers.values())
+
+    def to_json(self) -> dict:
+        return {
+            "tenant": self.tenant_id, "session": self.session_id, "type": self.backup_type,
+            "status": self.status, "success": self.success, "restore_point": self.restore_point,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_seconds": self.duration_seconds, "bytes_processed": self.bytes_processed,
+            "bytes_added": self.bytes_added, "error": self.error,
+            "tiers": {name: _tier_json(t) for name, t in self.tiers.items()},
+        }
+
+
+def _tier_json(t: TierResult) -> dict:
+    doc = asdict(t)
+    doc["checksums"] = {k: v for k, v in t.checksums.items() if k != "tables"}  # per-table hashes stay in the manifest
+    return doc
+
+
+def validate_backup_type(backup_type: str) -> str:
+    if backup_type not in BACKUP_TYPES:
+        raise BadInput(f"unknown backup type {backup_type!r}: expected full or incremental")
+    return backup_type
+
+
+class _TenantReporter:
+    """Prefixes messages with the tenant and forwards them (and logs them)."""
+
+    def __init__(self, tenant_id: str, inner: Reporter):
+        self.tenant_id, self.inner = tenant_id, inner
+
+    def info(self, message: str) -> None:
+        log.info("tenant %s: %s", self.tenant_id, message)
+        self.inner.info(message)
+
+    def warn(self, message: str) -> None:
+        log.warning("tenant %s: %s", self.tenant_id, message)
+        self.inner.warn(message)
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        self.inner.progress(f"{self.tenant_id} {task}", done, total)
+
+
+def _run_tier(spec: TierSpec, ctx: BackupContext) -> TierResult:
+    watch = Stopwatch()
+    try:
+        result = spec.backup(ctx)
+    except KryonixError as exc:
+        return TierResult(spec.name, STATUS_FAILED, duration_seconds=watch.seconds, error=one_line(str(exc)))
+    except Exception as exc:  # unexpected: still a failed tier with a message that says where
+        log.exception("tenant %s, tier %s", ctx.names.tenant_id, spec.name)
+        return TierResult(spec.name, STATUS_FAILED, duration_seconds=watch.seconds,
+                          error=f"tenant {ctx.names.tenant_id}, tier {spec.name}: {type(exc).__name__}: {one_line(str(exc))}")
+    ctx.report.info(f"tier {spec.name}: {result.status}, {result.bytes_processed} bytes read, "
+                    f"{result.bytes_added} bytes added in {result.duration_seconds:.1f}s")
+    return result
+
+
+def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...]) -> dict[str, TierResult]:
+    results: dict[str, TierResult] = {}
+    stopped_by: str | None = None
+    for phase, parallel, critical in PHASES:
+        specs = [t for t in tiers if t.phase == phase]
+        if not specs:
+            continue
+        if stopped_by:
+            for spec in specs:
+                results[spec.name] = TierResult(spec.name, STATUS_SKIPPED, error=f"not run: {stopped_by} failed")
+            continue
+        ctx.report.info(f"phase {phase}: {', '.join(s.name for s in specs)}")
+        if parallel and len(specs) > 1:
+            with ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix=f"tier-{phase}") as pool:
+                for spec, result in zip(specs, pool.map(lambda s: _run_tier(s, ctx), specs)):
+                    results[spec.name] = result
+        else:
+            for spec in specs:
+                results[spec.name] = _run_tier(spec, ctx)
+        failed = [s.name for s in specs if not results[s.name].succeeded and (critical or s.critical)]
+        if failed:
+            stopped_by = ", ".join(failed)
+            ctx.report.warn(f"critical tier {stopped_by} failed; stopping the session")
+    return results
+
+
+def _set_flag(settings: Settings, key: str, session_id: str, ttl: int) -> None:
+    services.redis_client(settings).set(key, session_id, ex=ttl)
+
+
+def _clear_flag(settings: Settings, key: str, session_id: str) -> None:
+    """Delete the flag only if it is still ours."""
+    script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    services.redis_client(settings).eval(script, 1, key, session_id)
+
+
+def _restore_point(settings: Settings, tenant_id: str, session_id: str, report: Reporter) -> dict:
+    name = f"kryonix_{tenant_id}_{session_id}"
+    try:
+        with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
+            lsn, at = cur.fetchone()
+        return {"name": name, "lsn": lsn, "time": at.isoformat()}
+    except Exception as exc:  # PITR is a bonus on top of the logical backup, not a reason to fail it
+        report.warn(f"no PostgreSQL restore point: {one_line(str(exc), 200)}")
+        return {"name": None, "error": one_line(str(exc), 200)}
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"restic": restic_version()}
+    try:
+        versions["pg_dump"] = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    except (OSError, IndexError):
+        versions["pg_dump"] = "unknown"
+    try:
+        versions["kryonix-dagster"] = metadata.version("kryonix-dagster")
+    except metadata.PackageNotFoundError:
+        versions["kryonix-dagster"] = "unknown"
+    return versions
+
+
+def run_backup(
+    settings: Settings,
+    tenant_id: str,
+    backup_type: str = "incremental",
+    report: Reporter | None = None,
+    wait_seconds: float = 0,
+    tiers: tuple[TierSpec, ...] = TIERS,
+) -> SessionResult:
+    """Run one session. Bad input and a busy tenant raise; a failed session returns its result."""
+    validate_tenant_id(tenant_id)
+    validate_backup_type(backup_type)
+    tenant = registry.require_tenant(settings, tenant_id)
+    if not tenant.active:
+        raise BadInput(f"tenant {tenant_id} is {tenant.status}: backups run only for active tenants")
+    reporter = _TenantReporter(tenant_id, report or NullReporter())
+    names = names_for(settings, tenant_id)
+    started = datetime.now(timezone.utc)
+    session_id = new_session_id(started)
+    result = SessionResult(tenant_id, session_id, backup_type, started)
+    watch = Stopwatch()
+    flag_ttl = settings.lease_ttl_seconds * 2
+    lease = Lease(settings, tenant_id, session_id, "backup", wait_seconds,
+                  on_renew=lambda: _set_flag(settings, names.backup_flag_key, session_id, flag_ttl))
+    lease.acquire()
+    try:
+        reporter.info(f"session {session_id} ({backup_type}) started")
+        try:
+            _set_flag(settings, names.backup_flag_key, session_id, flag_ttl)
+        except Exception as exc:
+            reporter.warn(f"could not set {names.backup_flag_key}: {one_line(str(exc), 200)}")
+        health = {h.service: {"ok": h.ok, "detail": h.detail} for h in services.check_health(settings)}
+        needed = {t.service for t in tiers}
+        down = [s for s in needed if s in health and not health[s]["ok"]]
+        for service in down:
+            reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
+        point = _restore_point(settings, tenant_id, session_id, reporter)
+        repo = open_repository(settings, tenant_id, create=True)
+        repo.unlock()
+        previous = None
+        if backup_type == "incremental":
+            points = restore_points(repo)
+            previous = read_manifest(repo, points[0]) if points else None
+        ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, previous, reporter)
+        result.tiers = _run_phases(ctx, tiers)
+        critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
+        all_ok = all(r.succeeded for r in result.tiers.values())
+        if critical_ok:
+            manifest = SessionManifest(
+                tenant_id=tenant_id, session_id=session_id, backup_type=backup_type,
+                started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+                status="complete" if all_ok else "partial", tiers=result.tiers, tools=_tool_versions(),
+                restore_point=point, health=health, consistency=ctx.captured.get("consistency", {}),
+            )
+            result.manifest_snapshot = write_manifest(repo, manifest, started)
+            result.status = manifest.status
+        failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]
+        result.error = "; ".join(failed) or None
+    except KryonixError as exc:
+        result.error = one_line(str(exc))
+    except Exception as exc:
+        log.exception("tenant %s: session %s", tenant_id, session_id)
+        result.error = f"tenant {tenant_id}: {type(exc).__name__}: {one_line(str(exc))}"
+    finally:
+        try:
+            _clear_flag(settings, names.backup_flag_key, session_id)
+        except Exception:
+            pass
+        lease.release()
+        result.finished_at = datetime.now(timezone.utc)
+        result.duration_seconds = watch.seconds
+        _audit(settings, result)
+    reporter.info(f"session {session_id}: {result.status}" + (f" ({result.error})" if result.error else ""))
+    return result
+
+
+def _audit(settings: Settings, result: SessionResult) -> None:
+    try:
+        audit.record(settings, audit.AuditRecord(
+            cliente_id=result.tenant_id, operation="backup", started_at=result.started_at, success=result.success,
+            session_id=result.session_id, backup_type=result.backup_type, finished_at=result.finished_at,
+            size_bytes=result.bytes_processed, bytes_added=result.bytes_added,
+            duration_seconds=result.duration_seconds, error=result.error,
+            snapshot_ids={name: t.snapshots for name, t in result.tiers.items()} | (
+                {"manifest": result.manifest_snapshot} if result.manifest_snapshot else {}),
+            details={"status": result.status, "tiers": {n: t.status for n, t in result.tiers.items()}},
+        ))
+    except Exception as exc:  # the backup itself is done; say the audit row is missing
+        log.error("tenant %s: session %s: audit row not written: %s", result.tenant_id, result.session_id, exc)

@@ -1,0 +1,99 @@
+"""What every tier receives and returns. Each tier module offers `backup(ctx)` and
+`restore(ctx)`; the session and the restore command treat all tiers alike."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Protocol
+
+from ..config import Settings
+from ..manifest import SessionManifest, TierResult
+from ..naming import TenantNames
+from ..registry import Tenant
+from ..repository import BackupProgress, Restic
+
+
+class Reporter(Protocol):
+    def info(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def progress(self, task: str, done: int, total: int | None) -> None: ...
+
+
+class NullReporter:
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        pass
+
+
+@dataclass
+class BackupContext:
+    settings: Settings
+    tenant: Tenant
+    names: TenantNames
+    repo: Restic
+    session_id: str
+    session_time: datetime
+    backup_type: str  # full | incremental
+    previous: SessionManifest | None  # the latest restore point, for incrementals
+    report: Reporter
+    captured: dict = field(default_factory=dict)  # what tiers saw, for the consistency rules
+
+    def restic_progress(self, task: str) -> Callable[[BackupProgress], None]:
+        def forward(p: BackupProgress) -> None:
+            self.report.progress(task, p.bytes_done, p.total_bytes)
+        return forward
+
+    def previous_tier(self, tier: str) -> TierResult | None:
+        if self.previous is None:
+            return None
+        return self.previous.tiers.get(tier)
+
+
+@dataclass
+class RestoreContext:
+    settings: Settings
+    source: TenantNames
+    target: TenantNames
+    repo: Restic  # the source tenant's repository
+    manifest: SessionManifest
+    result: TierResult  # this tier's entry of the manifest
+    report: Reporter
+    schema: str | None = None  # PostgreSQL only: restore one module schema
+
+    @property
+    def into_other(self) -> bool:
+        return self.source.tenant_id != self.target.tenant_id
+
+
+@dataclass
+class RestoreOutcome:
+    tier: str
+    restored: int = 0  # rows, objects, keys, messages or files
+    connections_terminated: int = 0
+    warnings: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    name: str
+    phase: str
+    critical: bool
+    service: str  # which health check it depends on
+    backup: Callable[[BackupContext], TierResult]
+    restore: Callable[[RestoreContext], RestoreOutcome]
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.start, 3)

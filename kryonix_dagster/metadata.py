@@ -1,0 +1,56 @@
+"""Dagster metadata for people: numbers become plots, tables are Markdown, never a secret."""
+from __future__ import annotations
+
+from dagster import MetadataValue
+
+from .engine.manifest import TierResult
+from .engine.session import SessionResult
+
+TIER_ASSETS = {
+    "postgresql": "postgresql_backup",
+    "redis": "redis_backup",
+    "object_storage": "object_storage_backup",
+    "rabbitmq": "rabbitmq_backup",
+    "appdata": "app_data_backup",
+    "compliance": "compliance_backup",
+}
+RESTORE_POINT_ASSET = "restore_point"
+
+
+def tier_metadata(session: SessionResult, tier: TierResult) -> dict:
+    meta = {
+        "session": session.session_id,
+        "backup_type": session.backup_type,
+        "status": tier.status,
+        "snapshot_id": ", ".join(f"{part}={sid[:8]}" for part, sid in tier.snapshots.items()) or "-",
+        "bytes_processed": MetadataValue.int(tier.bytes_processed),
+        "bytes_added": MetadataValue.int(tier.bytes_added),
+        "items": MetadataValue.int(tier.items),
+        "duration_seconds": MetadataValue.float(float(tier.duration_seconds)),
+    }
+    tables = tier.checksums.get("tables")
+    if tables:
+        meta["rows"] = MetadataValue.int(sum(count for count, _ in tables.values()))
+        meta["tables"] = MetadataValue.md(
+            "| table | rows |\n| --- | ---: |\n" + "\n".join(f"| {t} | {c} |" for t, (c, _h) in sorted(tables.items())))
+    for key, value in tier.details.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            meta[key] = value
+    return meta
+
+
+def session_metadata(session: SessionResult) -> dict:
+    rows = "\n".join(
+        f"| {name} | {t.status} | {t.bytes_processed} | {t.bytes_added} | {t.duration_seconds:.1f} |"
+        for name, t in session.tiers.items())
+    return {
+        "session": session.session_id,
+        "backup_type": session.backup_type,
+        "status": session.status,
+        "manifest_snapshot": (session.manifest_snapshot or "")[:8] or "-",
+        "bytes_processed": MetadataValue.int(session.bytes_processed),
+        "bytes_added": MetadataValue.int(session.bytes_added),
+        "duration_seconds": MetadataValue.float(float(session.duration_seconds)),
+        "tiers": MetadataValue.md("| tier | status | bytes read | bytes added | seconds |\n"
+                                  "| --- | --- | ---: | ---: | ---: |\n" + rows),
+    }

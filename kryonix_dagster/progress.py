@@ -1,0 +1,57 @@
+"""Progress and messages of long operations on the terminal (stderr; stdout stays for results)."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class TerminalReporter:
+    """Info lines, warnings, and a redrawn progress bar on a TTY (a line every 10 s otherwise)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last_line = 0.0
+        self._bar_shown = False
+
+    def _clear_bar(self) -> None:
+        if self._bar_shown:
+            click.echo("\r\033[K", nl=False, err=True)
+            self._bar_shown = False
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self._clear_bar()
+            click.echo(message, err=True)
+
+    def warn(self, message: str) -> None:
+        self._clear_bar()
+        click.echo(f"warning: {message}", err=True)
+
+    def progress(self, task: str, done: int, total: int | None) -> None:
+        if self.quiet:
+            return
+        if total:
+            width = 30
+            filled = int(width * min(done, total) / total)
+            text = f"{task} [{'#' * filled}{'.' * (width - filled)}] {human_bytes(done)}/{human_bytes(total)}"
+        else:
+            text = f"{task}: {human_bytes(done)}"
+        if self.tty:
+            click.echo(f"\r\033[K{text}", nl=False, err=True)
+            self._bar_shown = True
+        elif time.monotonic() - self._last_line >= 10:
+            click.echo(text, err=True)
+            self._last_line = time.monotonic()

@@ -1,0 +1,77 @@
+"""Pure helpers of the PostgreSQL tier: dump header normalisation, TOC selection, role renaming."""
+from kryonix_dagster.engine.pg_script import (guarded_foreign_key, parse_toc, rename_roles, schema_entries,
+                                              schemas_in, statements)
+from kryonix_dagster.engine.pgdump_header import normalize_dump_header
+
+
+
+def real_header(sec: int, minute: int) -> bytes:
+    def i(v):
+        return b"\x00" + v.to_bytes(4, "little")
+    return (b"PGDMP" + bytes([1, 14, 0, 4, 8, 1]) + i(0) + i(sec) + i(minute) + i(6) + i(29) + i(10) + i(126) + i(0)
+            + i(5) + b"db_42" + b"rest of the archive")
+
+
+def test_dump_header_time_is_fixed_and_the_rest_kept():
+    a, b = real_header(49, 36), real_header(12, 37)
+    assert a != b
+    na, nb = normalize_dump_header(a), normalize_dump_header(b)
+    assert na == nb and len(na) == len(a)
+    assert na.endswith(b"db_42rest of the archive")
+    assert na[:16] == a[:16]  # magic, version, sizes, format, compression untouched
+
+
+def test_unknown_archives_pass_unchanged():
+    for data in (b"", b"PGDMP", b"not a dump at all", b"PGDMP" + bytes([2, 14, 0, 4, 8, 1]) + b"x" * 60):
+        assert normalize_dump_header(data) == data
+
+
+LISTING = """;
+; Archive created at 2000-01-01 00:00:00 UTC
+9; 2615 17250 SCHEMA - crm postgres
+3483; 0 0 ACL - SCHEMA crm postgres
+8; 2615 17249 SCHEMA - auth postgres
+215; 1259 16386 TABLE crm contatos postgres
+3350; 0 16386 TABLE DATA crm contatos postgres
+3200; 2606 16392 CONSTRAINT crm contatos contatos_pkey postgres
+3210; 2606 16400 FK CONSTRAINT crm contatos contatos_responsavel_id_fkey postgres
+3211; 2606 16401 FK CONSTRAINT lgpd consentimentos consentimentos_contato_id_fkey postgres
+3300; 1259 16500 INDEX crm contatos_ultimo_contato postgres
+3301; 0 0 SEQUENCE SET crm contatos_id_seq postgres
+3302; 0 0 ACL crm TABLE contatos postgres
+"""
+
+
+def test_schema_selection_takes_its_objects_and_splits_foreign_keys():
+    entries = parse_toc(LISTING)
+    assert schemas_in(entries) == ["auth", "crm"]
+    main, fks = schema_entries(entries, "crm")
+    assert [e.kind for e in main] == ["SCHEMA", "ACL", "TABLE", "TABLE DATA", "CONSTRAINT", "INDEX",
+                                      "SEQUENCE SET", "ACL"]
+    assert [e.name for e in fks] == ["contatos contatos_responsavel_id_fkey"]
+    assert all("lgpd" not in e.line and "auth" not in e.line for e in main + fks)
+
+
+def test_role_names_are_rewritten_outside_copy_data_only():
+    script = [
+        "GRANT SELECT ON TABLE crm.contatos TO kryonix_cliente_1_app;\n",
+        "ALTER TABLE crm.contatos OWNER TO kryonix_cliente_1_leitura;\n",
+        "COPY crm.notas (id, texto) FROM stdin;\n",
+        "1\tkryonix_cliente_1_app is mentioned in data\n",
+        "\\.\n",
+        "GRANT USAGE ON SCHEMA crm TO kryonix_cliente_10_app;\n",  # another tenant: untouched
+    ]
+    out = list(rename_roles(script, "kryonix_cliente_1_", "kryonix_cliente_7_"))
+    assert out[0] == "GRANT SELECT ON TABLE crm.contatos TO kryonix_cliente_7_app;\n"
+    assert out[1].endswith("OWNER TO kryonix_cliente_7_leitura;\n")
+    assert out[3] == script[3]
+    assert out[5] == script[5]
+
+
+def test_statements_drop_comments_settings_and_meta_commands():
+    script = ("\\restrict abc\n--\n-- Name: x\n--\nSET statement_timeout = 0;\n"
+              "ALTER TABLE ONLY crm.contatos\n    ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES auth.u(id);\n\n"
+              "\\unrestrict abc\n")
+    assert statements(script) == ["ALTER TABLE ONLY crm.contatos\n    ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES auth.u(id)"]
+    block = guarded_foreign_key(statements(script)[0], "fk")
+    assert "NOT VALID" in block and "undefined_table" in block

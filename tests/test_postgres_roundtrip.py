@@ -1,0 +1,150 @@
+"""PostgreSQL tier round trips through the CLI, judged by psql (independent of the product)."""
+import json
+from pathlib import Path
+
+from kryonix_dagster.engine.demo import seed_tenant
+
+from . import observe
+
+
+def backup(cli, tid, *extra):
+    result = cli("backup", tid, "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["summary"] == {"total": 1, "succeeded": 1, "failed": 0, "success_rate": 1.0}
+    return doc["sessions"][0]
+
+
+def mangle(db):
+    observe.psql(db, """
+        UPDATE crm.contatos SET nome = 'ALTERADO' WHERE id % 3 = 0;
+        DELETE FROM lgpd.log_processamento WHERE id % 2 = 0;
+        UPDATE auth.usuarios SET nome = 'MUDOU';
+        DROP TABLE financeiro.faturas;
+        DROP SCHEMA whitelabel CASCADE;
+        SELECT setval('crm.contatos_id_seq', 999999);
+    """)
+
+
+def test_restore_brings_back_every_row(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.3)
+    db = f"kryonix_cliente_{tid}"
+    at_backup = observe.table_checksums(db)
+    sequences = observe.sequences(db)
+    session = backup(cli, tid)
+    assert session["tiers"]["postgresql"]["items"] == sum(c for c, _ in at_backup.values())
+    mangle(db)
+    assert observe.table_checksums(db) != at_backup
+
+    restored = cli("restore", tid, "--snapshot", "latest")
+    assert restored.returncode == 0, restored.stderr
+    assert "connection(s) terminated" in restored.stdout
+    assert observe.table_checksums(db) == at_backup
+    assert observe.sequences(db) == sequences
+    assert int(observe.psql(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")) == 7
+    # no staging leftovers
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE '{db}\\_\\_%'") == "0"
+
+
+def test_restore_terminates_open_connections_and_says_how_many(settings, cli, tenant_factory):
+    import psycopg2
+
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.1)
+    backup(cli, tid)
+    db = f"kryonix_cliente_{tid}"
+    idle = [psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db) for _ in range(2)]
+    try:
+        result = cli("restore", tid, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["tiers"]["postgresql"]["connections_terminated"] == 2
+        assert "terminated 2 connection(s)" in result.stderr
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.2)
+    db = f"kryonix_cliente_{tid}"
+    at_backup = observe.table_checksums(db)
+    backup(cli, tid)
+    observe.psql(db, "UPDATE crm.contatos SET nome = 'ALTERADO'; DELETE FROM crm.contatos WHERE id > 300 "
+                     "AND id NOT IN (SELECT contato_id FROM lgpd.consentimentos UNION SELECT contato_id FROM whatsapp.mensagens "
+                     "UNION SELECT contato_id FROM agendamento.agendamentos UNION SELECT contato_id FROM financeiro.faturas "
+                     "UNION SELECT contato_id FROM marketing.envios); UPDATE auth.usuarios SET nome = 'MUDOU'")
+    changed = observe.table_checksums(db)
+    result = cli("restore", tid, "--schema", "crm", "--json")
+    assert result.returncode == 0, result.stderr
+    after = observe.table_checksums(db)
+    assert after["crm.contatos"] == at_backup["crm.contatos"]
+    for table in after:
+        if not table.startswith("crm."):
+            assert after[table] == changed[table], table  # auth keeps its change
+    assert after["auth.usuarios"] != at_backup["auth.usuarios"]
+    # the foreign keys into crm from other schemas are back and valid
+    assert int(observe.psql(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")) == 7
+
+
+def test_into_another_tenant_leaves_the_source_untouched(settings, cli, tenant_factory):
+    source, target = tenant_factory("a"), tenant_factory("b")
+    seed_tenant(settings, source, scale=0.2)
+    assert cli("tenants", "add", target, "--name", "Alvo", "--plan", "basic").returncode == 0
+    src_db, dst_db = f"kryonix_cliente_{source}", f"kryonix_cliente_{target}"
+    at_backup = observe.table_checksums(src_db)
+    backup(cli, source)
+    observe.psql(src_db, "UPDATE crm.contatos SET nome = 'DEPOIS DO BACKUP'")
+    source_now = observe.table_checksums(src_db)
+
+    result = cli("restore", source, "--into", target)
+    assert result.returncode == 0, result.stderr
+    assert observe.table_checksums(dst_db) == at_backup
+    assert observe.table_checksums(src_db) == source_now
+    # roles were renamed to the target's; the target grants nothing to the source's roles
+    grants = observe.psql(dst_db, "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+                                  "WHERE grantee LIKE 'kryonix_cliente_%' ORDER BY 1").split()
+    assert grants == [f"kryonix_cliente_{target}_app", f"kryonix_cliente_{target}_leitura"]
+
+    # --schema --into restores one schema into the other tenant
+    observe.psql(dst_db, "UPDATE crm.contatos SET nome = 'X'")
+    assert cli("restore", source, "--into", target, "--schema", "crm").returncode == 0
+    assert observe.table_checksums(dst_db)["crm.contatos"] == at_backup["crm.contatos"]
+
+
+def repo_bytes(settings, tid) -> int:
+    root = Path(settings.repo[len("file://"):]) / f"cliente_{tid}"
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_unchanged_second_backup_adds_under_one_percent(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=4.0)
+    first = backup(cli, tid)
+    after_first = repo_bytes(settings, tid)  # compressed and encrypted, as stored
+    second = backup(cli, tid, "--type", "full")
+    growth = repo_bytes(settings, tid) - after_first
+    assert first["session"] != second["session"]
+    assert second["tiers"]["postgresql"]["bytes_processed"] == first["tiers"]["postgresql"]["bytes_processed"]
+    assert growth < 0.01 * after_first, (growth, after_first)
+
+
+def test_s3_repository_round_trip(settings, cli, tenant_factory, moto_endpoint):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.1)
+    db = f"kryonix_cliente_{tid}"
+    at_backup = observe.table_checksums(db)
+    env = {"KRYONIX_REPO": f"s3:{moto_endpoint}/kryonix-backups/{tid}",
+           "KRYONIX_REPO_ACCESS_KEY": "repo-access", "KRYONIX_REPO_SECRET_KEY": "repo-secret-key"}
+    result = cli("backup", tid, env=env)
+    assert result.returncode == 0, result.stderr
+    s3 = observe.s3(moto_endpoint, "repo-access", "repo-secret-key")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kryonix-backups", Prefix=f"{tid}/cliente_{tid}/")["Contents"]]
+    assert any(k.endswith("/config") for k in keys) and any("/snapshots/" in k for k in keys)
+    observe.psql(db, "DELETE FROM crm.contatos WHERE id > 100 AND id NOT IN (SELECT contato_id FROM lgpd.consentimentos)"
+                     " AND false")
+    observe.psql(db, "UPDATE crm.contatos SET nome = 'Y'")
+    assert cli("restore", tid, env=env).returncode == 0
+    assert observe.table_checksums(db) == at_backup
+    assert cli("verify", tid, "--read-data", env=env).returncode == 0
