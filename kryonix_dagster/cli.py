@@ -248,7 +248,7 @@ def restore(tenant_id: str, snapshot: str, into: str | None, services: str | Non
     from .engine.restore import parse_services, run_restore, validate_restore_args
 
     wanted = parse_services(services)
-    validate_restore_args(tenant_id, into, wanted, schema)
+    validate_restore_args(tenant_id, into, wanted, schema, snapshot)
     target = into or tenant_id
     if sys.stdin.isatty() and not yes and not as_json:
         what = f"schema {schema} of " if schema else ""

@@ -8,6 +8,7 @@ a session that dies before writing it leaves tier snapshots that nothing lists a
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,10 @@ STATUS_OK = "ok"
 STATUS_EMPTY = "empty"  # the tenant has no such resource (no bucket, no vhost): nothing to back up
 STATUS_FAILED = "failed"
 STATUS_SKIPPED = "skipped"  # not run because a critical tier failed before it
+
+
+SESSION_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 def new_session_id(now: datetime | None = None) -> str:
@@ -109,6 +114,18 @@ def restore_points(repo: Restic) -> list[RestorePoint]:
 
 def read_manifest(repo: Restic, point: RestorePoint) -> SessionManifest:
     return SessionManifest.from_json(repo.dump_bytes(point.manifest_snapshot, f"/{MANIFEST_FILE}"))
+
+
+def find_manifest(repo: Restic, snapshot: str) -> SessionManifest | None:
+    """The manifest of `latest`, of a session id, or of a manifest snapshot id (one restic call)."""
+    if snapshot == "latest":
+        raw = repo.dump_latest(f"/{MANIFEST_FILE}", [KIND_MANIFEST])
+    elif SESSION_ID.fullmatch(snapshot):
+        raw = repo.dump_latest(f"/{MANIFEST_FILE}", [KIND_MANIFEST, f"session={snapshot}"])
+    else:
+        matches = [s for s in repo.snapshots([KIND_MANIFEST]) if s.id.startswith(snapshot)]
+        raw = repo.dump_bytes(matches[0].id, f"/{MANIFEST_FILE}") if len(matches) == 1 else None
+    return SessionManifest.from_json(raw) if raw is not None else None
 
 
 def write_manifest(repo: Restic, manifest: SessionManifest, time: datetime) -> str:

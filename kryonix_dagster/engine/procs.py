@@ -1,8 +1,8 @@
 """Child processes that die with their parent.
 
 A session killed with SIGKILL must not leave pg_dump or restic running on as orphans:
-children get SIGTERM when the process that started them goes away (Linux PR_SET_PDEATHSIG).
-restic answers SIGTERM by removing its repository lock.
+children get SIGINT when the process that started them goes away (Linux PR_SET_PDEATHSIG).
+SIGINT because restic 0.14 removes its repository lock on SIGINT only.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
         except OSError:
             pass
 

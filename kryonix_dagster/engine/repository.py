@@ -281,6 +281,16 @@ class Restic:
                 errfile.seek(0)
                 raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
 
+    def dump_latest(self, path: str, tags: Sequence[str]) -> bytes | None:
+        """A file of the newest snapshot carrying all `tags`, in one restic call; None if none."""
+        proc = procs.run(["restic", "dump", "latest", path, "--tag", ",".join(tags)], capture_output=True, env=self.env())
+        if proc.returncode == 0:
+            return proc.stdout
+        err = proc.stderr.decode(errors="replace")
+        if "no snapshot found" in err:
+            return None
+        raise self._fail(f"dump latest:{path}", err)
+
     def dump_bytes(self, snapshot_id: str, path: str) -> bytes:
         return self.run(["dump", snapshot_id, path], f"dump {snapshot_id[:8]}:{path}").stdout
 
@@ -337,6 +347,7 @@ class Restic:
         self.run(["prune"], "prune")
 
     def check(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
+        self.unlock()  # check locks exclusively: clear what a killed session left
         args = ["check"]
         if read_data:
             args.append("--read-data")

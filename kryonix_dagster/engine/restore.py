@@ -13,7 +13,7 @@ from . import audit, registry
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
 from .lease import Lease
-from .manifest import STATUS_OK, RestorePoint, SessionManifest, new_session_id, read_manifest, restore_points
+from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_OK, SessionManifest, find_manifest, new_session_id
 from .naming import names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
 from .tenant_repository import open_repository
@@ -51,8 +51,10 @@ def parse_services(raw: str | None) -> tuple[str, ...] | None:
     return wanted
 
 
-def validate_restore_args(tenant_id: str, into: str | None, services: tuple[str, ...] | None, schema: str | None) -> None:
+def validate_restore_args(tenant_id: str, into: str | None, services: tuple[str, ...] | None, schema: str | None,
+                          snapshot: str = "latest") -> None:
     validate_tenant_id(tenant_id)
+    validate_snapshot(snapshot)
     if into is not None:
         validate_tenant_id(into)
     if schema is not None:
@@ -62,15 +64,10 @@ def validate_restore_args(tenant_id: str, into: str | None, services: tuple[str,
             raise BadInput("--schema restores one PostgreSQL schema: use it with --services postgresql or alone")
 
 
-def choose_restore_point(points: list[RestorePoint], snapshot: str, tenant_id: str) -> RestorePoint:
-    if not points:
-        raise BadInput(f"tenant {tenant_id} has no restore points")
-    if snapshot == "latest":
-        return points[0]
-    matches = [p for p in points if p.session_id == snapshot or p.manifest_snapshot.startswith(snapshot)]
-    if len(matches) != 1:
-        raise BadInput(f"tenant {tenant_id}: no restore point {snapshot!r} (see `kryonix-backup snapshots {tenant_id}`)")
-    return matches[0]
+def validate_snapshot(snapshot: str) -> str:
+    if snapshot != "latest" and not SESSION_ID.fullmatch(snapshot) and not SNAPSHOT_ID.fullmatch(snapshot):
+        raise BadInput(f"invalid --snapshot {snapshot!r}: latest, a session id (20261129T020000Z-a1b2c3) or a snapshot id")
+    return snapshot
 
 
 def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: str | None,
@@ -100,26 +97,27 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
                 services: tuple[str, ...] | None = None, schema: str | None = None,
                 report: Reporter | None = None, wait_seconds: float = 0) -> RestoreResult:
     report = report or NullReporter()
-    validate_restore_args(tenant_id, into, services, schema)
+    validate_restore_args(tenant_id, into, services, schema, snapshot)
     target_id = into or tenant_id
     if into and registry.get_tenant(settings, into) is None:
         raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
     repo = open_repository(settings, tenant_id)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
-    point = choose_restore_point(restore_points(repo), snapshot, tenant_id)
-    manifest = read_manifest(repo, point)
+    manifest = find_manifest(repo, snapshot)
+    if manifest is None:
+        raise BadInput(f"tenant {tenant_id}: no restore point {snapshot!r} (see `kryonix-backup snapshots {tenant_id}`)")
     todo, skipped = _plan(manifest, services, schema, report)
     if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
-        raise BadInput(f"schema {schema} is not in session {point.session_id}")
+        raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
     source, target = names_for(settings, tenant_id), names_for(settings, target_id)
-    result = RestoreResult(tenant_id, target_id, point.session_id, datetime.now(timezone.utc), skipped=skipped)
+    result = RestoreResult(tenant_id, target_id, manifest.session_id, datetime.now(timezone.utc), skipped=skipped)
     watch = Stopwatch()
     with Lease(settings, target_id, new_session_id(), "restore", wait_seconds):
         try:
             for name in todo:
                 spec = next(t for t in TIERS if t.name == name)
-                report.info(f"restoring {name} of session {point.session_id} into tenant {target_id}")
+                report.info(f"restoring {name} of session {manifest.session_id} into tenant {target_id}")
                 ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[name], report, schema)
                 result.tiers[name] = spec.restore(ctx)
                 for warning in result.tiers[name].warnings:

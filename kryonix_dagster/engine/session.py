@@ -19,8 +19,7 @@ from . import audit, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .lease import Lease
-from .manifest import (STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id,
-                       read_manifest, restore_points, write_manifest)
+from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
 from .naming import names_for, validate_tenant_id
 from .repository import restic_version
 from .tenant_repository import open_repository
@@ -215,12 +214,7 @@ def run_backup(
             reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
         point = _restore_point(settings, tenant_id, session_id, reporter)
         repo = open_repository(settings, tenant_id, create=True)
-        repo.unlock()
-        previous = None
-        if backup_type == "incremental":
-            points = restore_points(repo)
-            previous = read_manifest(repo, points[0]) if points else None
-        ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, previous, reporter)
+        ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, reporter)
         result.tiers = _run_phases(ctx, tiers)
         critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
         all_ok = all(r.succeeded for r in result.tiers.values())

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Callable, Protocol
 
 from ..config import Settings
-from ..manifest import SessionManifest, TierResult
+from ..manifest import SessionManifest, TierResult, read_manifest, restore_points
 from ..naming import TenantNames
 from ..registry import Tenant
 from ..repository import BackupProgress, Restic
@@ -40,19 +40,26 @@ class BackupContext:
     session_id: str
     session_time: datetime
     backup_type: str  # full | incremental
-    previous: SessionManifest | None  # the latest restore point, for incrementals
     report: Reporter
     captured: dict = field(default_factory=dict)  # what tiers saw, for the consistency rules
+    _previous: list = field(default_factory=list, repr=False)
 
     def restic_progress(self, task: str) -> Callable[[BackupProgress], None]:
         def forward(p: BackupProgress) -> None:
             self.report.progress(task, p.bytes_done, p.total_bytes)
         return forward
 
+    @property
+    def previous(self) -> SessionManifest | None:
+        """The latest restore point's manifest (read once, on first use, by incremental tiers)."""
+        if not self._previous:
+            points = restore_points(self.repo)
+            self._previous.append(read_manifest(self.repo, points[0]) if points else None)
+        return self._previous[0]
+
     def previous_tier(self, tier: str) -> TierResult | None:
-        if self.previous is None:
-            return None
-        return self.previous.tiers.get(tier)
+        previous = self.previous if self.backup_type == "incremental" else None
+        return previous.tiers.get(tier) if previous else None
 
 
 @dataclass

@@ -1,0 +1,136 @@
+"""Benchmark plumbing: an isolated world (own main database, repositories, moto S3), timed
+commands, and results written as ratios against named baselines measured in the same run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench-results"
+
+
+@dataclass
+class Measurement:
+    name: str
+    seconds: float
+    bytes: int | None = None
+    count: int | None = None  # items processed (keys, objects, messages)
+
+
+@dataclass
+class Comparison:
+    title: str
+    ours: Measurement
+    baseline: Measurement
+    note: str = ""
+
+    def row(self) -> dict:
+        doc = {
+            "comparison": self.title, "ours": self.ours.name, "baseline": self.baseline.name,
+            "time_ratio": round(self.ours.seconds / self.baseline.seconds, 3) if self.baseline.seconds else None,
+            "ours_seconds": round(self.ours.seconds, 2), "baseline_seconds": round(self.baseline.seconds, 2),
+            "note": self.note,
+        }
+        if self.ours.bytes is not None and self.baseline.bytes:
+            doc["bytes_ratio"] = round(self.ours.bytes / self.baseline.bytes, 4)
+            doc["ours_bytes"], doc["baseline_bytes"] = self.ours.bytes, self.baseline.bytes
+        if self.ours.count and self.baseline.count:
+            doc["ours_per_second"] = round(self.ours.count / self.ours.seconds, 1)
+            doc["baseline_per_second"] = round(self.baseline.count / self.baseline.seconds, 1)
+        return doc
+
+
+@dataclass
+class Report:
+    section: str
+    comparisons: list[Comparison] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+
+    def add(self, comparison: Comparison) -> None:
+        self.comparisons.append(comparison)
+        row = comparison.row()
+        extra = f", bytes ×{row['bytes_ratio']}" if "bytes_ratio" in row else ""
+        print(f"  {comparison.title}: time ×{row['time_ratio']}{extra}", flush=True)
+
+    def write(self) -> Path:
+        RESULTS.mkdir(exist_ok=True)
+        rows = [c.row() for c in self.comparisons]
+        (RESULTS / f"{self.section}.json").write_text(json.dumps({"facts": self.facts, "results": rows}, indent=2))
+        lines = [f"# {self.section}", "", *(f"- {k}: {v}" for k, v in self.facts.items()), "",
+                 "| comparison | ours | baseline | time ratio | bytes ratio | ours/s | baseline/s |",
+                 "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            lines.append(f"| {r['comparison']} | {r['ours']} | {r['baseline']} | {r['time_ratio']} | "
+                         f"{r.get('bytes_ratio', '')} | {r.get('ours_per_second', '')} | {r.get('baseline_per_second', '')} |")
+        path = RESULTS / f"{self.section}.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def timed(name: str, fn, *, count: int | None = None) -> tuple[Measurement, object]:
+    start = time.perf_counter()
+    value = fn()
+    return Measurement(name, time.perf_counter() - start, count=count), value
+
+
+def sh(cmd: str, env: dict | None = None) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, env={**os.environ, **(env or {})},
+                   stdout=subprocess.DEVNULL)
+
+
+def cli(*args: str) -> str:
+    out = subprocess.run([str(BIN / "kryonix-backup"), *args], check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class World:
+    """KRYONIX_* pointing at a private main database, repositories and a moto S3."""
+
+    def __init__(self, name: str):
+        self.base = ROOT / ".kryonix" / "bench" / name
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.base.mkdir(parents=True)
+        port = free_port()
+        self.s3 = f"http://127.0.0.1:{port}"
+        self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(60):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.25)
+        os.environ.update({
+            "KRYONIX_MAIN_DB": f"kryonix_bench_{name}",
+            "KRYONIX_S3_ENDPOINT": self.s3, "KRYONIX_S3_ACCESS_KEY": "bench", "KRYONIX_S3_SECRET_KEY": "bench-secret",
+            "KRYONIX_REPO": f"file://{self.base / 'repos'}",
+            "KRYONIX_MASTER_KEY_FILE": str(self.base / "master.key"),
+            "KRYONIX_APP_DATA_DIR": str(self.base / "appdata"),
+            "KRYONIX_STATE_DIR": str(self.base / "state"),
+        })
+        os.environ.pop("DAGSTER_HOME", None)
+
+    def repo_dir(self, tenant_id: str) -> Path:
+        return self.base / "repos" / f"cliente_{tenant_id}"
+
+    def close(self) -> None:
+        self.moto.terminate()
+        self.moto.wait(timeout=10)
