@@ -8,10 +8,7 @@ Side by side, in one run:
 """
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import tempfile
 from pathlib import Path
 
 from kryonix_dagster.engine import pg

@@ -87,7 +87,9 @@ def sh(cmd: str, env: dict | None = None) -> None:
 
 
 def cli(*args: str) -> str:
-    out = subprocess.run([str(BIN / "kryonix-backup"), *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([str(BIN / "kryonix-backup"), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"kryonix-backup {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
     return out.stdout
 
 
@@ -127,6 +129,10 @@ class World:
             "KRYONIX_STATE_DIR": str(self.base / "state"),
         })
         os.environ.pop("DAGSTER_HOME", None)
+        from kryonix_dagster.engine import pg
+        from kryonix_dagster.engine.config import load_settings
+
+        pg.drop_database(load_settings().pg_dsn, os.environ["KRYONIX_MAIN_DB"])  # the bench's own registry
 
     def repo_dir(self, tenant_id: str) -> Path:
         return self.base / "repos" / f"cliente_{tenant_id}"

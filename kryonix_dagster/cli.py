@@ -206,7 +206,7 @@ def snapshots(tenant_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(points)
     else:
-        print_table(points, ["session", "time", "type", "status", "manifest_snapshot"])
+        print_table(points, ["session", "time", "type", "status", "consistent", "manifest_snapshot"])
 
 
 @cli.command()

@@ -53,4 +53,14 @@ def session_metadata(session: SessionResult) -> dict:
         "duration_seconds": MetadataValue.float(float(session.duration_seconds)),
         "tiers": MetadataValue.md("| tier | status | bytes read | bytes added | seconds |\n"
                                   "| --- | --- | ---: | ---: | ---: |\n" + rows),
+        "consistency_score": MetadataValue.float(float(session.consistency.get("score") or 0.0)),
+        "consistent": session.consistent,
     }
+
+
+def consistency_table(report: dict) -> str:
+    rows = [f"| {r['name']} | {'yes' if r['passed'] else 'no'} | {r['score'] if r['score'] is not None else '-'} | "
+            f"{r['references']} | {r['missing_count']} | {r['orphan_count']} | {r.get('reason') or ''} |"
+            for r in report.get("rules", [])]
+    return ("| rule | passed | score % | references | missing | orphans | note |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | --- |\n" + "\n".join(rows))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.config import load_settings
 from kryonix_dagster.engine.migrations import migrate
 
@@ -81,7 +82,9 @@ def test_env(moto_endpoint, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def settings(test_env):
+    """A fresh main database per run: its wrapped keys belong to this run's master key."""
     s = load_settings()
+    pg.drop_database(s.pg_dsn, s.main_db)
     migrate(s)
     return s
 

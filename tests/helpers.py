@@ -22,11 +22,12 @@ def purge_tenant(settings, tenant_id: str) -> None:
         for (role,) in cur.fetchall():
             cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     client = services.s3_client(settings)
-    for bucket in client.list_buckets():
-        if names.owns_bucket(bucket.name):
-            for obj in client.list_objects(bucket.name, recursive=True, include_version=True):
-                client.remove_object(bucket.name, obj.object_name, version_id=obj.version_id)
-            client.remove_bucket(bucket.name)
+    for bucket in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+        if names.owns_bucket(bucket):
+            for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+            client.delete_bucket(Bucket=bucket)
     redis = services.redis_client(settings)
     keys = list(redis.scan_iter(match=names.redis_match, count=1000))
     if keys:

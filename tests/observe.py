@@ -141,3 +141,54 @@ def tree_state(root: Path) -> dict[str, str]:
         return {}
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def peek_messages(vhost: str, queue: str) -> list[tuple]:
+    """Every message of a queue as (body, headers, content_type, message_id, priority, delivery_mode),
+    in queue order, read without acknowledgement so the queue keeps them."""
+    import pika
+
+    params = pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/")
+    params.virtual_host = vhost
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        depth = channel.queue_declare(queue, passive=True).method.message_count
+        out = []
+        for _ in range(depth):
+            method, props, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            out.append((body, props.headers, props.content_type, props.message_id, props.priority, props.delivery_mode))
+        channel.close()
+        return out
+    finally:
+        connection.close()
+
+
+def vhost_messages(vhost: str) -> dict[str, list[tuple]]:
+    from urllib.parse import quote
+
+    queues = [q["name"] for q in rabbit_api(f"/definitions/{quote(vhost, safe='')}").get("queues", [])]
+    return {q: peek_messages(vhost, q) for q in sorted(queues)}
+
+
+def tenant_state(settings, tenant_id: str, messages: bool = True) -> dict:
+    """Everything a tenant owns, in every service, seen through independent clients."""
+    from kryonix_dagster.engine.naming import names_for
+
+    names = names_for(settings, tenant_id)
+    exists = psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{names.database}'") == "1"
+    client = s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
+    vhost_exists = requests.get(f"http://127.0.0.1:15672/api/vhosts/{names.vhost.replace('/', '%2F')}",
+                                auth=("guest", "guest"), timeout=30).status_code == 200
+    state = {
+        "tables": table_checksums(names.database) if exists else None,
+        "objects": bucket_state(client, names.bucket_prefix),
+        "redis": redis_state(settings.redis_url, names.redis_prefix),
+        "vhost": vhost_state(names.vhost) if vhost_exists else None,
+        "files": tree_state(names.app_data_dir),
+    }
+    if messages and vhost_exists:
+        state["messages"] = vhost_messages(names.vhost)
+    return state

@@ -14,15 +14,9 @@ TABLES = {
 
 
 def full_state(settings, tid):
-    names = names_for(settings, tid)
-    s3 = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
-    return {
-        "tables": observe.table_checksums(names.database),
-        "objects": observe.bucket_state(s3, names.bucket_prefix),
-        "redis": {k: (t, v) for k, (t, v, _ttl) in observe.redis_state(settings.redis_url, names.redis_prefix).items()},
-        "vhost": observe.vhost_state(names.vhost),
-        "files": observe.tree_state(names.app_data_dir),
-    }
+    state = observe.tenant_state(settings, tid, messages=False)
+    state["redis"] = {k: (t, v) for k, (t, v, _ttl) in state["redis"].items()}
+    return state
 
 
 def test_demo_tenant_is_realistic_in_every_service(settings, tenant_factory):

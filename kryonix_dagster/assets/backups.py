@@ -4,12 +4,12 @@ one tenant (the same engine code the CLI runs)."""
 
 import time
 
-from dagster import (AssetExecutionContext, AssetKey, AssetSpec, Config, Failure, MaterializeResult,
-                     MetadataValue, multi_asset)
+from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
+                     AssetSpec, Config, Failure, MaterializeResult, MetadataValue, multi_asset)
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.session import run_backup
-from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS, session_metadata, tier_metadata
+from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_table, session_metadata, tier_metadata
 from ..partitions import kryonix_tenants
 from ..resources import (AppDataResource, BackupRepositoryResource, ObjectStorageResource, PostgresResource,
                          RabbitMQResource, RedisResource, engine_settings)
@@ -41,13 +41,26 @@ class DagsterReporter:
             self.log.info(f"{task}: {done} bytes" + (f" of {total}" if total else ""))
 
 
+# tier → (kinds, description, upstream tiers): the dependencies follow the seed's phases.
+TIER_ASSET_DOCS = {
+    "postgresql": ({"postgres", "restic"}, "The tenant's database kryonix_cliente_{id} and its roles: pg_dump (custom "
+                   "format) of one snapshot streamed into the tenant's restic repository; rows per table.", []),
+    "redis": ({"redis", "restic"}, "The tenant's Redis namespace cliente:{id}:*: SCAN + pipelined DUMP/PTTL, every "
+              "type, TTLs kept.", []),
+    "object_storage": ({"s3", "restic"}, "The tenant's buckets cliente-{id}-*: bytes, content type, user metadata, "
+                       "tags; incremental sessions fetch only changed objects.", ["postgresql", "redis"]),
+    "rabbitmq": ({"rabbitmq", "restic"}, "The tenant's vhost /cliente_{id}: definitions, permissions and the "
+                 "messages of durable queues, read without loss (depths unchanged).", ["object_storage"]),
+    "appdata": ({"restic"}, "The tenant's application folder (config, media, mobile data); biometric templates "
+                "are never taken.", ["rabbitmq"]),
+    "compliance": ({"postgres", "restic"}, "LGPD tables and audit rows as their own snapshot, tagged for the legal "
+                   "retention periods.", ["appdata"]),
+}
+
 TIER_SPECS = [
-    AssetSpec(
-        key=TIER_ASSETS["postgresql"], group_name=GROUP, kinds={"postgres", "restic"}, skippable=True,
-        description="The tenant's PostgreSQL database kryonix_cliente_{id} and its roles: pg_dump (custom "
-                    "format) streamed into the tenant's restic repository. Metadata: snapshot, bytes read/added, "
-                    "rows per table.",
-    ),
+    AssetSpec(key=TIER_ASSETS[tier], group_name=GROUP, kinds=kinds, description=doc, skippable=True,
+              deps=[TIER_ASSETS[u] for u in upstream])
+    for tier, (kinds, doc, upstream) in TIER_ASSET_DOCS.items()
 ]
 RESTORE_POINT_SPEC = AssetSpec(
     key=RESTORE_POINT_ASSET, group_name=GROUP, kinds={"restic"}, skippable=True,
@@ -55,11 +68,35 @@ RESTORE_POINT_SPEC = AssetSpec(
     description="The session's manifest, written last: a materialization here is a restorable point "
                 "(`kryonix-backup restore ID --snapshot SESSION`).",
 )
+CONSISTENCY_CHECK = AssetCheckSpec(
+    "consistency", asset=RESTORE_POINT_ASSET,
+    description="Cross-service consistency of what the session captured: database ↔ objects, cache ↔ rows, "
+                "expected queues ↔ vhost, config ↔ files. Fails naming what is missing; ERROR below the threshold.",
+)
+
+
+def consistency_check_result(result) -> AssetCheckResult:
+    report = result.consistency
+    missing = {r["name"]: r["missing"] for r in report.get("rules", []) if r["missing"]}
+    severity = AssetCheckSeverity.ERROR if not result.consistent else AssetCheckSeverity.WARN
+    return AssetCheckResult(
+        asset_key=RESTORE_POINT_ASSET, check_name="consistency",
+        passed=result.consistent and not missing, severity=severity,
+        metadata={
+            "score": MetadataValue.float(float(report.get("score") or 0.0)),
+            "threshold": MetadataValue.float(float(report.get("threshold", 95))),
+            "session": result.session_id,
+            "rules": MetadataValue.md(consistency_table(report)),
+            "missing": MetadataValue.json(missing),
+            "orphans": MetadataValue.json({r["name"]: r["orphans"] for r in report.get("rules", []) if r["orphans"]}),
+        },
+    )
 
 
 @multi_asset(
     name="tenant_backup_session",
     specs=[*TIER_SPECS, RESTORE_POINT_SPEC],
+    check_specs=[CONSISTENCY_CHECK],
     partitions_def=kryonix_tenants,
     can_subset=False,
     pool="kryonix_backup_sessions",
@@ -86,6 +123,7 @@ def tenant_backup_session(
             yield MaterializeResult(asset_key=AssetKey(TIER_ASSETS[name]), metadata=tier_metadata(result, tier))
     if result.restore_point:
         yield MaterializeResult(asset_key=AssetKey(RESTORE_POINT_ASSET), metadata=session_metadata(result))
+        yield consistency_check_result(result)
     if not result.success:
         failed = {n: t.error for n, t in result.tiers.items() if t.error}
         raise Failure(

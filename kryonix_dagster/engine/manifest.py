@@ -80,7 +80,9 @@ class SessionManifest:
         return cls(**doc)
 
     def tags(self) -> list[str]:
-        return [KIND_MANIFEST, f"session={self.session_id}", f"type={self.backup_type}", f"status={self.status}"]
+        consistent = "yes" if self.consistency.get("consistent") else "no"
+        return [KIND_MANIFEST, f"session={self.session_id}", f"type={self.backup_type}", f"status={self.status}",
+                f"consistent={consistent}"]
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,17 @@ class RestorePoint:
     time: datetime
     backup_type: str
     status: str
+    consistent: str
     manifest_snapshot: str
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> "RestorePoint":
-        return cls(snap.tag("session") or "?", snap.time, snap.tag("type") or "?", snap.tag("status") or "?", snap.id)
+        return cls(snap.tag("session") or "?", snap.time, snap.tag("type") or "?", snap.tag("status") or "?",
+                   snap.tag("consistent") or "?", snap.id)
 
     def to_json(self) -> dict:
         return {"session": self.session_id, "time": self.time.isoformat(), "type": self.backup_type,
-                "status": self.status, "manifest_snapshot": self.manifest_snapshot[:8]}
+                "status": self.status, "consistent": self.consistent, "manifest_snapshot": self.manifest_snapshot[:8]}
 
 
 def tier_tags(session_id: str, tier: str, part: str, backup_type: str) -> list[str]:

@@ -5,7 +5,6 @@ the whole restore, so no backup session of the target interleaves with it.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -79,6 +78,9 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
     todo, skipped = [], {}
     for name in chosen:
         result = manifest.tiers.get(name)
+        if name == "compliance" and "postgresql" in chosen and not schema:
+            skipped[name] = "its lgpd tables come back with the postgresql tier of the same session"
+            continue
         if result is None:
             reason = "not in this session"
         elif result.status != STATUS_OK:

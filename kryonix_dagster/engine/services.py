@@ -2,33 +2,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 import pika
 import redis
 import requests
-from minio import Minio
+import boto3
+from botocore.config import Config as BotoConfig
 
 from . import pg
 from .config import Settings
 from .errors import OperationFailed, one_line
 
 
-def s3_client(settings: Settings) -> Minio:
+def s3_client(settings: Settings):
+    """A boto3 S3 client (path-style, for MinIO and S3 alike).
+
+    Not the minio client: minio-py refuses keys with `.`/`..` path segments, and with that
+    check bypassed urllib3 normalises the URL and reads a *different* object. S3 allows such
+    keys, so the tier must be able to back them up exactly.
+    """
     if not settings.s3_endpoint:
         raise OperationFailed("object storage: KRYONIX_S3_ENDPOINT is not set")
-    parsed = urlparse(settings.s3_endpoint if "://" in settings.s3_endpoint else f"http://{settings.s3_endpoint}")
-    return Minio(
-        parsed.netloc,
-        access_key=settings.s3_access_key or "",
-        secret_key=settings.s3_secret_key or "",
-        secure=parsed.scheme == "https",
-        region=settings.s3_region,
+    endpoint = settings.s3_endpoint if "://" in settings.s3_endpoint else f"http://{settings.s3_endpoint}"
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key or None, aws_secret_access_key=settings.s3_secret_key or None,
+        config=BotoConfig(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5},
+                          connect_timeout=10, read_timeout=120),
     )
+
+
+def create_bucket(client, bucket: str, region: str) -> None:
+    if region and region != "us-east-1":
+        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    else:
+        client.create_bucket(Bucket=bucket)
+
+
+def bucket_exists(client, bucket: str) -> bool:
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except client.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
 
 
 def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+
+
+def amqp_user(settings: Settings) -> str:
+    return pika.URLParameters(settings.amqp_url).credentials.username
 
 
 def amqp_connection(settings: Settings, vhost: str) -> pika.BlockingConnection:

@@ -15,9 +15,9 @@ from importlib import metadata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import audit, pg, registry, services
+from . import audit, consistency, pg, registry, services
 from .config import Settings
-from .errors import BadInput, KryonixError, OperationFailed, one_line
+from .errors import BadInput, KryonixError, one_line
 from .lease import Lease
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
 from .naming import names_for, validate_tenant_id
@@ -42,10 +42,15 @@ class SessionResult:
     error: str | None = None
     manifest_snapshot: str | None = None
     duration_seconds: float = 0.0
+    consistency: dict = field(default_factory=dict)
+
+    @property
+    def consistent(self) -> bool:
+        return bool(self.consistency.get("consistent", False))
 
     @property
     def success(self) -> bool:
-        return self.status == "complete"
+        return self.status == "complete" and self.consistent
 
     @property
     def restore_point(self) -> bool:
@@ -67,6 +72,7 @@ class SessionResult:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_seconds": self.duration_seconds, "bytes_processed": self.bytes_processed,
             "bytes_added": self.bytes_added, "error": self.error,
+            "consistency": {k: self.consistency.get(k) for k in ("score", "consistent", "problems")},
             "tiers": {name: _tier_json(t) for name, t in self.tiers.items()},
         }
 
@@ -216,6 +222,10 @@ def run_backup(
         repo = open_repository(settings, tenant_id, create=True)
         ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, reporter)
         result.tiers = _run_phases(ctx, tiers)
+        result.consistency = consistency.evaluate(ctx.captured).to_json()
+        if not result.consistent:
+            reporter.warn(f"inconsistent (score {result.consistency['score']}%): "
+                          + "; ".join(result.consistency["problems"]))
         critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
         all_ok = all(r.succeeded for r in result.tiers.values())
         if critical_ok:
@@ -223,11 +233,14 @@ def run_backup(
                 tenant_id=tenant_id, session_id=session_id, backup_type=backup_type,
                 started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
                 status="complete" if all_ok else "partial", tiers=result.tiers, tools=_tool_versions(),
-                restore_point=point, health=health, consistency=ctx.captured.get("consistency", {}),
+                restore_point=point, health=health, consistency=result.consistency,
             )
             result.manifest_snapshot = write_manifest(repo, manifest, started)
             result.status = manifest.status
         failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]
+        if result.restore_point and not result.consistent:
+            failed.append(f"inconsistent (score {result.consistency['score']}%): "
+                          + "; ".join(result.consistency["problems"]))
         result.error = "; ".join(failed) or None
     except KryonixError as exc:
         result.error = one_line(str(exc))
@@ -256,7 +269,8 @@ def _audit(settings: Settings, result: SessionResult) -> None:
             duration_seconds=result.duration_seconds, error=result.error,
             snapshot_ids={name: t.snapshots for name, t in result.tiers.items()} | (
                 {"manifest": result.manifest_snapshot} if result.manifest_snapshot else {}),
-            details={"status": result.status, "tiers": {n: t.status for n, t in result.tiers.items()}},
+            details={"status": result.status, "tiers": {n: t.status for n, t in result.tiers.items()},
+                     "consistency_score": result.consistency.get("score"), "consistent": result.consistent},
         ))
     except Exception as exc:  # the backup itself is done; say the audit row is missing
         log.error("tenant %s: session %s: audit row not written: %s", result.tenant_id, result.session_id, exc)

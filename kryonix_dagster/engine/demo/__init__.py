@@ -58,7 +58,7 @@ def seed_tenant(
     progress(f"{tenant_id}: PostgreSQL {names.database}")
     seed_database(settings, names, counts, objects)
     progress(f"{tenant_id}: buckets {names.bucket_prefix}*")
-    seed_objects(services.s3_client(settings), names, objects)
+    seed_objects(services.s3_client(settings), names, objects, settings.s3_region)
     progress(f"{tenant_id}: Redis {names.redis_match}")
     seed_cache(services.redis_client(settings), names, counts)
     progress(f"{tenant_id}: RabbitMQ vhost {names.vhost}")

@@ -2,36 +2,41 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import urlencode
 
-from minio import Minio
-from minio.commonconfig import Tags
+from boto3.s3.transfer import TransferConfig
 
 from ..naming import TenantNames
-from .plan import BUCKET_SUFFIXES, DemoObject
+from ..services import bucket_exists, create_bucket
+from .plan import BUCKET_SUFFIXES, MULTIPART_THRESHOLD, DemoObject
+
+TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
 
 
-def _tags(values: dict[str, str]) -> Tags | None:
-    if not values:
-        return None
-    tags = Tags.new_object_tags()
-    tags.update(values)
-    return tags
+def _existing(client, bucket: str) -> dict[str, int]:
+    sizes = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            sizes[item["Key"]] = item["Size"]
+    return sizes
 
 
-def seed_objects(client: Minio, names: TenantNames, objects: list[DemoObject]) -> None:
+def seed_objects(client, names: TenantNames, objects: list[DemoObject], region: str = "us-east-1") -> None:
     for suffix in BUCKET_SUFFIXES:
         bucket = names.bucket(suffix)
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
+        if not bucket_exists(client, bucket):
+            create_bucket(client, bucket, region)
         wanted = {o.key: o for o in objects if o.bucket_suffix == suffix}
-        existing = {o.object_name: o for o in client.list_objects(bucket, recursive=True)}
+        existing = _existing(client, bucket)
         for key in existing.keys() - wanted.keys():
-            client.remove_object(bucket, key)
+            client.delete_object(Bucket=bucket, Key=key)
         for key, obj in wanted.items():
-            if key in existing and existing[key].size == obj.size:
+            if existing.get(key) == obj.size:
                 continue  # deterministic content: same key and size means same object
-            data = obj.content(names.tenant_id)
-            client.put_object(
-                bucket, key, io.BytesIO(data), length=len(data), content_type=obj.content_type,
-                metadata=obj.metadata or None, tags=_tags(obj.tags),
-            )
+            extra = {"ContentType": obj.content_type}
+            if obj.metadata:
+                extra["Metadata"] = obj.metadata
+            if obj.tags:
+                extra["Tagging"] = urlencode(obj.tags)
+            client.upload_fileobj(io.BytesIO(obj.content(names.tenant_id)), bucket, key, ExtraArgs=extra,
+                                  Config=TRANSFER)

@@ -15,7 +15,8 @@ MODULE_SCHEMAS = (
 )
 # Queues the tenant's application expects (written into its app config).
 EXPECTED_QUEUES = ("mobile.sync", "whatsapp.outbound", "notificacoes", "dead.letters")
-MULTIPART_OBJECT_SIZE = 6 * 1024 * 1024 + 4321  # above minio-py's 5 MiB multipart part size
+MULTIPART_THRESHOLD = 5 * 1024 * 1024  # S3's minimum part size: larger objects are uploaded in parts
+MULTIPART_OBJECT_SIZE = 6 * 1024 * 1024 + 4321
 BUCKET_SUFFIXES = ("media", "documentos")
 
 

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import psycopg2
 from psycopg2 import sql
 
-from .. import pg, procs
+from .. import consistency, pg, procs
 from ..errors import BadInput, OperationFailed, one_line
 from ..manifest import STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames, rename_role
@@ -126,6 +127,7 @@ def backup(ctx: BackupContext) -> TierResult:
                                       tags("dump"), ctx.session_time, ctx.restic_progress("postgresql dump"))
         checksums = table_checksums(cur)
         schemas = _schemas(cur)
+        ctx.captured[TIER] = _consistency_queries(cur)
     snapshots = {"dump": dump.snapshot_id}
     added = dump.data_added
     roles = tenant_roles(ctx.settings, names)
@@ -141,6 +143,21 @@ def backup(ctx: BackupContext) -> TierResult:
         details={"database": names.database, "schemas": schemas, "tables": len(checksums),
                  "roles": [r["name"] for r in roles], "server_version": server_version},
     )
+
+
+def _consistency_queries(cur) -> dict[str, list[str] | str]:
+    """The consistency rules' SQL, in the dump's snapshot; a failing query records its error."""
+    results: dict[str, list[str] | str] = {}
+    for key, query in consistency.database_queries(consistency.load_rules()).items():
+        cur.execute("SAVEPOINT kryonix_rule")
+        try:
+            cur.execute(query)
+            results[key] = [str(row[0]) for row in cur.fetchall()]
+            cur.execute("RELEASE SAVEPOINT kryonix_rule")
+        except psycopg2.Error as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT kryonix_rule")
+            results[key] = one_line(str(exc), 200)
+    return results
 
 
 # --- restore -------------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Redis tier: the tenant's key namespace `cliente:{id}:*`.
+
+SCAN (never KEYS) with the tenant's MATCH pattern, de-duplicated, then pipelined DUMP and
+PTTL: values stay in Redis's own serialization, binary-safe, every type including streams.
+The keys are written sorted into one framed stream (key, absolute expiry, payload), so an
+unchanged namespace deduplicates in restic. Restore uses RESTORE … REPLACE with the time
+each key has left; keys that expired since the backup are not resurrected. The session's
+own `backup:in_progress` flag is never captured nor restored.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from typing import Iterator
+
+import redis
+
+from .. import services
+from ..errors import OperationFailed, one_line
+from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
+from ..naming import rename_redis_key
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+
+TIER = "redis"
+STREAM_FILE = "keys.bin"
+MAGIC = b"KRYONIX-REDIS-1\n"
+BATCH = 500
+NO_EXPIRY = -1
+_RECORD = struct.Struct("<IqI")  # key length, absolute expiry in ms (or -1), payload length
+
+
+def scan_keys(client: redis.Redis, match: str, exclude: bytes) -> list[bytes]:
+    """Every key of the namespace once, sorted (SCAN may return a key more than once)."""
+    return sorted({k for k in client.scan_iter(match=match, count=1000) if k != exclude})
+
+
+def _records(client: redis.Redis, keys: list[bytes], stats: dict) -> Iterator[bytes]:
+    yield MAGIC
+    for start in range(0, len(keys), BATCH):
+        batch = keys[start:start + BATCH]
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.dump(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        for i, key in enumerate(batch):
+            payload, pttl = replies[2 * i], replies[2 * i + 1]
+            if payload is None or pttl == -2:
+                stats["vanished"] += 1  # deleted or expired between SCAN and DUMP
+                continue
+            expiry = now_ms + pttl if pttl >= 0 else NO_EXPIRY
+            stats["keys"] += 1
+            stats["with_ttl"] += expiry != NO_EXPIRY
+            yield _RECORD.pack(len(key), expiry, len(payload)) + key + payload
+
+
+def parse_records(data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+    if not data.startswith(MAGIC):
+        raise OperationFailed("redis snapshot: unknown format")
+    pos = len(MAGIC)
+    while pos < len(data):
+        key_len, expiry, payload_len = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        key = data[pos:pos + key_len]
+        pos += key_len
+        payload = data[pos:pos + payload_len]
+        pos += payload_len
+        yield key, expiry, payload
+
+
+def backup(ctx: BackupContext) -> TierResult:
+    watch = Stopwatch()
+    names = ctx.names
+    client = services.redis_client(ctx.settings)
+    try:
+        keys = scan_keys(client, names.redis_match, names.backup_flag_key.encode())
+        version = client.info("server").get("redis_version", "?")
+    except redis.RedisError as exc:
+        raise OperationFailed(f"tenant {names.tenant_id}, tier redis: SCAN failed: {one_line(exc)}") from None
+    ctx.captured[TIER] = [k[len(names.redis_prefix):].decode(errors="replace") for k in keys]
+    if not keys:
+        return TierResult(TIER, STATUS_EMPTY, duration_seconds=watch.seconds, details={"redis_version": version})
+    stats = {"keys": 0, "with_ttl": 0, "vanished": 0}
+    digest = hashlib.sha256()
+
+    def stream() -> Iterator[bytes]:
+        try:
+            for record in _records(client, keys, stats):
+                digest.update(record)
+                yield record
+        except redis.RedisError as exc:
+            raise OperationFailed(f"tenant {names.tenant_id}, tier redis: DUMP failed: {one_line(exc)}") from None
+
+    summary = ctx.repo.backup_stream(stream(), STREAM_FILE, tier_tags(ctx.session_id, TIER, "keys", ctx.backup_type),
+                                     ctx.session_time, ctx.restic_progress("redis keys"))
+    return TierResult(
+        TIER, STATUS_OK, snapshots={"keys": summary.snapshot_id}, bytes_processed=summary.total_bytes_processed,
+        bytes_added=summary.data_added, items=stats["keys"], duration_seconds=watch.seconds,
+        checksums={"stream_sha256": digest.hexdigest(), "keys": stats["keys"]},
+        details={"keys": stats["keys"], "keys_with_ttl": stats["with_ttl"], "vanished_during_backup": stats["vanished"],
+                 "redis_version": version},
+    )
+
+
+def restore(ctx: RestoreContext) -> RestoreOutcome:
+    outcome = RestoreOutcome(tier=TIER)
+    data = ctx.repo.dump_bytes(ctx.result.snapshots["keys"], f"/{STREAM_FILE}")
+    expected = ctx.result.checksums.get("stream_sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise OperationFailed(f"tenant {ctx.source.tenant_id}, tier redis: snapshot does not match its manifest checksum")
+    client = services.redis_client(ctx.settings)
+    target = ctx.target
+    flag = target.backup_flag_key.encode()
+    try:
+        wanted = set()
+        now_ms = int(time.time() * 1000)
+        pipe = client.pipeline(transaction=False)
+        expired = 0
+        for key, expiry, payload in parse_records(data):
+            if ctx.into_other:
+                key = rename_redis_key(key, ctx.source, target)
+            if not target.owns_redis_key(key) or key == flag:
+                raise OperationFailed(f"tier redis: key outside tenant {target.tenant_id}'s namespace in the snapshot")
+            if expiry != NO_EXPIRY and expiry <= now_ms + 1:
+                expired += 1
+                continue
+            wanted.add(key)
+            pipe.restore(key, 0 if expiry == NO_EXPIRY else expiry, payload, replace=True,
+                         absttl=expiry != NO_EXPIRY)
+            if len(pipe) >= BATCH:
+                pipe.execute()
+        pipe.execute()
+        # replace semantics: keys created after the backup go (the backup flag stays)
+        stale = [k for k in client.scan_iter(match=target.redis_match, count=1000) if k not in wanted and k != flag]
+        for start in range(0, len(stale), BATCH):
+            client.delete(*stale[start:start + BATCH])
+    except redis.RedisError as exc:
+        raise OperationFailed(f"tenant {target.tenant_id}, tier redis: RESTORE failed: {one_line(exc)}") from None
+    outcome.restored = len(wanted)
+    outcome.details.update(expired_not_restored=expired, removed=len(stale))
+    return outcome
