@@ -2,10 +2,16 @@
 import os
 import sys
 
-from . import bench_postgres
+from . import bench_postgres, bench_tiers
 
 SECTIONS = {
-    "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "55"))),
+    "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "70"))),
+    "tiers": lambda: bench_tiers.run(
+        objects=int(os.environ.get("BENCH_OBJECTS", "400")),
+        object_size=int(os.environ.get("BENCH_OBJECT_SIZE", str(256 * 1024))),
+        keys=int(os.environ.get("BENCH_KEYS", "200000")),
+        messages=int(os.environ.get("BENCH_MESSAGES", "20000")),
+    ),
 }
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""PostgreSQL tier benchmark (issue 3): a ~200 MB tenant database.
+"""PostgreSQL tier benchmark (issue 3): a tenant whose only data is a ~200 MB database.
 
 Side by side, in one run:
   our full backup        vs  pg_dump -Fc | restic backup --stdin (by hand, fresh repository)
@@ -11,10 +11,14 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from kryonix_dagster.engine import pg
+from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.engine.config import load_settings
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.engine.demo.database import seed_database
+from kryonix_dagster.engine.demo.plan import DemoCounts
 from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.engine.naming import names_for
+
+from tests.helpers import purge_tenant
 
 from .harness import Comparison, Measurement, Report, World, cli, dir_bytes, sh, timed
 
@@ -27,8 +31,12 @@ def run(scale: float) -> Path:
     try:
         settings = load_settings()
         migrate(settings)
-        print(f"seeding tenant {TENANT} at scale {scale}", flush=True)
-        seed_tenant(settings, TENANT, scale=scale)
+        print(f"seeding the database of tenant {TENANT} at scale {scale}", flush=True)
+        # Only the database: the other tiers find nothing and cost only their fixed overhead.
+        counts = DemoCounts.for_scale(scale)
+        purge_tenant(settings, TENANT)
+        registry.ensure_tenant(settings, TENANT, "Bench PostgreSQL", "basic")
+        seed_database(settings, names_for(settings, TENANT), counts, [])
         db = f"kryonix_cliente_{TENANT}"
         with pg.connection(settings.pg_dsn, db) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_database_size(current_database())")
@@ -81,6 +89,6 @@ def run(scale: float) -> Path:
         report.add(Comparison("restore vs pg_restore of a plain dump", restore, baseline,
                               "ours also fetches from restic, verifies every table's rows, and swaps atomically"))
     finally:
-        pg.drop_database(load_settings().pg_dsn, f"kryonix_cliente_{TENANT}")
+        purge_tenant(load_settings(), TENANT)
         world.close()
     return report.write()

@@ -15,9 +15,10 @@ def report_session(result: SessionResult) -> bool:
     if not os.environ.get("DAGSTER_HOME") or not result.restore_point:
         return False
     try:
-        from dagster import AssetMaterialization, DagsterInstance
+        from dagster import AssetKey, AssetMaterialization, DagsterInstance
+        from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 
-        from .metadata import RESTORE_POINT_ASSET, TIER_ASSETS, session_metadata, tier_metadata
+        from .metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_evaluation, session_metadata, tier_metadata
         from .partitions import KRYONIX_TENANTS
 
         with DagsterInstance.get() as instance:
@@ -32,6 +33,9 @@ def report_session(result: SessionResult) -> bool:
             instance.report_runless_asset_event(AssetMaterialization(
                 asset_key=RESTORE_POINT_ASSET, partition=result.tenant_id,
                 metadata=session_metadata(result), tags=tags))
+            instance.report_runless_asset_event(AssetCheckEvaluation(
+                asset_key=AssetKey(RESTORE_POINT_ASSET), check_name="consistency", partition=result.tenant_id,
+                **consistency_evaluation(result)))
         return True
     except Exception as exc:
         log.warning("session %s not reported to Dagster: %s", result.session_id, exc)

@@ -1,7 +1,7 @@
 """Dagster metadata for people: numbers become plots, tables are Markdown, never a secret."""
 from __future__ import annotations
 
-from dagster import MetadataValue
+from dagster import AssetCheckSeverity, MetadataValue
 
 from .engine.manifest import TierResult
 from .engine.session import SessionResult
@@ -64,3 +64,22 @@ def consistency_table(report: dict) -> str:
             for r in report.get("rules", [])]
     return ("| rule | passed | score % | references | missing | orphans | note |\n"
             "| --- | --- | ---: | ---: | ---: | ---: | --- |\n" + "\n".join(rows))
+
+
+def consistency_evaluation(session: SessionResult) -> dict:
+    """passed/severity/metadata of the consistency check: fails on any missing reference,
+    ERROR when the score is under the threshold, WARN otherwise."""
+    report = session.consistency
+    missing = {r["name"]: r["missing"] for r in report.get("rules", []) if r["missing"]}
+    return {
+        "passed": session.consistent and not missing,
+        "severity": AssetCheckSeverity.WARN if session.consistent else AssetCheckSeverity.ERROR,
+        "metadata": {
+            "score": MetadataValue.float(float(report.get("score") or 0.0)),
+            "threshold": MetadataValue.float(float(report.get("threshold", 95))),
+            "session": session.session_id,
+            "rules": MetadataValue.md(consistency_table(report)),
+            "missing": MetadataValue.json(missing),
+            "orphans": MetadataValue.json({r["name"]: r["orphans"] for r in report.get("rules", []) if r["orphans"]}),
+        },
+    }

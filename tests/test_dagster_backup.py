@@ -1,7 +1,7 @@
 """The Dagster layer runs the same sessions and shows them as per-tenant materializations."""
 import json
 
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from kryonix_dagster.assets import tenant_backup_session
 from kryonix_dagster.engine import keys
@@ -69,3 +69,6 @@ def test_cli_backup_appears_in_the_dagster_instance(settings, tenant_factory, cl
         assert event.asset_materialization.metadata["session"].value == session
         point = instance.get_latest_materialization_event(AssetKey("restore_point"))
         assert point.asset_materialization.metadata["session"].value == session
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [AssetCheckKey(AssetKey("restore_point"), "consistency")])[AssetCheckKey(AssetKey("restore_point"), "consistency")]
+        assert check.event.dagster_event.event_specific_data.passed is True

@@ -4,12 +4,12 @@ one tenant (the same engine code the CLI runs)."""
 
 import time
 
-from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AssetKey,
                      AssetSpec, Config, Failure, MaterializeResult, MetadataValue, multi_asset)
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.session import run_backup
-from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_table, session_metadata, tier_metadata
+from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_evaluation, session_metadata, tier_metadata
 from ..partitions import kryonix_tenants
 from ..resources import (AppDataResource, BackupRepositoryResource, ObjectStorageResource, PostgresResource,
                          RabbitMQResource, RedisResource, engine_settings)
@@ -76,21 +76,7 @@ CONSISTENCY_CHECK = AssetCheckSpec(
 
 
 def consistency_check_result(result) -> AssetCheckResult:
-    report = result.consistency
-    missing = {r["name"]: r["missing"] for r in report.get("rules", []) if r["missing"]}
-    severity = AssetCheckSeverity.ERROR if not result.consistent else AssetCheckSeverity.WARN
-    return AssetCheckResult(
-        asset_key=RESTORE_POINT_ASSET, check_name="consistency",
-        passed=result.consistent and not missing, severity=severity,
-        metadata={
-            "score": MetadataValue.float(float(report.get("score") or 0.0)),
-            "threshold": MetadataValue.float(float(report.get("threshold", 95))),
-            "session": result.session_id,
-            "rules": MetadataValue.md(consistency_table(report)),
-            "missing": MetadataValue.json(missing),
-            "orphans": MetadataValue.json({r["name"]: r["orphans"] for r in report.get("rules", []) if r["orphans"]}),
-        },
-    )
+    return AssetCheckResult(asset_key=RESTORE_POINT_ASSET, check_name="consistency", **consistency_evaluation(result))
 
 
 @multi_asset(

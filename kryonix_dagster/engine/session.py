@@ -223,8 +223,9 @@ def run_backup(
         ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, reporter)
         result.tiers = _run_phases(ctx, tiers)
         result.consistency = consistency.evaluate(ctx.captured).to_json()
-        if not result.consistent:
-            reporter.warn(f"inconsistent (score {result.consistency['score']}%): "
+        if result.consistency["problems"]:
+            label = "consistent" if result.consistent else "inconsistent"
+            reporter.warn(f"consistency score {result.consistency['score']}% ({label}): "
                           + "; ".join(result.consistency["problems"]))
         critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
         all_ok = all(r.succeeded for r in result.tiers.values())
