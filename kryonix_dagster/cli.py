@@ -265,6 +265,62 @@ def restore(tenant_id: str, snapshot: str, into: str | None, services: str | Non
                    f"in {result.duration_seconds:.1f}s")
 
 
+@cli.command()
+@click.argument("tenant_id")
+@click.option("--dry-run", is_flag=True, help="Show what the plan keeps and removes; change nothing.")
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for the tenant's lease.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def forget(tenant_id: str, dry_run: bool, wait_seconds: float, as_json: bool) -> None:
+    """Apply the tenant's plan retention (restic GFS) to every tier, then prune."""
+    from .engine.retention import run_forget
+
+    validate_tenant_id(tenant_id)
+    reporter = TerminalReporter()
+    reporter.info(f"tenant {tenant_id}: applying retention" + (" (dry run)" if dry_run else " and pruning"))
+    decision = run_forget(ready_settings(), tenant_id, dry_run=dry_run, wait_seconds=wait_seconds)
+    if decision.warning:
+        reporter.warn(decision.warning)
+    if as_json:
+        emit_json({**decision.to_json(), "dry_run": dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"tenant {tenant_id} (plan {decision.plan}): keeps {len(decision.kept_sessions)} restore point(s), "
+               f"{verb} {len(decision.removed_sessions)}")
+    for session in decision.sessions:
+        click.echo(f"  {'keep  ' if session.keep else 'remove'} {session.session_id}  {session.time}  "
+                   f"{', '.join(session.reasons)}")
+    for tier, counts in decision.tiers.items():
+        click.echo(f"  tier {tier}: keep {counts['keep']}, {verb} {counts['remove']}")
+    if decision.unfinished_sessions:
+        click.echo(f"  unfinished sessions {verb}: {', '.join(decision.unfinished_sessions)}")
+    if decision.legal_hold_sessions:
+        click.echo(f"  compliance snapshots kept for the legal period: {len(decision.legal_hold_sessions)} session(s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def status(as_json: bool) -> None:
+    """The fleet: last backup age, stale tenants, storage totals."""
+    from .engine.fleet import fleet_status
+
+    report = fleet_status(ready_settings())
+    if as_json:
+        emit_json(report)
+        return
+    rows = [{**t, "age_h": "-" if t["age_hours"] is None else f"{t['age_hours']:.1f}",
+             "stale": "STALE" if t["stale"] else "", "repo": human_bytes(t["repo_bytes"]) if t["repo_bytes"] else "-",
+             "check": {True: "ok", False: "FAILED", None: "-"}[t["last_check_ok"]],
+             "drill": {True: "ok", False: "FAILED", None: "-"}[t["last_drill_ok"]],
+             "points": t["restore_points"] if t["restore_points"] is not None else "-"}
+            for t in report["tenants"]]
+    print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill"])
+    day = report["last_24h"]
+    click.echo(f"\n{len(report['tenants'])} tenants, {len(report['stale'])} stale, storage {human_bytes(report['storage_bytes'])}; "
+               f"last 24 h: {day['sessions']} sessions ({day['succeeded']} ok) for {day['tenants']} tenants, "
+               f"{human_bytes(day['bytes'])} read, average {human_bytes(day['average_bytes'])}")
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("tenant_id")
 @click.argument("restic_args", nargs=-1, type=click.UNPROCESSED)

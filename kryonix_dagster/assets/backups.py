@@ -4,15 +4,15 @@ one tenant (the same engine code the CLI runs)."""
 
 import time
 
-from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AssetKey,
-                     AssetSpec, Config, Failure, MaterializeResult, MetadataValue, multi_asset)
+from dagster import AssetCheckSpec, AssetExecutionContext, AssetSpec, Config, Failure, MetadataValue, multi_asset
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.session import run_backup
-from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_evaluation, session_metadata, tier_metadata
+from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS
 from ..partitions import kryonix_tenants
-from ..resources import (AppDataResource, BackupRepositoryResource, ObjectStorageResource, PostgresResource,
-                         RabbitMQResource, RedisResource, engine_settings)
+from ..pools import SESSION_POOL, ServicePoolGate
+from ..resources import BackupEngineResource
+from ..session_events import asset_results
 
 GROUP = "tenant_backups"
 
@@ -75,45 +75,31 @@ CONSISTENCY_CHECK = AssetCheckSpec(
 )
 
 
-def consistency_check_result(result) -> AssetCheckResult:
-    return AssetCheckResult(asset_key=RESTORE_POINT_ASSET, check_name="consistency", **consistency_evaluation(result))
-
-
 @multi_asset(
     name="tenant_backup_session",
     specs=[*TIER_SPECS, RESTORE_POINT_SPEC],
     check_specs=[CONSISTENCY_CHECK],
     partitions_def=kryonix_tenants,
     can_subset=False,
-    pool="kryonix_backup_sessions",
+    pool=SESSION_POOL,
 )
-def tenant_backup_session(
-    context: AssetExecutionContext,
-    config: BackupConfig,
-    postgres: PostgresResource,
-    object_storage: ObjectStorageResource,
-    redis: RedisResource,
-    rabbitmq: RabbitMQResource,
-    repository: BackupRepositoryResource,
-    app_data: AppDataResource,
-):
+def tenant_backup_session(context: AssetExecutionContext, config: BackupConfig, engine: BackupEngineResource):
     """One coordinated backup session of the partition's tenant, all tiers."""
-    settings = engine_settings(postgres, object_storage, redis, rabbitmq, repository, app_data)
     tenant_id = context.partition_key
+    gate = ServicePoolGate(context.instance, context.run_id, context.op.name, context.log)
     try:
-        result = run_backup(settings, tenant_id, config.backup_type, DagsterReporter(context.log))
+        result = run_backup(engine.settings(), tenant_id, config.backup_type, DagsterReporter(context.log), gate=gate)
     except KryonixError as exc:
         raise Failure(description=one_line(str(exc)), metadata={"tenant": tenant_id}) from None
-    for name, tier in result.tiers.items():
-        if tier.status == "ok" and name in TIER_ASSETS:
-            yield MaterializeResult(asset_key=AssetKey(TIER_ASSETS[name]), metadata=tier_metadata(result, tier))
-    if result.restore_point:
-        yield MaterializeResult(asset_key=AssetKey(RESTORE_POINT_ASSET), metadata=session_metadata(result))
-        yield consistency_check_result(result)
+    yield from asset_results(result)
     if not result.success:
-        failed = {n: t.error for n, t in result.tiers.items() if t.error}
-        raise Failure(
-            description=f"tenant {tenant_id}: session {result.session_id} {result.status}: {result.error}",
-            metadata={"tenant": tenant_id, "session": result.session_id, "status": result.status,
-                      "failed_tiers": MetadataValue.json(failed)},
-        )
+        raise session_failure(result)
+
+
+def session_failure(result) -> Failure:
+    failed = {n: t.error for n, t in result.tiers.items() if t.error}
+    return Failure(
+        description=f"tenant {result.tenant_id}: session {result.session_id} {result.status}: {result.error}",
+        metadata={"tenant": result.tenant_id, "session": result.session_id, "status": result.status,
+                  "failed_tiers": MetadataValue.json(failed)},
+    )

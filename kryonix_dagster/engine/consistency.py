@@ -6,8 +6,8 @@ into, each set taken from one tier's capture: rows of a SQL query run in the Pos
 tier's own snapshot, captured object keys (`bucket-suffix/key`), Redis key names matched by
 a pattern, vhost queue names, application files, or a list inside a JSON config file.
 A rule's score is the share of its references that resolve; the session's score is the
-mean over the rules that could be evaluated; below the threshold the session is
-inconsistent. A rule with any missing reference fails, naming what is missing.
+mean over the rules that could be evaluated (none evaluable: no score, not inconsistent);
+below the threshold the session is inconsistent. A rule with any missing reference fails, naming what is missing.
 """
 from __future__ import annotations
 
@@ -130,4 +130,5 @@ def evaluate(captured: dict, rules: dict | None = None) -> ConsistencyReport:
     scores = [r.score for r in results if r.score is not None]
     overall = round(sum(scores) / len(scores), 2) if scores else None
     threshold = float(rules.get("threshold_percent", 95))
-    return ConsistencyReport(overall, threshold, overall is not None and overall >= threshold, results)
+    # with no rule applicable (a tenant without those tables or files) there is nothing inconsistent
+    return ConsistencyReport(overall, threshold, overall is None or overall >= threshold, results)

@@ -74,6 +74,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "repository statistics for the fleet status",
+        """
+        CREATE TABLE tenants.repository_stats (
+            cliente_id     text PRIMARY KEY,
+            restore_points integer NOT NULL,
+            snapshots      integer NOT NULL,
+            repo_bytes     bigint,
+            latest_session text,
+            updated_at     timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 

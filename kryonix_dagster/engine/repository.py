@@ -332,12 +332,11 @@ class Restic:
         docs = self.run_json(args, "forget") or []
         groups = []
         for doc in docs:
-            reasons = {}
-            for reason in doc.get("reasons") or []:
-                snap = reason.get("snapshot", {})
-                reasons[snap.get("id", "")] = reason.get("matches", [])
+            keep = doc.get("keep") or []
+            # restic lists one reason per kept snapshot, in the same order (the reason's copy has no id)
+            reasons = {snap["id"]: reason.get("matches", []) for snap, reason in zip(keep, doc.get("reasons") or [])}
             groups.append(ForgetGroup(
-                keep=tuple(Snapshot.from_json(s) for s in doc.get("keep") or []),
+                keep=tuple(Snapshot.from_json(s) for s in keep),
                 remove=tuple(Snapshot.from_json(s) for s in doc.get("remove") or []),
                 reasons=reasons,
             ))

@@ -8,16 +8,19 @@ flag and the lease and record the audit row on every path.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Callable, ContextManager
 
 from . import audit, consistency, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
+from .fleet import refresh_repository_stats
 from .lease import Lease
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
 from .naming import names_for, validate_tenant_id
@@ -28,6 +31,8 @@ from .tiers.base import BackupContext, NullReporter, Reporter, Stopwatch, TierSp
 
 log = logging.getLogger(__name__)
 BACKUP_TYPES = ("full", "incremental")
+# Around each tier: a context manager per service (the Dagster layer gives per-service pools).
+Gate = Callable[[str], ContextManager]
 
 
 @dataclass
@@ -107,10 +112,11 @@ class _TenantReporter:
         self.inner.progress(f"{self.tenant_id} {task}", done, total)
 
 
-def _run_tier(spec: TierSpec, ctx: BackupContext) -> TierResult:
+def _run_tier(spec: TierSpec, ctx: BackupContext, gate: Gate) -> TierResult:
     watch = Stopwatch()
     try:
-        result = spec.backup(ctx)
+        with gate(spec.service):
+            result = spec.backup(ctx)
     except KryonixError as exc:
         return TierResult(spec.name, STATUS_FAILED, duration_seconds=watch.seconds, error=one_line(str(exc)))
     except Exception as exc:  # unexpected: still a failed tier with a message that says where
@@ -122,7 +128,7 @@ def _run_tier(spec: TierSpec, ctx: BackupContext) -> TierResult:
     return result
 
 
-def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...]) -> dict[str, TierResult]:
+def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...], gate: Gate) -> dict[str, TierResult]:
     results: dict[str, TierResult] = {}
     stopped_by: str | None = None
     for phase, parallel, critical in PHASES:
@@ -136,11 +142,11 @@ def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...]) -> dict[str, Ti
         ctx.report.info(f"phase {phase}: {', '.join(s.name for s in specs)}")
         if parallel and len(specs) > 1:
             with ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix=f"tier-{phase}") as pool:
-                for spec, result in zip(specs, pool.map(lambda s: _run_tier(s, ctx), specs)):
+                for spec, result in zip(specs, pool.map(lambda s: _run_tier(s, ctx, gate), specs)):
                     results[spec.name] = result
         else:
             for spec in specs:
-                results[spec.name] = _run_tier(spec, ctx)
+                results[spec.name] = _run_tier(spec, ctx, gate)
         failed = [s.name for s in specs if not results[s.name].succeeded and (critical or s.critical)]
         if failed:
             stopped_by = ", ".join(failed)
@@ -190,6 +196,7 @@ def run_backup(
     report: Reporter | None = None,
     wait_seconds: float = 0,
     tiers: tuple[TierSpec, ...] = TIERS,
+    gate: Gate | None = None,
 ) -> SessionResult:
     """Run one session. Bad input and a busy tenant raise; a failed session returns its result."""
     validate_tenant_id(tenant_id)
@@ -221,7 +228,7 @@ def run_backup(
         point = _restore_point(settings, tenant_id, session_id, reporter)
         repo = open_repository(settings, tenant_id, create=True)
         ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, reporter)
-        result.tiers = _run_phases(ctx, tiers)
+        result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()))
         result.consistency = consistency.evaluate(ctx.captured).to_json()
         if result.consistency["problems"]:
             label = "consistent" if result.consistent else "inconsistent"
@@ -238,6 +245,10 @@ def run_backup(
             )
             result.manifest_snapshot = write_manifest(repo, manifest, started)
             result.status = manifest.status
+            try:
+                refresh_repository_stats(settings, tenant_id, repo)
+            except Exception as exc:  # statistics only: the restore point is written
+                reporter.warn(f"repository statistics not refreshed: {one_line(str(exc), 200)}")
         failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]
         if result.restore_point and not result.consistent:
             failed.append(f"inconsistent (score {result.consistency['score']}%): "

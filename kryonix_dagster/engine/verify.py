@@ -33,6 +33,11 @@ class VerifyResult:
                 "unfinished_sessions": self.unfinished_sessions, "duration_seconds": self.duration_seconds}
 
 
+def rotating_subset(now: datetime) -> str:
+    """A seventh of the data per day of the week: run daily, the whole repository is read weekly."""
+    return f"{now.isoweekday()}/7"
+
+
 def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subset: str | None = None) -> VerifyResult:
     validate_tenant_id(tenant_id)
     repo = open_repository(settings, tenant_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from dagster import ConfigurableResource, EnvVar
 
 from ..engine import registry
+from ..engine.alerts import Alert, AlertChannels, deliver
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.registry import Tenant
 
@@ -106,9 +107,65 @@ def engine_settings(
     )
 
 
+class BackupEngineResource(ConfigurableResource):
+    """Everything a backup session touches, composed from the per-system resources."""
+
+    postgres: PostgresResource
+    object_storage: ObjectStorageResource
+    redis: RedisResource
+    rabbitmq: RabbitMQResource
+    repository: BackupRepositoryResource
+    app_data: AppDataResource
+
+    def settings(self) -> Settings:
+        return engine_settings(self.postgres, self.object_storage, self.redis, self.rabbitmq, self.repository,
+                               self.app_data)
+
+
+class AlertsResource(ConfigurableResource):
+    """Where alerts go: a JSON webhook (Slack-compatible) and/or e-mail over SMTP."""
+
+    webhook_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    email_from: str = "kryonix-backup@localhost"
+    email_to: str = ""  # comma-separated
+
+    def channels(self) -> AlertChannels:
+        return AlertChannels(
+            webhook_url=self.webhook_url, smtp_host=self.smtp_host, smtp_port=self.smtp_port,
+            smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_starttls=self.smtp_starttls,
+            email_from=self.email_from, email_to=tuple(a.strip() for a in self.email_to.split(",") if a.strip()),
+        )
+
+    def send(self, alert: Alert) -> list[str]:
+        return deliver(self.channels(), alert)
+
+
 def resources_from_env() -> dict[str, ConfigurableResource]:
+    postgres = PostgresResource(dsn=env_or_default("KRYONIX_PG_DSN"), main_db=env_or_default("KRYONIX_MAIN_DB"))
+    services = _service_resources()
     return {
-        "postgres": PostgresResource(dsn=env_or_default("KRYONIX_PG_DSN"), main_db=env_or_default("KRYONIX_MAIN_DB")),
+        "postgres": postgres,
+        "engine": BackupEngineResource(postgres=postgres, **services),
+        "alerts": AlertsResource(
+            webhook_url=env_or_default("KRYONIX_ALERT_WEBHOOK_URL"),
+            smtp_host=env_or_default("KRYONIX_ALERT_SMTP_HOST"),
+            smtp_port=int(os.environ.get("KRYONIX_ALERT_SMTP_PORT") or 25),
+            smtp_user=env_or_default("KRYONIX_ALERT_SMTP_USER"),
+            smtp_password=env_or_default("KRYONIX_ALERT_SMTP_PASSWORD"),
+            smtp_starttls=os.environ.get("KRYONIX_ALERT_SMTP_STARTTLS", "").lower() in ("1", "true", "yes"),
+            email_from=os.environ.get("KRYONIX_ALERT_EMAIL_FROM") or "kryonix-backup@localhost",
+            email_to=os.environ.get("KRYONIX_ALERT_EMAIL_TO") or "",
+        ),
+    }
+
+
+def _service_resources() -> dict[str, ConfigurableResource]:
+    return {
         "object_storage": ObjectStorageResource(
             endpoint=env_or_default("KRYONIX_S3_ENDPOINT"),
             access_key=env_or_default("KRYONIX_S3_ACCESS_KEY"),

@@ -2,8 +2,9 @@
 
 SCAN (never KEYS) with the tenant's MATCH pattern, de-duplicated, then pipelined DUMP and
 PTTL: values stay in Redis's own serialization, binary-safe, every type including streams.
-The keys are written sorted into one framed stream (key, absolute expiry, payload), so an
-unchanged namespace deduplicates in restic. Restore uses RESTORE … REPLACE with the time
+The stream holds the keys sorted with their payloads, then a trailer of absolute expiry
+times (whole seconds) for the keys that have one; keeping the expiries apart lets an
+unchanged namespace deduplicate in restic. Restore uses RESTORE … REPLACE with the time
 each key has left; keys that expired since the backup are not resurrected. The session's
 own `backup:in_progress` flag is never captured nor restored.
 """
@@ -24,10 +25,12 @@ from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
 
 TIER = "redis"
 STREAM_FILE = "keys.bin"
-MAGIC = b"KRYONIX-REDIS-1\n"
+MAGIC = b"KRYONIX-REDIS-2\n"
+TRAILER = b"\nKRYONIX-EXPIRIES\n"
 BATCH = 500
 NO_EXPIRY = -1
-_RECORD = struct.Struct("<IqI")  # key length, absolute expiry in ms (or -1), payload length
+_RECORD = struct.Struct("<BII")  # record marker 1, key length, payload length
+_EXPIRY = struct.Struct("<Iq")  # index of the key in the stream, absolute expiry in ms
 
 
 def scan_keys(client: redis.Redis, match: str, exclude: bytes) -> list[bytes]:
@@ -37,6 +40,8 @@ def scan_keys(client: redis.Redis, match: str, exclude: bytes) -> list[bytes]:
 
 def _records(client: redis.Redis, keys: list[bytes], stats: dict) -> Iterator[bytes]:
     yield MAGIC
+    expiries: list[bytes] = []
+    index = 0
     for start in range(0, len(keys), BATCH):
         batch = keys[start:start + BATCH]
         pipe = client.pipeline(transaction=False)
@@ -50,24 +55,35 @@ def _records(client: redis.Redis, keys: list[bytes], stats: dict) -> Iterator[by
             if payload is None or pttl == -2:
                 stats["vanished"] += 1  # deleted or expired between SCAN and DUMP
                 continue
-            expiry = now_ms + pttl if pttl >= 0 else NO_EXPIRY
-            stats["keys"] += 1
-            stats["with_ttl"] += expiry != NO_EXPIRY
-            yield _RECORD.pack(len(key), expiry, len(payload)) + key + payload
+            if pttl >= 0:
+                expiries.append(_EXPIRY.pack(index, round((now_ms + pttl) / 1000) * 1000))
+            index += 1
+            yield _RECORD.pack(1, len(key), len(payload)) + key + payload
+    stats["keys"] = index
+    stats["with_ttl"] = len(expiries)
+    yield TRAILER + b"".join(expiries)
 
 
 def parse_records(data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+    """(key, absolute expiry in ms or NO_EXPIRY, DUMP payload) in stream order."""
     if not data.startswith(MAGIC):
         raise OperationFailed("redis snapshot: unknown format")
-    pos = len(MAGIC)
-    while pos < len(data):
-        key_len, expiry, payload_len = _RECORD.unpack_from(data, pos)
+    pos, records = len(MAGIC), []
+    while pos < len(data) and data[pos] == 1:
+        _marker, key_len, payload_len = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
-        key = data[pos:pos + key_len]
-        pos += key_len
-        payload = data[pos:pos + payload_len]
-        pos += payload_len
-        yield key, expiry, payload
+        records.append((data[pos:pos + key_len], data[pos + key_len:pos + key_len + payload_len]))
+        pos += key_len + payload_len
+    if data[pos:pos + len(TRAILER)] != TRAILER:
+        raise OperationFailed("redis snapshot: truncated (no expiry trailer)")
+    pos += len(TRAILER)
+    expiry = {}
+    while pos < len(data):
+        index, at = _EXPIRY.unpack_from(data, pos)
+        expiry[index] = at
+        pos += _EXPIRY.size
+    for index, (key, payload) in enumerate(records):
+        yield key, expiry.get(index, NO_EXPIRY), payload
 
 
 def backup(ctx: BackupContext) -> TierResult:

@@ -1,0 +1,150 @@
+"""The fleet at a glance: per tenant last session, age, staleness against the plan's RPO,
+restore points, repository size and the last check results; totals for the last 24 hours
+(the seed's monitor script). Everything comes from the main database, so the status of
+thousands of tenants costs one query; sessions and forget keep `repository_stats` current.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from . import pg
+from .config import Settings
+from .manifest import KIND_MANIFEST, RestorePoint
+from .naming import names_for
+from .plans import plan_for
+from .repository import Restic
+
+
+def repository_bytes(settings: Settings, tenant_id: str) -> int | None:
+    """Bytes the tenant's repository occupies in its storage (local folder or S3 prefix)."""
+    location = names_for(settings, tenant_id).repository
+    if location.startswith("file://") or location.startswith("/"):
+        root = Path(location.removeprefix("file://"))
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+    if location.startswith("s3:"):
+        url = urlparse(location[3:])
+        bucket, _, prefix = url.path.lstrip("/").partition("/")
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=f"{url.scheme}://{url.netloc}", aws_access_key_id=settings.repo_access_key,
+            aws_secret_access_key=settings.repo_secret_key, region_name=settings.s3_region,
+            config=BotoConfig(s3={"addressing_style": "path"}))
+        total = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+            total += sum(item["Size"] for item in page.get("Contents", []))
+        return total
+    return None
+
+
+def refresh_repository_stats(settings: Settings, tenant_id: str, repo: Restic) -> None:
+    snapshots = repo.snapshots()
+    points = sorted((RestorePoint.from_snapshot(s) for s in snapshots if KIND_MANIFEST in s.tags),
+                    key=lambda p: p.time, reverse=True)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO tenants.repository_stats (cliente_id, restore_points, snapshots, repo_bytes, latest_session) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (cliente_id) DO UPDATE SET restore_points = EXCLUDED.restore_points, "
+            "snapshots = EXCLUDED.snapshots, repo_bytes = EXCLUDED.repo_bytes, "
+            "latest_session = EXCLUDED.latest_session, updated_at = now()",
+            (tenant_id, len(points), len(snapshots), repository_bytes(settings, tenant_id),
+             points[0].session_id if points else None),
+        )
+
+
+@dataclass
+class TenantStatus:
+    id: str
+    nome: str
+    plano: str
+    status: str
+    last_session: str | None
+    last_session_at: datetime | None
+    age_hours: float | None
+    rpo_hours: float
+    stale: bool
+    last_attempt_ok: bool | None
+    last_error: str | None
+    restore_points: int | None
+    repo_bytes: int | None
+    last_check_at: datetime | None
+    last_check_ok: bool | None
+    last_drill_at: datetime | None
+    last_drill_ok: bool | None
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        for key in ("last_session_at", "last_check_at", "last_drill_at"):
+            doc[key] = doc[key].isoformat() if doc[key] else None
+        return doc
+
+
+_STATUS_SQL = """
+SELECT c.id, c.nome, c.plano, c.status,
+       ok.session_id, ok.backup_date,
+       last.success, last.error,
+       rs.restore_points, rs.repo_bytes,
+       chk.backup_date, chk.success, drill.backup_date, drill.success
+FROM tenants.clientes c
+LEFT JOIN LATERAL (SELECT session_id, backup_date FROM tenants.backup_audit
+                   WHERE cliente_id = c.id AND operation = 'backup' AND success
+                   ORDER BY backup_date DESC LIMIT 1) ok ON true
+LEFT JOIN LATERAL (SELECT success, error FROM tenants.backup_audit
+                   WHERE cliente_id = c.id AND operation = 'backup'
+                   ORDER BY backup_date DESC LIMIT 1) last ON true
+LEFT JOIN LATERAL (SELECT backup_date, success FROM tenants.backup_audit
+                   WHERE cliente_id = c.id AND operation = 'check'
+                   ORDER BY backup_date DESC LIMIT 1) chk ON true
+LEFT JOIN LATERAL (SELECT backup_date, success FROM tenants.backup_audit
+                   WHERE cliente_id = c.id AND operation = 'drill'
+                   ORDER BY backup_date DESC LIMIT 1) drill ON true
+LEFT JOIN tenants.repository_stats rs ON rs.cliente_id = c.id
+ORDER BY c.id
+"""
+
+_TOTALS_SQL = """
+SELECT coalesce(sum(backup_size_bytes), 0), count(DISTINCT cliente_id), coalesce(avg(backup_size_bytes), 0),
+       count(*), count(*) FILTER (WHERE success)
+FROM tenants.backup_audit WHERE operation = 'backup' AND backup_date > %s - interval '24 hours'
+"""
+
+
+def tenant_statuses(settings: Settings, now: datetime | None = None) -> list[TenantStatus]:
+    now = now or datetime.now(timezone.utc)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(_STATUS_SQL)
+        rows = cur.fetchall()
+    out = []
+    for (tid, nome, plano, status, session, at, last_ok, last_error, points, repo_bytes,
+         check_at, check_ok, drill_at, drill_ok) in rows:
+        plan, _ = plan_for(plano)
+        age = (now - at).total_seconds() / 3600 if at else None
+        stale = status == "ativo" and (age is None or age > plan.rpo_hours)
+        out.append(TenantStatus(tid, nome, plano, status, session, at, round(age, 2) if age is not None else None,
+                                plan.rpo_hours, stale, last_ok, last_error, points, repo_bytes,
+                                check_at, check_ok, drill_at, drill_ok))
+    return out
+
+
+def totals_last_24h(settings: Settings, now: datetime | None = None) -> dict:
+    now = now or datetime.now(timezone.utc)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(_TOTALS_SQL, (now,))
+        total, tenants, average, sessions, succeeded = cur.fetchone()
+    return {"bytes": int(total), "tenants": int(tenants), "average_bytes": float(average),
+            "sessions": int(sessions), "succeeded": int(succeeded)}
+
+
+def fleet_status(settings: Settings, now: datetime | None = None) -> dict:
+    statuses = tenant_statuses(settings, now)
+    return {
+        "generated_at": (now or datetime.now(timezone.utc)).isoformat(),
+        "tenants": [s.to_json() for s in statuses],
+        "stale": [s.id for s in statuses if s.stale],
+        "storage_bytes": sum(s.repo_bytes or 0 for s in statuses),
+        "last_24h": totals_last_24h(settings, now),
+    }

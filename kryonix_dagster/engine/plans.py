@@ -1,0 +1,60 @@
+"""The plans, declared in one table: retention (restic GFS counts), cadence and RPO.
+
+Retention follows the seed: basic 7/4/3/0, pro 30/12/12/2, enterprise 60/24/24/5
+(daily/weekly/monthly/yearly), plus every session of the last 48 hours and the newest
+one. Cadence follows the seed (incrementals every 6 h, a full session at 02:00, the
+repository check at 06:00, retention at 04:00); enterprise tenants get incrementals every
+3 h. The integrity check runs daily on a rotating seventh of the data, so the whole
+repository is read every week. Restore drills run weekly (daily for enterprise).
+An unknown plan falls back to basic, with a warning.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    incremental_cron: str
+    full_cron: str
+    integrity_cron: str
+    drill_cron: str
+    rpo_hours: float
+    keep_within: str = "48h"
+
+    def forget_args(self) -> list[str]:
+        """restic forget flags for this plan's restore points."""
+        args = ["--keep-last", "1", "--keep-within", self.keep_within]
+        for flag, value in (("--keep-daily", self.keep_daily), ("--keep-weekly", self.keep_weekly),
+                            ("--keep-monthly", self.keep_monthly), ("--keep-yearly", self.keep_yearly)):
+            if value:
+                args += [flag, str(value)]
+        return args
+
+
+PLANS: dict[str, Plan] = {
+    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * 0", rpo_hours=8),
+    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * 0", rpo_hours=8),
+    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * *", rpo_hours=4),
+}
+RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
+# Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per
+# month is kept for five years on top of the plan's own rules.
+LEGAL_KEEP_WITHIN_MONTHLY = "5y"
+
+
+def plan_for(name: str | None) -> tuple[Plan, str | None]:
+    """(plan, warning): an unknown plan falls back to basic and says so."""
+    if name in PLANS:
+        return PLANS[name], None
+    warning = f"unknown plan {name!r}: using basic retention and cadence"
+    log.warning(warning)
+    return PLANS["basic"], warning

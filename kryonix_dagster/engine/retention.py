@@ -1,0 +1,185 @@
+"""Retention by plan, with restic's own GFS semantics deciding.
+
+restic decides which restore points (session manifests) the plan keeps, with the plan's
+--keep-daily/weekly/monthly/yearly, --keep-within 48h and --keep-last 1. A session's tier
+snapshots live and die with its manifest, so a kept restore point is always whole; every
+tier therefore follows the plan's GFS (all snapshots of a session carry the session's
+time). The compliance tier also keeps one snapshot a month for the legal five years, even
+after its session expired. Snapshots of unfinished sessions (no manifest) are removed:
+forget holds the tenant's lease, so no session can be in flight. Then restic prunes.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from . import audit, registry
+from .config import Settings
+from .errors import BadInput
+from .fleet import refresh_repository_stats
+from .lease import Lease
+from .manifest import KIND_MANIFEST, KIND_TIER, new_session_id
+from .naming import validate_tenant_id
+from .plans import LEGAL_KEEP_WITHIN_MONTHLY, Plan, plan_for
+from .repository import Restic, Snapshot
+from .tenant_repository import open_repository
+from .tiers.base import Stopwatch
+from .tiers.compliance import TIER as COMPLIANCE
+
+
+@dataclass
+class SessionDecision:
+    session_id: str
+    time: str
+    keep: bool
+    reasons: list[str]
+
+
+@dataclass
+class RetentionDecision:
+    tenant_id: str
+    plan: str
+    warning: str | None
+    sessions: list[SessionDecision] = field(default_factory=list)
+    remove_ids: list[str] = field(default_factory=list)
+    tiers: dict[str, dict[str, int]] = field(default_factory=dict)
+    unfinished_sessions: list[str] = field(default_factory=list)
+    legal_hold_sessions: list[str] = field(default_factory=list)
+
+    @property
+    def kept_sessions(self) -> list[SessionDecision]:
+        return [s for s in self.sessions if s.keep]
+
+    @property
+    def removed_sessions(self) -> list[SessionDecision]:
+        return [s for s in self.sessions if not s.keep]
+
+    def to_json(self) -> dict:
+        return {
+            "tenant": self.tenant_id, "plan": self.plan, "warning": self.warning,
+            "restore_points": {"kept": len(self.kept_sessions), "removed": len(self.removed_sessions)},
+            "sessions": [s.__dict__ for s in self.sessions], "tiers": self.tiers,
+            "unfinished_sessions": self.unfinished_sessions, "legal_hold_sessions": self.legal_hold_sessions,
+            "snapshots_removed": len(self.remove_ids),
+        }
+
+
+def _kept_by_policy(repo: Restic, args: list[str], tag: str) -> tuple[set[str], dict[str, list[str]]]:
+    """(ids restic keeps, reasons per id) among the snapshots tagged `tag`."""
+    groups = repo.forget_policy(args, tags=[tag], group_by="host", dry_run=True)
+    kept = {s.id for g in groups for s in g.keep}
+    reasons: dict[str, list[str]] = {}
+    for group in groups:
+        for snap in group.keep:
+            reasons[snap.id] = group.reasons.get(snap.id, [])
+    return kept, reasons
+
+
+def decide(repo: Restic, tenant_id: str, plan: Plan, warning: str | None,
+           snapshots: list[Snapshot] | None = None) -> RetentionDecision:
+    snapshots = repo.snapshots() if snapshots is None else snapshots
+    decision = RetentionDecision(tenant_id, plan.name, warning)
+    manifests = [s for s in snapshots if KIND_MANIFEST in s.tags]
+    kept_manifests, reasons = _kept_by_policy(repo, plan.forget_args(), KIND_MANIFEST) if manifests else (set(), {})
+    live_sessions = {s.tag("session") for s in manifests if s.id in kept_manifests}
+    for snap in sorted(manifests, key=lambda s: s.time, reverse=True):
+        keep = snap.id in kept_manifests
+        decision.sessions.append(SessionDecision(snap.tag("session") or "?", snap.time.isoformat(), keep,
+                                                 reasons.get(snap.id, []) if keep else []))
+        if not keep:
+            decision.remove_ids.append(snap.id)
+    known_sessions = {s.tag("session") for s in manifests}
+    legal_args = [*plan.forget_args(), "--keep-within-monthly", LEGAL_KEEP_WITHIN_MONTHLY]
+    has_compliance = any(s.tag("tier") == COMPLIANCE for s in snapshots)
+    legal_kept = _kept_by_policy(repo, legal_args, f"tier={COMPLIANCE}")[0] if has_compliance else set()
+    counts: dict[str, Counter] = {}
+    unfinished = set()
+    for snap in snapshots:
+        if KIND_TIER not in snap.tags:
+            continue
+        tier, session = snap.tag("tier") or "?", snap.tag("session")
+        if session not in known_sessions:
+            unfinished.add(session or "?")
+            keep = False
+        elif session in live_sessions:
+            keep = True
+        else:
+            keep = tier == COMPLIANCE and snap.id in legal_kept
+            if keep:
+                decision.legal_hold_sessions.append(session)
+        counts.setdefault(tier, Counter())["keep" if keep else "remove"] += 1
+        if not keep:
+            decision.remove_ids.append(snap.id)
+    decision.tiers = {tier: {"keep": c["keep"], "remove": c["remove"]} for tier, c in sorted(counts.items())}
+    decision.unfinished_sessions = sorted(unfinished)
+    decision.legal_hold_sessions = sorted(set(decision.legal_hold_sessions))
+    return decision
+
+
+def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_seconds: float = 0) -> RetentionDecision:
+    validate_tenant_id(tenant_id)
+    tenant = registry.get_tenant(settings, tenant_id)
+    repo = open_repository(settings, tenant_id)
+    if repo is None:
+        raise BadInput(f"tenant {tenant_id} has never been backed up")
+    plan, warning = plan_for(tenant.plano if tenant else None)
+    if tenant is None:
+        warning = f"tenant {tenant_id} is not registered: using basic retention"
+    started = datetime.now(timezone.utc)
+    watch = Stopwatch()
+    with Lease(settings, tenant_id, new_session_id(), "forget", wait_seconds):
+        repo.unlock()
+        decision = decide(repo, tenant_id, plan, warning)
+        if not dry_run and decision.remove_ids:
+            repo.forget_ids(decision.remove_ids)
+            repo.prune()
+    if not dry_run:
+        audit.record(settings, audit.AuditRecord(
+            cliente_id=tenant_id, operation="forget", started_at=started, success=True,
+            finished_at=datetime.now(timezone.utc), duration_seconds=watch.seconds, error=None,
+            details={**decision.to_json(), "sessions": None}, snapshot_ids={"removed": decision.remove_ids},
+        ))
+        refresh_repository_stats(settings, tenant_id, repo)
+    return decision
+
+
+@dataclass
+class RetentionCheck:
+    over_retained: list[str]  # sessions the plan would remove
+    missing_days: list[str]  # days (UTC) within the plan's daily window without a restore point
+    restore_points: int
+    plan: str
+    warning: str | None
+
+    @property
+    def severity(self) -> str:
+        if self.over_retained:
+            return "ERROR"
+        if self.missing_days or not self.restore_points or self.warning:
+            return "WARN"
+        return "OK"
+
+
+def check_retention(settings: Settings, tenant_id: str, now: datetime | None = None) -> RetentionCheck:
+    """Is the repository holding exactly what the plan says? ERROR over-retention, WARN under."""
+    tenant = registry.get_tenant(settings, tenant_id)
+    plan, warning = plan_for(tenant.plano if tenant else None)
+    repo = open_repository(settings, tenant_id)
+    if repo is None:
+        return RetentionCheck([], [], 0, plan.name, warning)
+    decision = decide(repo, tenant_id, plan, warning)
+    kept = decision.kept_sessions
+    now = now or datetime.now(timezone.utc)
+    days_with_points = {datetime.fromisoformat(s.time).date() for s in kept}
+    missing = []
+    if kept:
+        oldest = min(datetime.fromisoformat(s.time) for s in decision.sessions).date()
+        # the reference day is the last one whose sessions are due (today's may not have run yet)
+        reference = (now - timedelta(hours=plan.rpo_hours)).date()
+        window = min(plan.keep_daily, (reference - oldest).days + 1)
+        for back in range(window):
+            day = reference - timedelta(days=back)
+            if day not in days_with_points:
+                missing.append(day.isoformat())
+    return RetentionCheck([s.session_id for s in decision.removed_sessions], missing, len(kept), plan.name, warning)

@@ -1,0 +1,43 @@
+"""Failed runs: alert with the tenant(s), the tier(s) and the error."""
+from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
+
+from ..engine.alerts import Alert
+from ..engine.errors import one_line
+from ..resources import AlertsResource
+
+
+def _failure_details(context: RunFailureSensorContext) -> tuple[list[str], dict, str]:
+    """(tenants, failed tiers or tenants, error) from the run's tags and step failures."""
+    run = context.dagster_run
+    tenants = [run.tags["dagster/partition"]] if "dagster/partition" in run.tags else []
+    details: dict = {}
+    errors = []
+    for event in context.get_step_failure_events():
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        if user is not None:
+            meta = {k: v.value for k, v in (user.metadata or {}).items()}
+            if isinstance(meta.get("tenant"), str) and meta["tenant"] not in tenants:
+                tenants.append(meta["tenant"])
+            details.update(meta.get("failed_tiers") or {})
+            for tenant in (meta.get("failed_tenants") or {}):
+                if tenant not in tenants:
+                    tenants.append(tenant)
+            details.update(meta.get("failed_tenants") or {})
+            errors.append(user.description or "")
+        elif data is not None and getattr(data, "error", None) is not None:
+            errors.append(data.error.message)
+    return tenants, details, one_line(" | ".join(e for e in errors if e) or context.failure_event.message or "", 1000)
+
+
+@run_failure_sensor(name="failed_runs_sensor", default_status=DefaultSensorStatus.RUNNING,
+                    description="Alerts on every failed run with its tenant(s), tier(s) and error.")
+def failed_runs_sensor(context: RunFailureSensorContext, alerts: AlertsResource):
+    tenants, details, error = _failure_details(context)
+    run = context.dagster_run
+    who = ", ".join(tenants) or "(no tenant)"
+    text = f"Run {run.run_id[:8]} of {run.job_name} failed for tenant(s) {who}: {error}"
+    if details:
+        text += "\n" + "\n".join(f"- {k}: {one_line(str(v), 300)}" for k, v in details.items())
+    alerts.send(Alert("run_failed", f"Backup run failed: {who}", text, tenant=tenants[0] if len(tenants) == 1 else None,
+                      fields={"run_id": run.run_id, "job": run.job_name, "tenants": tenants, "failed": details}))
