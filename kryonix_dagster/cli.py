@@ -17,8 +17,7 @@ from .engine import registry
 from .engine.config import Settings, load_settings
 from .engine.errors import BadInput, KryonixError, OperationFailed, one_line
 from .engine.migrations import migrate
-from .engine.naming import PLANS, STATUSES, validate_tenant_id
-from .engine.session import BACKUP_TYPES
+from .engine.naming import BACKUP_TYPES, PLANS, STATUSES, validate_tenant_id
 from .progress import TerminalReporter, human_bytes
 
 PROG = "kryonix-backup"

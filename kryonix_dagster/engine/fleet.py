@@ -41,6 +41,19 @@ def repository_bytes(settings: Settings, tenant_id: str) -> int | None:
     return None
 
 
+def count_session(settings: Settings, tenant_id: str, session_id: str, snapshots_written: int) -> None:
+    """After a session: one more restore point, without listing the repository (a restic call
+    costs ~0.5 s of key derivation); forget and verify recount from the repository itself."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO tenants.repository_stats AS s (cliente_id, restore_points, snapshots, repo_bytes, latest_session) "
+            "VALUES (%s, 1, %s, %s, %s) ON CONFLICT (cliente_id) DO UPDATE SET "
+            "restore_points = s.restore_points + 1, snapshots = s.snapshots + EXCLUDED.snapshots, "
+            "repo_bytes = EXCLUDED.repo_bytes, latest_session = EXCLUDED.latest_session, updated_at = now()",
+            (tenant_id, snapshots_written, repository_bytes(settings, tenant_id), session_id),
+        )
+
+
 def refresh_repository_stats(settings: Settings, tenant_id: str, repo: Restic) -> None:
     snapshots = repo.snapshots()
     points = sorted((RestorePoint.from_snapshot(s) for s in snapshots if KIND_MANIFEST in s.tags),

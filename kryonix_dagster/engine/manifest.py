@@ -75,9 +75,13 @@ class SessionManifest:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "SessionManifest":
-        doc = json.loads(raw)
-        doc["tiers"] = {name: TierResult(**tier) for name, tier in doc["tiers"].items()}
-        return cls(**doc)
+        """Raises ValueError for anything that is not a manifest this code wrote."""
+        try:
+            doc = json.loads(raw)
+            doc["tiers"] = {name: TierResult(**tier) for name, tier in doc["tiers"].items()}
+            return cls(**doc)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed manifest ({type(exc).__name__}: {exc})") from None
 
     def tags(self) -> list[str]:
         consistent = "yes" if self.consistency.get("consistent") else "no"

@@ -15,6 +15,7 @@ from .errors import BadInput
 TENANT_ID_PATTERN = re.compile(r"[a-z0-9]{1,32}")
 PLANS = ("basic", "pro", "enterprise")
 STATUSES = ("ativo", "inativo")
+BACKUP_TYPES = ("full", "incremental")
 
 
 def validate_tenant_id(raw: object) -> str:

@@ -20,17 +20,16 @@ from typing import Callable, ContextManager
 from . import audit, consistency, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
-from .fleet import refresh_repository_stats
+from .fleet import count_session
 from .lease import Lease
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
-from .naming import names_for, validate_tenant_id
+from .naming import BACKUP_TYPES, names_for, validate_tenant_id
 from .repository import restic_version
 from .tenant_repository import open_repository
 from .tiers import PHASES, TIERS
 from .tiers.base import BackupContext, NullReporter, Reporter, Stopwatch, TierSpec
 
 log = logging.getLogger(__name__)
-BACKUP_TYPES = ("full", "incremental")
 # Around each tier: a context manager per service (the Dagster layer gives per-service pools).
 Gate = Callable[[str], ContextManager]
 
@@ -246,7 +245,8 @@ def run_backup(
             result.manifest_snapshot = write_manifest(repo, manifest, started)
             result.status = manifest.status
             try:
-                refresh_repository_stats(settings, tenant_id, repo)
+                written = 1 + sum(len(t.snapshots) for t in result.tiers.values())
+                count_session(settings, tenant_id, session_id, written)
             except Exception as exc:  # statistics only: the restore point is written
                 reporter.warn(f"repository statistics not refreshed: {one_line(str(exc), 200)}")
         failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]

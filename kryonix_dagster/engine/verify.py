@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from . import audit
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
+from .fleet import refresh_repository_stats
 from .manifest import KIND_TIER, read_manifest, restore_points
 from .naming import validate_tenant_id
 from .tenant_repository import open_repository
@@ -73,6 +74,10 @@ def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subs
         result.problems.append(one_line(str(exc)))
     result.ok = not result.problems
     result.duration_seconds = watch.seconds
+    try:
+        refresh_repository_stats(settings, tenant_id, repo)
+    except KryonixError:
+        pass  # statistics only
     audit.record(settings, audit.AuditRecord(
         cliente_id=tenant_id, operation="check", started_at=started, success=result.ok,
         finished_at=datetime.now(timezone.utc), duration_seconds=result.duration_seconds,

@@ -36,7 +36,7 @@ def partition_changes(registry_ids: list[str], partition_keys: list[str]) -> tup
 
 @sensor(
     name="tenant_partitions_sensor",
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description="Keeps the kryonix_tenants partitions equal to tenants.clientes (adds, removes; keeps inactive).",
 )

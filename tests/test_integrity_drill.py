@@ -1,0 +1,90 @@
+"""Integrity checks and restore drills, run as Dagster asset checks on real repositories."""
+import json
+import secrets
+from pathlib import Path
+
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
+
+from kryonix_dagster.assets import tenant_backup_session
+from kryonix_dagster.checks import integrity_check, restore_drill_check
+from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.engine.drill import scratch_tenant_id
+from kryonix_dagster.partitions import KRYONIX_TENANTS
+from kryonix_dagster.resources import resources_from_env
+
+from . import observe
+
+
+def run_check(check, tid, run_config=None):
+    """Run one partitioned check for one tenant (check-only jobs take the partition from the run's tag)."""
+    job = define_asset_job("one_check", selection=AssetSelection.checks(check))
+    defs = Definitions(assets=[tenant_backup_session], asset_checks=[check], jobs=[job], resources=resources_from_env())
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
+        result = defs.resolve_job_def("one_check").execute_in_process(
+            instance=instance, tags={"dagster/partition": tid}, run_config=run_config or {}, raise_on_error=False)
+        evaluation = next(e.dagster_event.event_specific_data for e in instance.all_logs(result.run_id)
+                          if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION")
+        assert evaluation.asset_check_key == AssetCheckKey(AssetKey("restore_point"), next(iter(check.check_specs)).name)
+        assert evaluation.partition == tid
+        return evaluation
+
+
+def pack_files(settings, tid) -> list[Path]:
+    root = Path(settings.repo.removeprefix("file://")) / f"cliente_{tid}" / "data"
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_a_flipped_byte_fails_the_integrity_check_naming_the_tenant(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.1)
+    assert cli("backup", tid).returncode == 0
+    full = {"ops": {"restore_point_integrity": {"config": {"read_data_subset": "1/1"}}}}
+    good = run_check(integrity_check, tid, full)
+    assert good.passed and good.metadata["read_data_subset"].value == "1/1"
+
+    biggest = max(pack_files(settings, tid), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.chmod(0o644)
+    biggest.write_bytes(bytes(data))
+    bad = run_check(integrity_check, tid, full)
+    assert not bad.passed and bad.severity.value == "ERROR"
+    assert f"tenant {tid}" in bad.description and "restic check" in bad.description
+    assert observe.psql("kryonix_test_main", f"SELECT string_agg(success::text, ',' ORDER BY id) FROM tenants.backup_audit "
+                                             f"WHERE cliente_id = '{tid}' AND operation = 'check'") == "true,false"
+
+
+def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.1)
+    backup = cli("backup", tid, "--json")
+    assert backup.returncode == 0
+    session = json.loads(backup.stdout)["sessions"][0]["session"]
+    scratch = scratch_tenant_id(tid)
+
+    good = run_check(restore_drill_check, tid)
+    assert good.passed, good.description
+    compared = good.metadata["compared"].value
+    assert set(compared) == {"postgresql", "redis", "object_storage", "rabbitmq", "appdata"}
+    assert set(compared.values()) == {"ok"}
+    # the scratch tenant is gone from every service and from the registry
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE 'kryonix_cliente_{scratch}%'") == "0"
+    assert observe.psql("kryonix_test_main", f"SELECT count(*) FROM tenants.clientes WHERE id = '{scratch}'") == "0"
+    assert observe.tenant_state(settings, scratch, messages=False) == {
+        "tables": None, "objects": {}, "redis": {}, "vhost": None, "files": {}}
+
+    # Tamper: a newer manifest for the session whose row hashes no longer match the dump.
+    manifest = json.loads(cli("restic", tid, "--", "dump", "latest", "/manifest.json", "--tag", "kind=manifest").stdout)
+    table = "crm.contatos"
+    count, digest = manifest["tiers"]["postgresql"]["checksums"]["tables"][table]
+    manifest["tiers"]["postgresql"]["checksums"]["tables"][table] = [count, str(int(digest) + 1)]
+    forged = f"{session[:-6]}{secrets.token_hex(3)}"
+    manifest["session_id"] = forged
+    result = cli("restic", tid, "--", "backup", "--stdin", "--stdin-filename", "manifest.json", "--host", "kryonix",
+                 "--tag", f"kind=manifest,session={forged},type=full,status=complete,consistent=yes",
+                 stdin=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+    bad = run_check(restore_drill_check, tid)
+    assert not bad.passed and "does not match the backup" in bad.description and table in bad.description
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE 'kryonix_cliente_{scratch}%'") == "0"

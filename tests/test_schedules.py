@@ -1,0 +1,77 @@
+"""Plan schedules request runs for exactly the active tenants of their plan, in batches."""
+import secrets
+from datetime import datetime, timezone
+
+import pytest
+from dagster import DagsterInstance, SkipReason, build_schedule_context
+
+from kryonix_dagster.engine import pg, registry
+from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.resources import PostgresResource
+from kryonix_dagster.schedules import BATCH_SIZE, PLAN_SCHEDULES, retention_schedule
+
+
+@pytest.fixture
+def fleet_registry(settings):
+    own = settings.with_overrides(main_db="kryonix_test_sched_" + secrets.token_hex(4))
+    migrate(own)
+    tenants = {
+        "basic": [f"b{n}" for n in range(BATCH_SIZE + 3)],
+        "pro": ["p1", "p2"],
+        "enterprise": ["e1"],
+    }
+    for plan, ids in tenants.items():
+        for tid in ids:
+            registry.add_tenant(own, tid, tid, plan)
+    registry.add_tenant(own, "pgone", "inactive pro", "pro")
+    registry.set_status(own, "pgone", "inativo")
+    with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:  # a plan the SaaS invented
+        cur.execute("INSERT INTO tenants.clientes (id, nome, plano) VALUES ('gold1', 'gold', 'gold')")
+    yield own, tenants
+    pg.drop_database(settings.pg_dsn, own.main_db)
+
+
+def evaluate(schedule, own):
+    with DagsterInstance.ephemeral() as instance:
+        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 29, 6, tzinfo=timezone.utc),
+                                         resources={"postgres": PostgresResource(main_db=own.main_db)})
+        return schedule.evaluate_tick(context)
+
+
+def requested(result) -> list[list[str]]:
+    return [next(iter(r.run_config["ops"].values()))["config"]["tenants"] for r in result.run_requests]
+
+
+def test_each_plan_schedule_requests_its_active_tenants(fleet_registry):
+    own, tenants = fleet_registry
+    names = {s.name for s in PLAN_SCHEDULES}
+    for plan in ("basic", "pro", "enterprise"):
+        for kind in ("incremental_backup", "full_backup", "integrity", "restore_drill"):
+            assert f"{plan}_{kind}_schedule" in names
+    for schedule in PLAN_SCHEDULES:
+        plan = schedule.name.split("_")[0]
+        result = evaluate(schedule, own)
+        batches = requested(result)
+        expected = sorted(tenants[plan] + (["gold1"] if plan == "basic" else []))
+        assert sorted(t for batch in batches for t in batch) == expected, schedule.name
+        assert all(len(batch) <= BATCH_SIZE for batch in batches)
+        assert all(r.tags["kryonix/plan"] == plan for r in result.run_requests)
+        assert len({r.run_key for r in result.run_requests}) == len(result.run_requests)
+        if "backup" in schedule.name:
+            kind = "full" if "full" in schedule.name else "incremental"
+            assert all(next(iter(r.run_config["ops"].values()))["config"]["backup_type"] == kind
+                       for r in result.run_requests)
+    basic = next(s for s in PLAN_SCHEDULES if s.name == "basic_incremental_backup_schedule")
+    assert [len(b) for b in requested(evaluate(basic, own))] == [BATCH_SIZE, 4]
+
+
+def test_retention_schedule_covers_every_tenant_and_skips_an_empty_fleet(fleet_registry, settings):
+    own, tenants = fleet_registry
+    result = evaluate(retention_schedule, own)
+    assert len([t for batch in requested(result) for t in batch]) == sum(len(v) for v in tenants.values()) + 2
+    empty = settings.with_overrides(main_db="kryonix_test_empty_" + secrets.token_hex(4))
+    migrate(empty)
+    try:
+        assert isinstance(evaluate(retention_schedule, empty).skip_message, str)
+    finally:
+        pg.drop_database(settings.pg_dsn, empty.main_db)
