@@ -15,8 +15,9 @@ export KRYONIX_S3_SECRET_KEY ?= kryonix-demo-secret
 export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
+PYTEST_ARGS ?= -n 2
 
-.PHONY: install system-deps services s3 demo dev test bench clean
+.PHONY: install system-deps services s3 demo dev test bench screenshot clean
 
 install: $(STAMP)
 
@@ -38,7 +39,8 @@ s3: install
 demo: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
-	$(BIN)/kryonix-backup tenants list
+	$(BIN)/kryonix-backup backup --all --type full
+	$(BIN)/kryonix-backup status
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)"
@@ -46,6 +48,15 @@ dev: install system-deps services s3
 
 test: install system-deps services
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Ratios against the baselines the issues name, measured side by side in one run;
+# results in bench-results/*.md and *.json.
+bench: install system-deps services
+	$(BIN)/python -m benchmarks $(BENCH_SECTIONS)
+
+# The asset graph in headless Chromium, for the README (needs the chromium package).
+screenshot: install services s3
+	scripts/screenshot.sh docs/asset-graph.png
 
 clean:
 	@if [ -f "$(KRYONIX_LOCAL_DIR)/moto_server.pid" ]; then kill $$(cat "$(KRYONIX_LOCAL_DIR)/moto_server.pid") 2>/dev/null || true; fi

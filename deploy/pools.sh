@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Per-pool limits of the production instance (stored in its database; run once, or after
-# changing a limit). Each backup tier takes a slot of its service's pool.
+# changing a limit). Each backup tier takes a slot of its service's pool; sessions, repository
+# checks and drills have pools of their own. Same effect as `dagster instance concurrency set`
+# for each pool, in one process.
 set -euo pipefail
 : "${DAGSTER_HOME:?set DAGSTER_HOME to the folder holding deploy/dagster.yaml}"
-dagster=${DAGSTER:-dagster}
-set_limit() { "$dagster" instance concurrency set "$1" "$2"; }
-set_limit postgres "${KRYONIX_POOL_POSTGRES:-4}"
-set_limit s3 "${KRYONIX_POOL_S3:-6}"
-set_limit redis "${KRYONIX_POOL_REDIS:-6}"
-set_limit rabbitmq "${KRYONIX_POOL_RABBITMQ:-4}"
-set_limit kryonix_sessions "${KRYONIX_POOL_SESSIONS:-8}"
-set_limit kryonix_repository "${KRYONIX_POOL_REPOSITORY:-2}"
-set_limit kryonix_drills "${KRYONIX_POOL_DRILLS:-1}"
+python=${PYTHON:-python3}
+"$python" - <<PY
+from dagster import DagsterInstance
+
+limits = {
+    "postgres": ${KRYONIX_POOL_POSTGRES:-4},
+    "s3": ${KRYONIX_POOL_S3:-6},
+    "redis": ${KRYONIX_POOL_REDIS:-6},
+    "rabbitmq": ${KRYONIX_POOL_RABBITMQ:-4},
+    "kryonix_sessions": ${KRYONIX_POOL_SESSIONS:-8},
+    "kryonix_repository": ${KRYONIX_POOL_REPOSITORY:-2},
+    "kryonix_drills": ${KRYONIX_POOL_DRILLS:-1},
+}
+with DagsterInstance.get() as instance:
+    for pool, limit in limits.items():
+        instance.event_log_storage.set_concurrency_slots(pool, int(limit))
+        print(f"pool {pool}: {limit}")
+PY

@@ -25,7 +25,8 @@ from .helpers import purge_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-TEST_MAIN_DB = "kryonix_test_main"
+# One main database per pytest-xdist worker, so workers never share a registry.
+MAIN_DB = f"kryonix_test_main_{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}"
 
 
 def free_port() -> int:
@@ -63,7 +64,7 @@ def test_env(moto_endpoint, tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("kryonix")
     env = {
         "KRYONIX_PG_DSN": "postgresql://postgres@127.0.0.1:5432/postgres",
-        "KRYONIX_MAIN_DB": TEST_MAIN_DB,
+        "KRYONIX_MAIN_DB": MAIN_DB,
         "KRYONIX_REDIS_URL": "redis://127.0.0.1:6379/0",
         "KRYONIX_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
         "KRYONIX_RABBITMQ_API": "http://127.0.0.1:15672",

@@ -10,6 +10,7 @@ from kryonix_dagster.engine.demo import seed_tenant
 from kryonix_dagster.resources import resources_from_env
 
 from . import observe
+from .conftest import MAIN_DB
 
 
 def repo_size(settings, tid):
@@ -32,7 +33,7 @@ def test_status_reports_each_tenant_and_the_last_24_hours(settings, cli, tenant_
     assert mine["restore_points"] == 2 and mine["repo_bytes"] == repo_size(settings, fresh)
     assert 0 <= mine["age_hours"] < 0.5 and mine["last_attempt_ok"] is True
     assert rows[never]["stale"] and rows[never]["last_session"] is None and never in report["stale"]
-    audit_bytes = int(observe.psql("kryonix_test_main", "SELECT coalesce(sum(backup_size_bytes), 0) FROM tenants.backup_audit "
+    audit_bytes = int(observe.psql(MAIN_DB, "SELECT coalesce(sum(backup_size_bytes), 0) FROM tenants.backup_audit "
                                                         "WHERE operation = 'backup' AND backup_date > now() - interval '24 hours'"))
     assert report["last_24h"]["bytes"] == audit_bytes
     table = cli("status").stdout

@@ -13,6 +13,7 @@ from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env
 
 from . import observe
+from .conftest import MAIN_DB
 
 
 def run_check(check, tid, run_config=None):
@@ -51,7 +52,7 @@ def test_a_flipped_byte_fails_the_integrity_check_naming_the_tenant(settings, cl
     bad = run_check(integrity_check, tid, full)
     assert not bad.passed and bad.severity.value == "ERROR"
     assert f"tenant {tid}" in bad.description and "restic check" in bad.description
-    assert observe.psql("kryonix_test_main", f"SELECT string_agg(success::text, ',' ORDER BY id) FROM tenants.backup_audit "
+    assert observe.psql(MAIN_DB, f"SELECT string_agg(success::text, ',' ORDER BY id) FROM tenants.backup_audit "
                                              f"WHERE cliente_id = '{tid}' AND operation = 'check'") == "true,false"
 
 
@@ -70,7 +71,7 @@ def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings
     assert set(compared.values()) == {"ok"}
     # the scratch tenant is gone from every service and from the registry
     assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE 'kryonix_cliente_{scratch}%'") == "0"
-    assert observe.psql("kryonix_test_main", f"SELECT count(*) FROM tenants.clientes WHERE id = '{scratch}'") == "0"
+    assert observe.psql(MAIN_DB, f"SELECT count(*) FROM tenants.clientes WHERE id = '{scratch}'") == "0"
     assert observe.tenant_state(settings, scratch, messages=False) == {
         "tables": None, "objects": {}, "redis": {}, "vhost": None, "files": {}}
 

@@ -58,7 +58,7 @@ def production(settings, tmp_path):
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     env = dict(os.environ, DAGSTER_HOME=str(home), DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT="5432",
                DAGSTER_PG_USERNAME="postgres", DAGSTER_PG_PASSWORD="", DAGSTER_PG_DB=db,
-               DAGSTER=str(Path(sys.executable).parent / "dagster"))
+               PYTHON=sys.executable)
     subprocess.run([str(ROOT / "deploy" / "pools.sh")], env=env, check=True, capture_output=True)
     port = free_port()
     bin_dir = Path(sys.executable).parent

@@ -5,9 +5,11 @@ import pytest
 
 BAD_IDS = ["../x", "1-2", "A", "1;drop", "*", "", "a" * 33]
 
+from .conftest import MAIN_DB
+
 
 def registry_rows(psql):
-    return psql("kryonix_test_main", "SELECT coalesce(string_agg(id || '|' || plano || '|' || status, ',' ORDER BY id), '') "
+    return psql(MAIN_DB, "SELECT coalesce(string_agg(id || '|' || plano || '|' || status, ',' ORDER BY id), '') "
                                      "FROM tenants.clientes")
 
 
@@ -53,7 +55,7 @@ def test_unknown_plan_duplicate_and_bad_status(cli, psql, tenant_factory):
     after_first = registry_rows(psql)
     assert_refused(cli("tenants", "add", tid, "--name", "Segundo", "--plan", "pro"), "already exists")
     assert registry_rows(psql) == after_first
-    assert psql("kryonix_test_main", f"SELECT nome FROM tenants.clientes WHERE id = '{tid}'") == "Primeiro"
+    assert psql(MAIN_DB, f"SELECT nome FROM tenants.clientes WHERE id = '{tid}'") == "Primeiro"
     assert_refused(cli("tenants", "set-status", tid, "suspenso"), "suspenso")
     assert_refused(cli("tenants", "set-status", tid + "zz", "ativo"), "not registered")
     assert registry_rows(psql) == after_first

@@ -10,6 +10,7 @@ from kryonix_dagster.engine.plans import PLANS, plan_for
 from kryonix_dagster.engine.tenant_repository import open_repository
 
 from . import observe
+from .conftest import MAIN_DB
 
 # The seed's plans, written out independently of the product's table.
 SEED_FLAGS = {
@@ -91,7 +92,7 @@ def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_fac
     unfinished = fake_session(cli, tid, now - timedelta(days=3, hours=5), manifest=False)
 
     for plan in ("basic", "pro", "enterprise", "gold"):
-        observe.psql("kryonix_test_main", f"UPDATE tenants.clientes SET plano = '{plan}' WHERE id = '{tid}'")
+        observe.psql(MAIN_DB, f"UPDATE tenants.clientes SET plano = '{plan}' WHERE id = '{tid}'")
         decision = our_forget(cli, tid, "--dry-run")
         ours = {s["session_id"] for s in decision["sessions"] if s["keep"]}
         assert ours == restic_keeps(cli, tid, [*COMMON, *SEED_FLAGS.get(plan, SEED_FLAGS["basic"])]), plan
@@ -99,7 +100,7 @@ def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_fac
         assert (decision["warning"] is not None) == (plan == "gold")
     assert len(snapshots(cli, tid)) == 2 * len(sessions) + sum(with_compliance) + 1  # a dry run changes nothing
 
-    observe.psql("kryonix_test_main", f"UPDATE tenants.clientes SET plano = 'basic' WHERE id = '{tid}'")
+    observe.psql(MAIN_DB, f"UPDATE tenants.clientes SET plano = 'basic' WHERE id = '{tid}'")
     before = evaluations.retention(settings, tid)
     assert before["passed"] is False and before["severity"].value == "ERROR"
     assert "kept beyond the basic plan" in before["description"]
@@ -125,7 +126,7 @@ def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_fac
     assert after["severity"].value != "ERROR" or after["passed"]
     assert not after["metadata"]["over_retained"].value
     assert cli("restic", tid, "--", "check").returncode == 0  # the pruned repository is sound
-    audit = observe.psql("kryonix_test_main", f"SELECT count(*) FROM tenants.backup_audit WHERE cliente_id = '{tid}' "
+    audit = observe.psql(MAIN_DB, f"SELECT count(*) FROM tenants.backup_audit WHERE cliente_id = '{tid}' "
                                               "AND operation = 'forget' AND success")
     assert audit == "1"
 

@@ -3,7 +3,7 @@ import secrets
 from datetime import datetime, timezone
 
 import pytest
-from dagster import DagsterInstance, SkipReason, build_schedule_context
+from dagster import DagsterInstance, build_schedule_context
 
 from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.engine.migrations import migrate

@@ -14,7 +14,7 @@ from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.repository import restic_location
 
 from . import observe
-from .conftest import VENV_BIN
+from .conftest import MAIN_DB, VENV_BIN
 
 BAD_IDS = ["../x", "1-2", "A", "1;drop", "*", "", "a" * 33]
 UNREACHABLE = {"KRYONIX_PG_DSN": "postgresql://postgres@127.0.0.1:1/postgres",
@@ -22,7 +22,7 @@ UNREACHABLE = {"KRYONIX_PG_DSN": "postgresql://postgres@127.0.0.1:1/postgres",
 
 
 def audit_rows(tid, operation="backup"):
-    out = observe.psql("kryonix_test_main", f"SELECT success::text || '|' || coalesce(error, '') FROM tenants.backup_audit "
+    out = observe.psql(MAIN_DB, f"SELECT success::text || '|' || coalesce(error, '') FROM tenants.backup_audit "
                                             f"WHERE cliente_id = '{tid}' AND operation = '{operation}' ORDER BY id")
     return [line.split("|", 1) for line in out.splitlines()]
 
@@ -181,7 +181,7 @@ def test_repositories_do_not_open_with_another_tenants_password(cli, settings, t
     env["RESTIC_PASSWORD"] = pw_a
     assert subprocess.run(["restic", "snapshots"], env=env, capture_output=True).returncode == 0
     # a wrapped password copied onto another tenant's row does not unwrap (tenant id is AAD)
-    observe.psql("kryonix_test_main", f"UPDATE tenants.backup_keys SET (nonce, wrapped_password) = "
+    observe.psql(MAIN_DB, f"UPDATE tenants.backup_keys SET (nonce, wrapped_password) = "
                                       f"(SELECT nonce, wrapped_password FROM tenants.backup_keys WHERE cliente_id = '{a}') "
                                       f"WHERE cliente_id = '{b}'")
     result = cli("snapshots", b)
@@ -197,7 +197,7 @@ def test_no_secret_reaches_output_logs_or_audit(cli, settings, tenant_factory):
     secrets = [keys.repository_password(settings, tid), settings.master_key_file.read_text().strip(),
                settings.s3_secret_key]
     text = "".join(r.stdout + r.stderr for r in results)
-    text += observe.psql("kryonix_test_main", f"SELECT string_agg(row_to_json(a)::text, ' ') FROM tenants.backup_audit a "
+    text += observe.psql(MAIN_DB, f"SELECT string_agg(row_to_json(a)::text, ' ') FROM tenants.backup_audit a "
                                               f"WHERE cliente_id = '{tid}'")
     for secret in secrets:
         assert secret and secret not in text
