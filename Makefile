@@ -37,13 +37,13 @@ s3: install
 	@if [ "$(KRYONIX_S3_ENDPOINT)" = "http://127.0.0.1:9900" ]; then scripts/s3-standin.sh; fi
 
 demo: install system-deps services s3
-	@mkdir -p "$(DAGSTER_HOME)"
+	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
 	$(BIN)/kryonix-backup backup --all --type full
 	$(BIN)/kryonix-backup status
 
 dev: install system-deps services s3
-	@mkdir -p "$(DAGSTER_HOME)"
+	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install system-deps services
