@@ -5,7 +5,7 @@ import sys
 from . import bench_postgres, bench_tiers
 
 SECTIONS = {
-    "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "70"))),
+    "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "80"))),
     "tiers": lambda: bench_tiers.run(
         objects=int(os.environ.get("BENCH_OBJECTS", "400")),
         object_size=int(os.environ.get("BENCH_OBJECT_SIZE", str(256 * 1024))),

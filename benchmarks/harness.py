@@ -68,6 +68,7 @@ class Report:
                  "| comparison | ours | baseline | time ratio | bytes ratio | ours/s | baseline/s |",
                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
         for r in rows:
+            r = {k: v.replace("|", "\\|") if isinstance(v, str) else v for k, v in r.items()}
             lines.append(f"| {r['comparison']} | {r['ours']} | {r['baseline']} | {r['time_ratio']} | "
                          f"{r.get('bytes_ratio', '')} | {r.get('ours_per_second', '')} | {r.get('baseline_per_second', '')} |")
         path = RESULTS / f"{self.section}.md"

@@ -91,6 +91,15 @@ def settings(test_env):
 
 
 @pytest.fixture
+def own_registry(settings):
+    """A main database of the test's own (registry, key vault, audit), dropped afterwards."""
+    own = settings.with_overrides(main_db=f"{MAIN_DB}_{secrets.token_hex(4)}")
+    migrate(own)
+    yield own
+    pg.drop_database(settings.pg_dsn, own.main_db)
+
+
+@pytest.fixture
 def tenant_factory(settings):
     """make(suffix='') -> a fresh unique tenant id; everything it owns is purged afterwards."""
     created: list[str] = []

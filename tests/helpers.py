@@ -25,3 +25,18 @@ def purge_tenant(settings, tenant_id: str) -> None:
             cur.execute(sql.SQL("DELETE FROM tenants.{} WHERE cliente_id = %s").format(sql.Identifier(table)),
                         (tenant_id,))
         cur.execute("DELETE FROM tenants.clientes WHERE id = %s", (tenant_id,))
+
+
+def failed_session_run(instance, tenant_id: str):
+    """Materialize the session of a registered tenant that has no database: a failed run."""
+    from dagster import materialize
+
+    from kryonix_dagster.assets import tenant_backup_session
+    from kryonix_dagster.partitions import KRYONIX_TENANTS
+    from kryonix_dagster.resources import resources_from_env
+
+    instance.add_dynamic_partitions(KRYONIX_TENANTS, [tenant_id])
+    run = materialize([tenant_backup_session], partition_key=tenant_id, instance=instance,
+                      resources=resources_from_env(), raise_on_error=False)
+    assert not run.success
+    return run

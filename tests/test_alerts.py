@@ -1,23 +1,20 @@
 """Stale-backup and failed-run alerts reach a real local webhook and a real SMTP server."""
 import json
-import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
-from dagster import (DagsterEventType, DagsterInstance, build_run_status_sensor_context, build_sensor_context,
-                     materialize)
+from dagster import (DagsterEventType, DagsterInstance, build_run_status_sensor_context, build_sensor_context)
 
-from kryonix_dagster.assets import tenant_backup_session
-from kryonix_dagster.engine import pg, registry
-from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.engine import registry
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import AlertsResource, BackupEngineResource, PostgresResource, resources_from_env
 from kryonix_dagster.sensors import failed_runs_sensor, stale_backups_sensor
 
 from .conftest import free_port
+from .helpers import failed_session_run
 
 
 class Inbox:
@@ -56,14 +53,6 @@ def inbox():
     http.shutdown()
 
 
-@pytest.fixture
-def own_fleet(settings):
-    own = settings.with_overrides(main_db="kryonix_test_alerts_" + secrets.token_hex(4))
-    migrate(own)
-    yield own
-    pg.drop_database(settings.pg_dsn, own.main_db)
-
-
 def engine_for(own) -> BackupEngineResource:
     resources = resources_from_env()
     engine = resources["engine"]
@@ -79,14 +68,14 @@ def wait_for(predicate, seconds=10):
     return predicate()
 
 
-def test_stale_tenant_alerts_once_and_again_when_resolved(own_fleet, inbox, cli, tenant_factory, settings):
+def test_stale_tenant_alerts_once_and_again_when_resolved(own_registry, inbox, cli, tenant_factory, settings):
     from kryonix_dagster.engine.demo import seed_tenant
 
     tid = tenant_factory()
-    seed_tenant(own_fleet, tid, scale=0.05)  # registers it active in the test's own registry
-    registry.add_tenant(own_fleet, tid + "x", "Inativo", "basic")
-    registry.set_status(own_fleet, tid + "x", "inativo")
-    engine = engine_for(own_fleet)
+    seed_tenant(own_registry, tid, scale=0.05)  # registers it active in the test's own registry
+    registry.add_tenant(own_registry, tid + "x", "Inativo", "basic")
+    registry.set_status(own_registry, tid + "x", "inativo")
+    engine = engine_for(own_registry)
     with DagsterInstance.ephemeral() as instance:
         def tick(cursor):
             with build_sensor_context(instance=instance, cursor=cursor,
@@ -104,7 +93,7 @@ def test_stale_tenant_alerts_once_and_again_when_resolved(own_fleet, inbox, cli,
         time.sleep(0.5)
         assert len(inbox.webhook) == 1 and len(inbox.mail) == 1  # once per incident
 
-        result = cli("backup", tid, env={"KRYONIX_MAIN_DB": own_fleet.main_db})
+        result = cli("backup", tid, env={"KRYONIX_MAIN_DB": own_registry.main_db})
         assert result.returncode == 0, result.stderr
         cursor = tick(cursor)
         assert wait_for(lambda: len(inbox.webhook) == 2 and len(inbox.mail) == 2)
@@ -120,9 +109,7 @@ def test_failed_run_alerts_with_tenant_tier_and_error(inbox, cli, tenant_factory
     assert cli("tenants", "add", tid, "--name", "Sem banco", "--plan", "pro").returncode == 0
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
-        run = materialize([tenant_backup_session], partition_key=tid, instance=instance,
-                          resources=resources_from_env(), raise_on_error=False)
-        assert not run.success
+        run = failed_session_run(instance, tid)
         failure = next(e for e in instance.all_logs(run.run_id)
                        if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
         context = build_run_status_sensor_context(

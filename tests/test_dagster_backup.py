@@ -10,6 +10,7 @@ from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env
 
 from . import observe
+from .helpers import failed_session_run
 
 
 def test_materializing_a_partition_runs_a_session(settings, tenant_factory, cli):
@@ -45,10 +46,7 @@ def test_a_failed_session_fails_the_run_and_materializes_nothing(settings, tenan
     tid = tenant_factory()
     assert cli("tenants", "add", tid, "--name", "Sem banco", "--plan", "basic").returncode == 0
     with DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
-        result = materialize([tenant_backup_session], partition_key=tid, instance=instance,
-                             resources=resources_from_env(), raise_on_error=False)
-        assert not result.success
+        result = failed_session_run(instance, tid)
         assert instance.get_latest_materialization_event(AssetKey("restore_point")) is None
         failure = next(e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.is_step_failure)
         assert f"kryonix_cliente_{tid} does not exist" in str(failure.dagster_event.event_specific_data.error)

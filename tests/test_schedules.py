@@ -12,9 +12,8 @@ from kryonix_dagster.schedules import BATCH_SIZE, PLAN_SCHEDULES, retention_sche
 
 
 @pytest.fixture
-def fleet_registry(settings):
-    own = settings.with_overrides(main_db="kryonix_test_sched_" + secrets.token_hex(4))
-    migrate(own)
+def fleet_registry(own_registry):
+    own = own_registry
     tenants = {
         "basic": [f"b{n}" for n in range(BATCH_SIZE + 3)],
         "pro": ["p1", "p2"],
@@ -27,8 +26,7 @@ def fleet_registry(settings):
     registry.set_status(own, "pgone", "inativo")
     with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:  # a plan the SaaS invented
         cur.execute("INSERT INTO tenants.clientes (id, nome, plano) VALUES ('gold1', 'gold', 'gold')")
-    yield own, tenants
-    pg.drop_database(settings.pg_dsn, own.main_db)
+    return own, tenants
 
 
 def evaluate(schedule, own):

@@ -1,26 +1,14 @@
 """The partition sensor keeps `kryonix_tenants` equal to the registry, in batches."""
 import json
-import secrets
 
-import pytest
 from dagster import (AddDynamicPartitionsRequest, DagsterInstance, DeleteDynamicPartitionsRequest,
                      SkipReason, build_sensor_context)
 
 from kryonix_dagster.engine import pg, registry
-from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import PostgresResource
 from kryonix_dagster.sensors.tenant_partitions import (BATCH_SIZE, MAX_CHANGES_PER_TICK, partition_changes,
                                                        tenant_partitions_sensor)
-
-
-@pytest.fixture
-def fresh_registry(settings):
-    """A main database of its own, so the registry holds exactly what the test puts there."""
-    own = settings.with_overrides(main_db="kryonix_test_reg_" + secrets.token_hex(4))
-    migrate(own)
-    yield own
-    pg.drop_database(settings.pg_dsn, own.main_db)
 
 
 def tick(instance, own, cursor=None):
@@ -36,8 +24,8 @@ def tick(instance, own, cursor=None):
     return result
 
 
-def test_adds_new_removes_deleted_keeps_inactive(fresh_registry):
-    own = fresh_registry
+def test_adds_new_removes_deleted_keeps_inactive(own_registry):
+    own = own_registry
     for tid, plan in (("alpha1", "basic"), ("beta2", "pro"), ("gama3", "enterprise")):
         registry.add_tenant(own, tid, f"Tenant {tid}", plan)
     with DagsterInstance.ephemeral() as instance:
@@ -60,10 +48,10 @@ def test_adds_new_removes_deleted_keeps_inactive(fresh_registry):
         assert not again.dynamic_partitions_requests and "in sync" in again.skip_reason.skip_message
 
 
-def test_an_empty_registry_never_wipes_partitions(fresh_registry):
+def test_an_empty_registry_never_wipes_partitions(own_registry):
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(KRYONIX_TENANTS, ["keep1", "keep2"])
-        result = tick(instance, fresh_registry)
+        result = tick(instance, own_registry)
         assert isinstance(result, SkipReason) and "registry is empty" in result.skip_message
         assert sorted(instance.get_dynamic_partitions(KRYONIX_TENANTS)) == ["keep1", "keep2"]
 
@@ -77,8 +65,8 @@ def test_changes_are_bounded_and_batched():
     assert BATCH_SIZE < MAX_CHANGES_PER_TICK
 
 
-def test_large_registry_is_sent_in_batches(fresh_registry):
-    own = fresh_registry
+def test_large_registry_is_sent_in_batches(own_registry):
+    own = own_registry
     ids = [f"bulk{n}" for n in range(BATCH_SIZE * 2 + 7)]
     with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:
         cur.executemany("INSERT INTO tenants.clientes (id, nome, plano) VALUES (%s, %s, 'basic')",

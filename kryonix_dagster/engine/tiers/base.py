@@ -2,12 +2,14 @@
 `restore(ctx)`; the session and the restore command treat all tiers alike."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Protocol
 
 from ..config import Settings
+from ..errors import OperationFailed
 from ..manifest import SessionManifest, TierResult, read_manifest, restore_points
 from ..naming import TenantNames
 from ..registry import Tenant
@@ -76,6 +78,15 @@ class RestoreContext:
     @property
     def into_other(self) -> bool:
         return self.source.tenant_id != self.target.tenant_id
+
+
+def verified_stream(ctx: "RestoreContext", tier: str, part: str, filename: str) -> bytes:
+    """A tier's stream snapshot, checked against the sha256 its manifest recorded."""
+    data = ctx.repo.dump_bytes(ctx.result.snapshots[part], f"/{filename}")
+    expected = ctx.result.checksums.get("stream_sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise OperationFailed(f"tenant {ctx.source.tenant_id}, tier {tier}: snapshot does not match its manifest checksum")
+    return data
 
 
 @dataclass

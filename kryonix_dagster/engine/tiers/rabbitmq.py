@@ -22,7 +22,7 @@ import pika.exceptions
 from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, verified_stream
 
 TIER = "rabbitmq"
 STREAM_FILE = "vhost.jsonl"
@@ -177,10 +177,7 @@ def _publish(settings, vhost: str, records: list[dict], outcome: RestoreOutcome,
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
-    data = ctx.repo.dump_bytes(ctx.result.snapshots["vhost"], f"/{STREAM_FILE}")
-    expected = ctx.result.checksums.get("stream_sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise OperationFailed(f"tenant {ctx.source.tenant_id}, tier rabbitmq: snapshot does not match its manifest checksum")
+    data = verified_stream(ctx, TIER, "vhost", STREAM_FILE)
     lines = data.splitlines()
     head = json.loads(lines[0])
     records = [json.loads(line) for line in lines[1:]]

@@ -21,7 +21,7 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import rename_redis_key
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, verified_stream
 
 TIER = "redis"
 STREAM_FILE = "keys.bin"
@@ -122,10 +122,7 @@ def backup(ctx: BackupContext) -> TierResult:
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
-    data = ctx.repo.dump_bytes(ctx.result.snapshots["keys"], f"/{STREAM_FILE}")
-    expected = ctx.result.checksums.get("stream_sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise OperationFailed(f"tenant {ctx.source.tenant_id}, tier redis: snapshot does not match its manifest checksum")
+    data = verified_stream(ctx, TIER, "keys", STREAM_FILE)
     client = services.redis_client(ctx.settings)
     target = ctx.target
     flag = target.backup_flag_key.encode()
