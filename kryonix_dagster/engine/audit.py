@@ -37,19 +37,3 @@ def record(settings: Settings, rec: AuditRecord) -> None:
              json.dumps(rec.snapshot_ids), json.dumps(rec.details, default=str)),
         )
 
-
-def history(settings: Settings, tenant_id: str, operation: str | None = None, limit: int = 50) -> list[dict]:
-    clause, params = "", [tenant_id]
-    if operation:
-        clause = "AND operation = %s"
-        params.append(operation)
-    params.append(limit)
-    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT operation, session_id, backup_type, backup_date, finished_at, backup_size_bytes, bytes_added, "
-            "duration_seconds, success, error, snapshot_ids, details FROM tenants.backup_audit "
-            f"WHERE cliente_id = %s {clause} ORDER BY backup_date DESC, id DESC LIMIT %s",
-            params,
-        )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]

@@ -59,10 +59,6 @@ def schema_entries(entries: Iterable[TocEntry], schema: str) -> tuple[list[TocEn
     return main, fks
 
 
-def schemas_in(entries: Iterable[TocEntry]) -> list[str]:
-    return sorted({e.name for e in entries if e.kind == "SCHEMA"})
-
-
 def rename_roles(lines: Iterable[str], source_prefix: str, target_prefix: str) -> Iterator[str]:
     """Rewrite the source tenant's role names to the target's, outside COPY data only."""
     pattern = re.compile(r"(?<![A-Za-z0-9_])" + re.escape(source_prefix) + r"(?=[a-z0-9_])")

@@ -313,11 +313,6 @@ class Restic:
                 paths.append(doc["path"])
         return paths
 
-    def stats(self, mode: str = "raw-data") -> dict:
-        return self.run_json(["stats", "--mode", mode], "stats") or {}
-
-    # -- maintenance ---------------------------------------------------------------------------
-
     def forget_ids(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
         if snapshot_ids:
             self.run(["forget", *(["--prune"] if prune else []), *snapshot_ids], "forget")

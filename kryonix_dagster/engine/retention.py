@@ -161,7 +161,7 @@ class RetentionCheck:
         return "OK"
 
 
-def check_retention(settings: Settings, tenant_id: str, now: datetime | None = None) -> RetentionCheck:
+def check_retention(settings: Settings, tenant_id: str) -> RetentionCheck:
     """Is the repository holding exactly what the plan says? ERROR over-retention, WARN under."""
     tenant = registry.get_tenant(settings, tenant_id)
     plan, warning = plan_for(tenant.plano if tenant else None)
@@ -170,16 +170,16 @@ def check_retention(settings: Settings, tenant_id: str, now: datetime | None = N
         return RetentionCheck([], [], 0, plan.name, warning)
     decision = decide(repo, tenant_id, plan, warning)
     kept = decision.kept_sessions
-    now = now or datetime.now(timezone.utc)
     days_with_points = {datetime.fromisoformat(s.time).date() for s in kept}
     missing = []
     if kept:
+        # gaps inside the plan's daily window, counted back from the newest restore point
+        # (a day that has not had its sessions yet is the freshness check's business)
+        newest = max(days_with_points)
         oldest = min(datetime.fromisoformat(s.time) for s in decision.sessions).date()
-        # the reference day is the last one whose sessions are due (today's may not have run yet)
-        reference = (now - timedelta(hours=plan.rpo_hours)).date()
-        window = min(plan.keep_daily, (reference - oldest).days + 1)
+        window = min(plan.keep_daily, (newest - oldest).days + 1)
         for back in range(window):
-            day = reference - timedelta(days=back)
+            day = newest - timedelta(days=back)
             if day not in days_with_points:
                 missing.append(day.isoformat())
     return RetentionCheck([s.session_id for s in decision.removed_sessions], missing, len(kept), plan.name, warning)

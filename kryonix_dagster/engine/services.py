@@ -125,15 +125,6 @@ class RabbitMQApi:
     def queues(self, vhost: str) -> list[dict]:
         return self.request("GET", f"/queues/{self.q(vhost)}")
 
-    def queue(self, vhost: str, name: str) -> dict:
-        return self.request("GET", f"/queues/{self.q(vhost)}/{self.q(name)}")
-
-    def purge_queue(self, vhost: str, name: str) -> None:
-        self.request("DELETE", f"/queues/{self.q(vhost)}/{self.q(name)}/contents")
-
-    def put_policy(self, vhost: str, name: str, body: dict) -> None:
-        self.request("PUT", f"/policies/{self.q(vhost)}/{self.q(name)}", json=body)
-
     def overview(self) -> dict:
         return self.request("GET", "/overview")
 
