@@ -151,6 +151,8 @@ def backup(tenant_ids: tuple[str, ...], all_: bool, plan: str | None, backup_typ
     settings = ready_settings()
     selected = _selected_tenants(settings, tenant_ids, all_, plan)
     reporter = TerminalReporter()
+    if not selected:
+        reporter.info("no active tenants" + (f" on plan {plan}" if plan else "") + ": nothing to back up")
     sessions, failures = [], []
     for n, tid in enumerate(selected, 1):
         if len(selected) > 1:
