@@ -230,9 +230,10 @@ def run_backup(
         result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()))
         result.consistency = consistency.evaluate(ctx.captured).to_json()
         if result.consistency["problems"]:
-            label = "consistent" if result.consistent else "inconsistent"
-            reporter.warn(f"consistency score {result.consistency['score']}% ({label}): "
-                          + "; ".join(result.consistency["problems"]))
+            score = result.consistency["score"]
+            label = "no rule could be evaluated" if score is None else (
+                f"score {score}%, " + ("consistent" if result.consistent else "inconsistent"))
+            reporter.warn(f"consistency ({label}): " + "; ".join(result.consistency["problems"]))
         critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
         all_ok = all(r.succeeded for r in result.tiers.values())
         if critical_ok:
