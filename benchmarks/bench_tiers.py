@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.engine.naming import names_for
 from tests.helpers import purge_tenant
 
-from .harness import Comparison, Measurement, Report, World, cli, sh, timed
+from .harness import Comparison, Measurement, Report, World, cli, sh, timed, timed_count
 
 TENANT = "benchtiers"
 
@@ -87,8 +86,7 @@ def by_hand_backup(settings, work: Path, restic_env: dict) -> dict[str, Measurem
         sh(f"restic backup -q {target}", restic_env)
         return count
 
-    out["objects"], count = timed("boto3 download + restic backup", download)
-    out["objects"].count = count
+    out["objects"] = timed_count("boto3 download + restic backup", download)
 
     def dump_keys() -> int:
         client = redis_lib.Redis.from_url(settings.redis_url)
@@ -102,8 +100,7 @@ def by_hand_backup(settings, work: Path, restic_env: dict) -> dict[str, Measurem
         sh(f"restic backup -q {path}", restic_env)
         return count
 
-    out["redis"], count = timed("SCAN/DUMP script + restic backup", dump_keys)
-    out["redis"].count = count
+    out["redis"] = timed_count("SCAN/DUMP script + restic backup", dump_keys)
 
     def export_definitions() -> None:
         path = work / "definitions.json"
@@ -119,7 +116,6 @@ def by_hand_backup(settings, work: Path, restic_env: dict) -> dict[str, Measurem
 
 
 def by_hand_restore(settings, work: Path) -> dict[str, Measurement]:
-    names = names_for(settings, TENANT)
     out: dict[str, Measurement] = {}
     s3 = services.s3_client(settings)
     root = work / "objects"
@@ -133,8 +129,7 @@ def by_hand_restore(settings, work: Path) -> dict[str, Measurement]:
                 count += 1
         return count
 
-    out["objects"], count = timed("boto3 upload of the downloaded files", upload)
-    out["objects"].count = count
+    out["objects"] = timed_count("boto3 upload of the downloaded files", upload)
     client = redis_lib.Redis.from_url(settings.redis_url)
 
     def restore_keys() -> int:
@@ -153,8 +148,7 @@ def by_hand_restore(settings, work: Path) -> dict[str, Measurement]:
         pipe.execute()
         return count
 
-    out["redis"], count = timed("RESTORE script from the dump file", restore_keys)
-    out["redis"].count = count
+    out["redis"] = timed_count("RESTORE script from the dump file", restore_keys)
     return out
 
 

@@ -82,6 +82,13 @@ def timed(name: str, fn, *, count: int | None = None) -> tuple[Measurement, obje
     return Measurement(name, time.perf_counter() - start, count=count), value
 
 
+def timed_count(name: str, fn) -> Measurement:
+    """Time `fn`, whose return value is the number of items it processed."""
+    measurement, count = timed(name, fn)
+    measurement.count = count
+    return measurement
+
+
 def sh(cmd: str, env: dict | None = None) -> None:
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, env={**os.environ, **(env or {})},
                    stdout=subprocess.DEVNULL)
