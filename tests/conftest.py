@@ -25,8 +25,9 @@ from .helpers import purge_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-# One main database per pytest-xdist worker, so workers never share a registry.
-MAIN_DB = f"kryonix_test_main_{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}"
+# One main database per pytest process (xdist worker), so workers, and two runs on one
+# machine, never share a registry.
+MAIN_DB = f"kryonix_test_main_{os.environ.get('PYTEST_XDIST_WORKER', 'gw')}_{secrets.token_hex(3)}"
 
 
 def free_port() -> int:
@@ -87,7 +88,8 @@ def settings(test_env):
     s = load_settings()
     pg.drop_database(s.pg_dsn, s.main_db)
     migrate(s)
-    return s
+    yield s
+    pg.drop_database(s.pg_dsn, s.main_db)
 
 
 @pytest.fixture
