@@ -1,10 +1,13 @@
 """Consistency rules: pure evaluation, and a broken reference caught by a real session."""
 import json
 
+import pytest
+
 from dagster import AssetCheckKey, DagsterInstance, materialize
 
 from kryonix_dagster.assets import tenant_backup_session
 from kryonix_dagster.engine.consistency import evaluate, load_rules
+from kryonix_dagster.engine.errors import OperationFailed
 from kryonix_dagster.engine.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS
@@ -30,9 +33,34 @@ def captured(**overrides):
 
 def test_rules_are_declared_data():
     rules = load_rules()
-    assert [r["name"] for r in rules["rules"]] == ["database_storage", "cache_database", "messaging_application",
-                                                    "file_references"]
-    assert rules["threshold_percent"] == 95
+    assert [r.name for r in rules.rules] == ["database_storage", "cache_database", "messaging_application",
+                                              "file_references"]
+    assert rules.threshold_percent == 95
+    assert [r.name for r in rules.rules if r.orphans_fail] == ["database_storage"]  # as the seed counts them
+
+
+def test_a_broken_rules_file_is_named_with_its_field(tmp_path):
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps({"rules": [{"name": "x", "references": {"tier": "postgres"},
+                                          "targets": {"tier": "redis"}}]}))
+    with pytest.raises(OperationFailed) as caught:
+        load_rules(bad)
+    message = str(caught.value)
+    assert str(bad) in message and "rules.0.references.tier" in message and "\n" not in message
+    bad.write_text(json.dumps({"rules": [{"name": "x", "references": {"tier": "redis", "key_pattern": "^a$"},
+                                          "targets": {"tier": "redis"}}]}))
+    with pytest.raises(OperationFailed, match="capture group"):
+        load_rules(bad)
+
+
+def test_one_failing_rule_of_four_is_inconsistent_as_in_the_seed(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "app.json").write_text(json.dumps({"queues": ["mobile.sync"], "files": []}))
+    clean = captured(appdata={"files": ["config/app.json"], "root": str(tmp_path)})
+    assert evaluate(clean).score == 100.0 and evaluate(clean).consistent
+    broken = dict(clean, redis=["contato:1", "contato:99"])  # half the cached contacts dangle
+    report = evaluate(broken)
+    assert report.score == 75.0 and not report.consistent
 
 
 def test_evaluation_names_missing_and_orphans(tmp_path):
@@ -46,11 +74,11 @@ def test_evaluation_names_missing_and_orphans(tmp_path):
     ))
     rules = {r.name: r for r in report.rules}
     assert rules["database_storage"].missing == ["documentos/b.pdf"] and rules["database_storage"].orphans == ["sobra/c.txt"]
-    assert rules["database_storage"].score == 50.0
-    assert rules["cache_database"].missing == ["99"]
+    assert rules["database_storage"].score == 0.0  # one missing and one orphan over two references
+    assert rules["cache_database"].missing == ["99"] and rules["cache_database"].score == 50.0
     assert rules["messaging_application"].missing == ["faltando"]
     assert rules["file_references"].passed
-    assert report.score == round((50 + 50 + 50 + 100) / 4, 2) and not report.consistent
+    assert report.score == 25.0 and not report.consistent  # one rule of four passed
     assert any("documentos/b.pdf" in p for p in report.problems)
 
 
