@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from . import audit, registry
 from .config import Settings
 from .errors import BadInput
-from .fleet import refresh_repository_stats
+from .repository_stats import refresh_repository_stats
 from .lease import Lease
 from .manifest import KIND_MANIFEST, KIND_TIER, new_session_id
 from .naming import validate_tenant_id

@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 from . import audit, consistency, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
-from .fleet import count_session
+from .repository_stats import count_session
 from .lease import Lease
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
 from .naming import BACKUP_TYPES, names_for, validate_tenant_id

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from . import audit
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
-from .fleet import refresh_repository_stats
+from .repository_stats import refresh_repository_stats
 from .manifest import KIND_TIER, read_manifest, restore_points
 from .naming import validate_tenant_id
 from .tenant_repository import open_repository
