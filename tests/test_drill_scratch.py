@@ -9,7 +9,8 @@ from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.demo import seed_tenant
 from kryonix_dagster.engine.drill import run_drill
 from kryonix_dagster.engine.errors import BadInput
-from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.erasure import erase_scratch
+from kryonix_dagster.engine.naming import names_for, scratch_names_for
 from kryonix_dagster.engine.session import run_backup
 
 from . import observe
