@@ -5,15 +5,15 @@ from dagster import AssetCheckSeverity, MetadataValue
 
 from .engine.manifest import TierResult
 from .engine.session import SessionResult
+from .engine.tiers import TIERS, TierSpec
 
-TIER_ASSETS = {
-    "postgresql": "postgresql_backup",
-    "redis": "redis_backup",
-    "object_storage": "object_storage_backup",
-    "rabbitmq": "rabbitmq_backup",
-    "appdata": "app_data_backup",
-    "compliance": "compliance_backup",
-}
+
+def tier_assets(tiers: tuple[TierSpec, ...] = TIERS) -> dict[str, str]:
+    """tier name → its asset key, from the tiers' own specs."""
+    return {t.name: t.asset_key for t in tiers}
+
+
+TIER_ASSETS = tier_assets()
 RESTORE_POINT_ASSET = "restore_point"
 
 

@@ -8,7 +8,7 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, De
 from kryonix_dagster.assets import tenant_backup_session
 from kryonix_dagster.checks import integrity_check, restore_drill_check
 from kryonix_dagster.engine.demo import seed_tenant
-from kryonix_dagster.engine.drill import scratch_tenant_id
+from kryonix_dagster.engine.naming import scratch_names_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env
 
@@ -62,7 +62,7 @@ def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings
     backup = cli("backup", tid, "--json")
     assert backup.returncode == 0
     session = json.loads(backup.stdout)["sessions"][0]["session"]
-    scratch = scratch_tenant_id(tid)
+    scratch = scratch_names_for(settings, tid)
 
     good = run_check(restore_drill_check, tid)
     assert good.passed, good.description
@@ -70,10 +70,15 @@ def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings
     assert set(compared) == {"postgresql", "redis", "object_storage", "rabbitmq", "appdata"}
     assert set(compared.values()) == {"ok"}
     # the scratch tenant is gone from every service and from the registry
-    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE 'kryonix_cliente_{scratch}%'") == "0"
-    assert observe.psql(MAIN_DB, f"SELECT count(*) FROM tenants.clientes WHERE id = '{scratch}'") == "0"
-    assert observe.tenant_state(settings, scratch, messages=False) == {
-        "tables": None, "objects": {}, "redis": {}, "vhost": None, "files": {}}
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE '{scratch.database}%'") == "0"
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{scratch.role_prefix}%'") == "0"
+    assert observe.psql(MAIN_DB, "SELECT count(*) FROM tenants.clientes WHERE id LIKE 'drill%'") == "0"
+    assert observe.psql(MAIN_DB, f"SELECT count(*) FROM tenants.backup_leases WHERE cliente_id = '{scratch.tenant_id}'") == "0"
+    client = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
+    assert observe.bucket_state(client, scratch.bucket_prefix) == {}
+    assert observe.redis_state(settings.redis_url, scratch.redis_prefix) == {}
+    assert observe.rabbit_api("/vhosts") and scratch.vhost not in {v["name"] for v in observe.rabbit_api("/vhosts")}
+    assert not scratch.app_data_dir.exists()
 
     # Tamper: a newer manifest for the session whose row hashes no longer match the dump.
     manifest = json.loads(cli("restic", tid, "--", "dump", "latest", "/manifest.json", "--tag", "kind=manifest").stdout)
@@ -88,4 +93,4 @@ def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings
     assert result.returncode == 0, result.stderr
     bad = run_check(restore_drill_check, tid)
     assert not bad.passed and "does not match the backup" in bad.description and table in bad.description
-    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE 'kryonix_cliente_{scratch}%'") == "0"
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname LIKE '{scratch.database}%'") == "0"

@@ -64,3 +64,50 @@ def test_renames_map_to_the_target_tenant_only():
         rename_bucket("cliente-10-media", a, b)
     with pytest.raises(ValueError):
         rename_redis_key(b"cliente:10:x", a, b)
+
+
+# Restore drills' scratch tenants: a namespace of their own.
+from kryonix_dagster.engine.naming import is_scratch, scratch_id, scratch_names, scratch_token  # noqa: E402
+
+
+def scratch(tid):
+    return scratch_names(scratch_token(tid), Path("/data/apps"))
+
+
+def test_scratch_names_are_valid_in_every_service_and_no_tenant_id():
+    s = scratch("42")
+    token = scratch_token("42")
+    assert (s.tenant_id, s.database, s.bucket_prefix, s.redis_prefix, s.vhost, s.app_data_dir) == (
+        f"drill-{token}", f"kryonix_drill_{token}", f"drill-{token}-", f"drill:{token}:", f"/drill_{token}",
+        Path(f"/data/apps/drill_{token}"))
+    assert scratch_id("42") == s.tenant_id and s.scratch and is_scratch(s)
+    import re
+    assert re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", s.previous_database)  # a plain PostgreSQL identifier
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", s.bucket("documentos-arquivo"))  # an S3 bucket name
+    with pytest.raises(BadInput):
+        validate_tenant_id(s.tenant_id)  # so it can never be registered
+
+
+@pytest.mark.parametrize("tid", ["1", "drill", "drillx", "kryonix", "a" * 32])
+def test_no_tenant_ever_owns_a_scratch_name(tid):
+    token = scratch_token("1")
+    for other in {tid, token, f"drill{token}", f"drill{token}"[:32]}:
+        t, s = names(other), scratch("1")
+        assert not t.owns_bucket(s.bucket("media")) and not s.owns_bucket(t.bucket("media"))
+        assert not t.owns_role(s.role("app")) and not s.owns_role(t.role("app"))
+        assert not t.owns_redis_key(s.redis_prefix + "k") and not s.owns_redis_key(t.redis_prefix + "k")
+        assert not fnmatchcase(s.redis_prefix + "k", t.redis_match) and not fnmatchcase(t.redis_prefix + "k", s.redis_match)
+        assert s.database != t.database and not s.database.startswith(t.role_prefix)
+        assert s.vhost != t.vhost and s.app_data_dir != t.app_data_dir
+
+
+def test_only_names_built_as_scratch_count_as_scratch():
+    import dataclasses
+
+    s = scratch("1")
+    assert not is_scratch(names("1"))
+    assert not is_scratch(dataclasses.replace(names("1"), scratch=True))
+    assert not is_scratch(dataclasses.replace(s, database="kryonix_cliente_1"))
+    assert not is_scratch(dataclasses.replace(s, scratch=False))
+    with pytest.raises(BadInput):
+        scratch_names("../../x", Path("/data/apps"))

@@ -8,7 +8,8 @@ from dagster import AssetCheckSpec, AssetExecutionContext, AssetSpec, Config, Fa
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.session import run_backup
-from ..metadata import RESTORE_POINT_ASSET, TIER_ASSETS
+from ..engine.tiers import TIERS, TierSpec, upstream
+from ..metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from ..pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
@@ -41,33 +42,25 @@ class DagsterReporter:
             self.log.info(f"{task}: {done} bytes" + (f" of {total}" if total else ""))
 
 
-# tier → (kinds, description, upstream tiers): the dependencies follow the seed's phases.
-TIER_ASSET_DOCS = {
-    "postgresql": ({"postgres", "restic"}, "The tenant's database kryonix_cliente_{id} and its roles: pg_dump (custom "
-                   "format) of one snapshot streamed into the tenant's restic repository; rows per table.", []),
-    "redis": ({"redis", "restic"}, "The tenant's Redis namespace cliente:{id}:*: SCAN + pipelined DUMP/PTTL, every "
-              "type, TTLs kept.", []),
-    "object_storage": ({"s3", "restic"}, "The tenant's buckets cliente-{id}-*: bytes, content type, user metadata, "
-                       "tags; incremental sessions fetch only changed objects.", ["postgresql", "redis"]),
-    "rabbitmq": ({"rabbitmq", "restic"}, "The tenant's vhost /cliente_{id}: definitions, permissions and the "
-                 "messages of durable queues, read without loss (depths unchanged).", ["object_storage"]),
-    "appdata": ({"restic"}, "The tenant's application folder (config, media, mobile data); biometric templates "
-                "are never taken.", ["rabbitmq"]),
-    "compliance": ({"postgres", "restic"}, "LGPD tables and audit rows as their own snapshot, tagged for the legal "
-                   "retention periods.", ["appdata"]),
-}
+def tier_asset_specs(tiers: tuple[TierSpec, ...] = TIERS) -> list[AssetSpec]:
+    """One asset per tier, from the tier's own spec; each depends on the tiers of the phase
+    before it, as the session runs them."""
+    return [
+        AssetSpec(key=t.asset_key, group_name=GROUP, kinds=set(t.kinds), description=t.description,
+                  skippable=True, deps=[u.asset_key for u in upstream(t, tiers)])
+        for t in tiers
+    ]
 
-TIER_SPECS = [
-    AssetSpec(key=TIER_ASSETS[tier], group_name=GROUP, kinds=kinds, description=doc, skippable=True,
-              deps=[TIER_ASSETS[u] for u in upstream])
-    for tier, (kinds, doc, upstream) in TIER_ASSET_DOCS.items()
-]
-RESTORE_POINT_SPEC = AssetSpec(
-    key=RESTORE_POINT_ASSET, group_name=GROUP, kinds={"restic"}, skippable=True,
-    deps=[spec.key for spec in TIER_SPECS],
-    description="The session's manifest, written last: a materialization here is a restorable point "
-                "(`kryonix-backup restore ID --snapshot SESSION`).",
-)
+
+def restore_point_spec(tier_specs: list[AssetSpec]) -> AssetSpec:
+    return AssetSpec(
+        key=RESTORE_POINT_ASSET, group_name=GROUP, kinds={"restic"}, skippable=True,
+        deps=[spec.key for spec in tier_specs],
+        description="The session's manifest, written last: a materialization here is a restorable point "
+                    "(`kryonix-backup restore ID --snapshot SESSION`).",
+    )
+
+
 CONSISTENCY_CHECK = AssetCheckSpec(
     "consistency", asset=RESTORE_POINT_ASSET,
     description="Cross-service consistency of what the session captured: database ↔ objects, cache ↔ rows, "
@@ -75,25 +68,37 @@ CONSISTENCY_CHECK = AssetCheckSpec(
 )
 
 
-@multi_asset(
-    name="tenant_backup_session",
-    specs=[*TIER_SPECS, RESTORE_POINT_SPEC],
-    check_specs=[CONSISTENCY_CHECK],
-    partitions_def=kryonix_tenants,
-    can_subset=False,
-    pool=SESSION_POOL,
-)
-def tenant_backup_session(context: AssetExecutionContext, config: BackupConfig, engine: BackupEngineResource):
-    """One coordinated backup session of the partition's tenant, all tiers."""
-    tenant_id = context.partition_key
-    gate = ServicePoolGate(context.instance, context.run_id, context.op.name, context.log)
-    try:
-        result = run_backup(engine.settings(), tenant_id, config.backup_type, DagsterReporter(context.log), gate=gate)
-    except KryonixError as exc:
-        raise Failure(description=one_line(str(exc)), metadata={"tenant": tenant_id}) from None
-    yield from asset_results(result)
-    if not result.success:
-        raise session_failure(result)
+def build_backup_session(tiers: tuple[TierSpec, ...] = TIERS, name: str = "tenant_backup_session"):
+    """The session multi-asset of a list of tiers: one asset per tier plus the restore point."""
+    tier_specs = tier_asset_specs(tiers)
+
+    @multi_asset(
+        name=name,
+        specs=[*tier_specs, restore_point_spec(tier_specs)],
+        check_specs=[CONSISTENCY_CHECK],
+        partitions_def=kryonix_tenants,
+        can_subset=False,
+        pool=SESSION_POOL,
+    )
+    def backup_session(context: AssetExecutionContext, config: BackupConfig, engine: BackupEngineResource):
+        """One coordinated backup session of the partition's tenant, all tiers."""
+        tenant_id = context.partition_key
+        gate = ServicePoolGate(context.instance, context.run_id, context.op.name, context.log)
+        try:
+            result = run_backup(engine.settings(), tenant_id, config.backup_type, DagsterReporter(context.log),
+                                tiers=tiers, gate=gate)
+        except KryonixError as exc:
+            raise Failure(description=one_line(str(exc)), metadata={"tenant": tenant_id}) from None
+        yield from asset_results(result)
+        if not result.success:
+            raise session_failure(result)
+
+    return backup_session
+
+
+TIER_SPECS = tier_asset_specs()
+RESTORE_POINT_SPEC = restore_point_spec(TIER_SPECS)
+tenant_backup_session = build_backup_session()
 
 
 def session_failure(result) -> Failure:

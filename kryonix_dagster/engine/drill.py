@@ -1,27 +1,34 @@
 """Restore drills: prove a restore point restores.
 
-The latest session (or a given one) is restored into a scratch tenant (registered
-inactive, so no schedule picks it up), each tier is compared with what the session's
-manifest recorded, and the scratch tenant is erased whatever happened. The restore itself
-already verifies table rows and files against the manifest; the drill adds object, key and
-message counts, so a tampered or damaged session fails the drill.
+The latest session (or a given one) is restored into the tenant's scratch tenant, whose
+names (`naming.scratch_names_for`) no registered tenant can have; the scratch tenant is
+never registered, so no schedule picks it up. Each tier is judged by its own drill
+comparison (`TierSpec.drill`) against what the session's manifest recorded, and the scratch
+tenant is erased whatever happened. The restore itself already verifies table rows and
+files against the manifest; the comparisons add object, key and message counts, so a
+tampered or damaged session fails the drill. The scratch tenant's lease serialises two
+drills of one tenant.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import audit, pg, registry, services
+from . import audit
 from .config import Settings
-from .erasure import erase_tenant_data
+from .erasure import erase_scratch
 from .errors import KryonixError, one_line
-from .manifest import find_manifest
-from .naming import names_for, validate_tenant_id
-from .restore import run_restore
+from .lease import Lease
+from .manifest import STATUS_OK, SessionManifest, find_manifest, new_session_id
+from .naming import TenantNames, names_for, scratch_id, scratch_names_for, validate_tenant_id
+from .repository import Restic
+from .restore import validate_snapshot
 from .tenant_repository import open_repository
-from .tiers.base import NullReporter, Reporter, Stopwatch
-from .tiers.object_storage import tenant_buckets
+from .tiers import TIERS
+from .tiers.base import DrillContext, NullReporter, Reporter, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+
+
+scratch_tenant_id = scratch_id  # the name tests and callers used
 
 
 @dataclass
@@ -38,95 +45,79 @@ class DrillResult:
         return self.__dict__.copy()
 
 
-def scratch_tenant_id(tenant_id: str) -> str:
-    return "drill" + hashlib.sha256(tenant_id.encode()).hexdigest()[:12]
+def drilled_tiers(manifest: SessionManifest, tiers: tuple[TierSpec, ...]) -> list[TierSpec]:
+    """The tiers a drill restores: those the session holds, minus those another restored tier brings back."""
+    present = [t for t in tiers if (r := manifest.tiers.get(t.name)) is not None and r.status == STATUS_OK]
+    names = {t.name for t in present}
+    return [t for t in present if t.restored_with not in names]
 
 
-def _compare_objects(settings: Settings, scratch: str, expected: dict) -> str:
-    client = services.s3_client(settings)
-    names = names_for(settings, scratch)
-    got = {}
-    for bucket in tenant_buckets(client, names):
-        suffix = bucket[len(names.bucket_prefix):]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                got[f"{suffix}/{item['Key']}"] = item["Size"]
-    want = {}
-    for key, (_etag, size) in expected.items():
-        bucket, _, obj = key.partition("/")
-        want[f"{bucket.split('-', 2)[2]}/{obj}"] = size
-    if got == want:
-        return "ok"
-    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-    return f"{len(diff)} object(s) differ, e.g. {diff[0]}"
+def restore_into_scratch(settings: Settings, source: TenantNames, repo: Restic, manifest: SessionManifest,
+                         scratch: TenantNames, tiers: tuple[TierSpec, ...], report: Reporter) -> dict[str, RestoreOutcome]:
+    """Each tier's restore verb with the scratch tenant's names as the target. (run_restore takes
+    a registered tenant id as its target, which a scratch tenant is not.)"""
+    outcomes = {}
+    for spec in drilled_tiers(manifest, tiers):
+        report.info(f"drill: restoring {spec.name} of session {manifest.session_id} into {scratch.tenant_id}")
+        ctx = RestoreContext(settings, source, scratch, repo, manifest, manifest.tiers[spec.name], report)
+        outcomes[spec.name] = spec.restore(ctx)
+    return outcomes
 
 
-def _compare_keys(settings: Settings, scratch: str, restored: int, expired: int, recorded: int) -> str:
-    names = names_for(settings, scratch)
-    present = sum(1 for _ in services.redis_client(settings).scan_iter(match=names.redis_match, count=1000))
-    if restored + expired != recorded:
-        return f"{restored} keys restored and {expired} expired, {recorded} backed up"
-    return "ok" if present == restored else f"{present} keys present, {restored} restored"
+def compare_tiers(settings: Settings, source: TenantNames, manifest: SessionManifest, scratch: TenantNames,
+                  outcomes: dict[str, RestoreOutcome], tiers: tuple[TierSpec, ...]) -> dict[str, str]:
+    """Each restored tier judged by its own drill comparison."""
+    specs = {t.name: t for t in tiers}
+    return {name: specs[name].drill(DrillContext(settings, source, scratch, manifest.tiers[name], outcome))
+            for name, outcome in outcomes.items()}
 
 
-def _compare_depths(settings: Settings, scratch: str, expected: dict[str, int]) -> str:
-    names = names_for(settings, scratch)
-    connection = services.amqp_connection(settings, names.vhost)
-    try:
-        channel = connection.channel()
-        got = {q: channel.queue_declare(q, passive=True).method.message_count for q in expected}
-    finally:
-        connection.close()
-    return "ok" if got == expected else f"queue depths {got} != backed up {expected}"
-
-
-def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", report: Reporter | None = None) -> DrillResult:
+def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", report: Reporter | None = None,
+              tiers: tuple[TierSpec, ...] = TIERS) -> DrillResult:
     validate_tenant_id(tenant_id)
+    validate_snapshot(snapshot)
     report = report or NullReporter()
-    scratch = scratch_tenant_id(tenant_id)
+    scratch = scratch_names_for(settings, tenant_id)
     started = datetime.now(timezone.utc)
     watch = Stopwatch()
-    result = DrillResult(tenant_id, scratch, None, False)
-    registry.ensure_tenant(settings, scratch, f"restore drill of {tenant_id}", "basic")
-    registry.set_status(settings, scratch, "inativo")
+    result = DrillResult(tenant_id, scratch.tenant_id, None, False)
     try:
-        erase_tenant_data(settings, scratch)
-        repo = open_repository(settings, tenant_id)
-        manifest = find_manifest(repo, snapshot) if repo else None
-        if manifest is None:
-            raise KryonixError(f"tenant {tenant_id}: no restore point to drill")
-        result.session_id = manifest.session_id
-        restored = run_restore(settings, tenant_id, manifest.session_id, into=scratch, report=report)
-        for tier in restored.tiers:
-            recorded = manifest.tiers[tier]
-            if tier == "object_storage":
-                result.compared[tier] = _compare_objects(settings, scratch, recorded.checksums.get("objects", {}))
-            elif tier == "redis":
-                outcome = restored.tiers[tier]
-                result.compared[tier] = _compare_keys(settings, scratch, outcome.restored,
-                                                      outcome.details.get("expired_not_restored", 0), recorded.items)
-            elif tier == "rabbitmq":
-                result.compared[tier] = _compare_depths(settings, scratch, recorded.checksums.get("depths", {}))
-            else:  # postgresql rows and appdata files were verified by the restore itself
-                result.compared[tier] = "ok"
-        result.passed = all(v == "ok" for v in result.compared.values())
-        if not result.passed:
-            result.error = "; ".join(f"{t}: {v}" for t, v in result.compared.items() if v != "ok")
+        with Lease(settings, scratch.tenant_id, new_session_id(), "drill"):
+            try:
+                erase_scratch(settings, scratch)  # what a killed drill may have left
+                _drill(settings, tenant_id, snapshot, scratch, tiers, report, result)
+            finally:
+                _erase_quietly(settings, scratch, report)
     except KryonixError as exc:
         result.error = one_line(str(exc))
     finally:
-        try:
-            erase_tenant_data(settings, scratch)
-            with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-                cur.execute("DELETE FROM tenants.backup_leases WHERE cliente_id = %s", (scratch,))
-                cur.execute("DELETE FROM tenants.clientes WHERE id = %s", (scratch,))
-        except Exception as exc:
-            report.warn(f"scratch tenant {scratch} not fully erased: {one_line(str(exc), 200)}")
         result.duration_seconds = watch.seconds
         audit.record(settings, audit.AuditRecord(
             cliente_id=tenant_id, operation="drill", started_at=started, success=result.passed,
             session_id=result.session_id, finished_at=datetime.now(timezone.utc),
             duration_seconds=result.duration_seconds, error=result.error,
-            details={"scratch": scratch, "compared": result.compared},
+            details={"scratch": scratch.tenant_id, "compared": result.compared},
         ))
     return result
+
+
+def _drill(settings: Settings, tenant_id: str, snapshot: str, scratch: TenantNames, tiers: tuple[TierSpec, ...],
+           report: Reporter, result: DrillResult) -> None:
+    repo = open_repository(settings, tenant_id)
+    manifest = find_manifest(repo, snapshot) if repo else None
+    if manifest is None:
+        raise KryonixError(f"tenant {tenant_id}: no restore point to drill")
+    result.session_id = manifest.session_id
+    source = names_for(settings, tenant_id)
+    outcomes = restore_into_scratch(settings, source, repo, manifest, scratch, tiers, report)
+    result.compared = compare_tiers(settings, source, manifest, scratch, outcomes, tiers)
+    result.passed = all(v == "ok" for v in result.compared.values())
+    if not result.passed:
+        result.error = "; ".join(f"{t}: {v}" for t, v in result.compared.items() if v != "ok")
+
+
+def _erase_quietly(settings: Settings, scratch: TenantNames, report: Reporter) -> None:
+    try:
+        erase_scratch(settings, scratch)
+    except Exception as exc:  # the drill's verdict stands; the next drill erases the rest first
+        report.warn(f"scratch tenant {scratch.tenant_id} not fully erased: {one_line(str(exc), 200)}")

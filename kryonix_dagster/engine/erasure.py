@@ -1,5 +1,6 @@
-"""Erase a tenant's live data in every service (its names only). Used to clean up the
-scratch tenants of restore drills; never exposed as a CLI verb."""
+"""Erase a restore drill's scratch tenant in every service (its names only). Never exposed
+as a CLI verb, and it refuses any names not built by `naming.scratch_names`: a registered
+tenant's data cannot be erased through here."""
 from __future__ import annotations
 
 import shutil
@@ -8,14 +9,25 @@ from psycopg2 import sql
 
 from . import pg, services
 from .config import Settings
-from .naming import names_for
+from .errors import BadInput
+from .naming import TenantNames, is_scratch, names_for
+
+
+def erase_scratch(settings: Settings, scratch: TenantNames) -> None:
+    if not is_scratch(scratch):
+        raise BadInput(f"tenant {scratch.tenant_id}: not a scratch tenant, refusing to erase its data")
+    _erase(settings, scratch)
 
 
 def erase_tenant_data(settings: Settings, tenant_id: str) -> None:
-    names = names_for(settings, tenant_id)
-    pg.drop_database(settings.pg_dsn, names.database)
-    for suffix in ("__restoring", "__previous"):
-        pg.drop_database(settings.pg_dsn, names.database + suffix)
+    """Test fixtures only (tests/helpers.purge_tenant removes a test tenant): the product never
+    erases a registered tenant's live data. To be removed once the fixture carries its own purge."""
+    _erase(settings, names_for(settings, tenant_id))
+
+
+def _erase(settings: Settings, names: TenantNames) -> None:
+    for database in (names.database, names.restoring_database, names.previous_database):
+        pg.drop_database(settings.pg_dsn, database)
     with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (names.role_prefix,))
         for (role,) in cur.fetchall():

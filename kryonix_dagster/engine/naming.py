@@ -3,9 +3,15 @@
 A tenant id matches ``^[a-z0-9]{1,32}$``. Ids carry no separator characters, so the
 separators used below (``_``, ``-``, ``:``) make one tenant's names never a prefix of
 another's: ``cliente-1-`` does not match ``cliente-10-media``.
+
+Restore drills restore into a scratch tenant whose names have their own prefixes
+(``kryonix_drill_{token}``, ``drill-{token}-*``, ``drill:{token}:*``, ``/drill_{token}``,
+``drill_{token}/``): no tenant id yields a name that starts like that, and the scratch id
+``drill-{token}`` is not a tenant id, so it can never be registered.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +56,22 @@ class TenantNames:
     vhost: str
     app_data_dir: Path
     repository: str
+    scratch: bool = False  # a restore drill's scratch tenant (see scratch_names)
 
     @property
     def redis_match(self) -> str:
         """SCAN MATCH pattern; safe because ids contain no glob characters."""
         return f"{self.redis_prefix}*"
+
+    @property
+    def restoring_database(self) -> str:
+        """Where a full restore loads before it swaps in."""
+        return f"{self.database}__restoring"
+
+    @property
+    def previous_database(self) -> str:
+        """The replaced database, kept until the swap is done."""
+        return f"{self.database}__previous"
 
     @property
     def backup_flag_key(self) -> str:
@@ -94,6 +111,49 @@ def tenant_names(tenant_id: str, app_data_root: Path, repo_root: str) -> TenantN
 def names_for(settings, tenant_id: str) -> TenantNames:
     """Names of a tenant under the given Settings."""
     return tenant_names(tenant_id, settings.app_data_dir, settings.repo)
+
+
+SCRATCH_TOKEN = re.compile(r"[0-9a-f]{12}")
+
+
+def scratch_token(tenant_id: str) -> str:
+    """Stable per drilled tenant, so the next drill erases what a killed one left behind."""
+    return hashlib.sha256(validate_tenant_id(tenant_id).encode()).hexdigest()[:12]
+
+
+def scratch_id(tenant_id: str) -> str:
+    """The id of the scratch tenant a drill of `tenant_id` uses: `-` makes it no tenant id."""
+    return f"drill-{scratch_token(tenant_id)}"
+
+
+def scratch_names(token: str, app_data_root: Path) -> TenantNames:
+    """Names of a drill's scratch tenant: prefixes no tenant's names have. A scratch tenant
+    has no backup repository."""
+    if not SCRATCH_TOKEN.fullmatch(token):
+        raise BadInput(f"invalid scratch token {token!r}: must match ^[0-9a-f]{{12}}$")
+    return TenantNames(
+        tenant_id=f"drill-{token}",  # = scratch_id(...)
+        database=f"kryonix_drill_{token}",
+        role_prefix=f"kryonix_drill_{token}_",
+        bucket_prefix=f"drill-{token}-",
+        redis_prefix=f"drill:{token}:",
+        vhost=f"/drill_{token}",
+        app_data_dir=Path(app_data_root) / f"drill_{token}",
+        repository="",
+        scratch=True,
+    )
+
+
+def scratch_names_for(settings, tenant_id: str) -> TenantNames:
+    """The scratch tenant a restore drill of `tenant_id` restores into."""
+    return scratch_names(scratch_token(tenant_id), settings.app_data_dir)
+
+
+def is_scratch(names: TenantNames) -> bool:
+    """True only for names exactly as scratch_names builds them (a forged flag is not enough)."""
+    token = names.tenant_id.removeprefix("drill-")
+    return (names.scratch and names.tenant_id.startswith("drill-") and SCRATCH_TOKEN.fullmatch(token) is not None
+            and names == scratch_names(token, names.app_data_dir.parent))
 
 
 def rename_bucket(bucket: str, source: TenantNames, target: TenantNames) -> str:

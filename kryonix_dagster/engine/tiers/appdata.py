@@ -105,3 +105,15 @@ def _carry_templates(current: Path, staging: Path, outcome: RestoreOutcome) -> N
             shutil.copytree(folder, dest, dirs_exist_ok=True)
             outcome.details["biometric_templates_kept"] = outcome.details.get("biometric_templates_kept", 0) + \
                 sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+# The tier as one unit: what the session, the restore, the drill and the Dagster layer know
+# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
+# an append to the module.
+from .base import TierSpec  # noqa: E402
+
+SPEC = TierSpec(
+    TIER, "application", False, "appdata", backup, restore,
+    asset_key="app_data_backup", kinds=("restic",),
+    description="The tenant's application folder (config, media, mobile data); biometric templates are never taken.",
+)  # drill: the restore itself verifies every file against the manifest's inventory

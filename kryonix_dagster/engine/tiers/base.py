@@ -1,5 +1,7 @@
 """What every tier receives and returns. Each tier module offers `backup(ctx)` and
-`restore(ctx)`; the session and the restore command treat all tiers alike."""
+`restore(ctx)` and ends with its `SPEC`: everything the session, the restore, the drill and
+the Dagster layer need to know about the tier, so a tier is one module plus one line in
+`tiers.TIERS`. The engine never imports Dagster: asset keys and kinds are plain strings."""
 from __future__ import annotations
 
 import hashlib
@@ -99,13 +101,64 @@ class RestoreOutcome:
 
 
 @dataclass(frozen=True)
+class DrillContext:
+    """What a tier's drill comparison receives after the restore into the scratch tenant."""
+    settings: Settings
+    source: TenantNames  # the drilled tenant
+    scratch: TenantNames  # where the drill restored it
+    recorded: TierResult  # this tier's entry of the session's manifest
+    outcome: RestoreOutcome  # what the restore into the scratch tenant did
+
+
+DrillComparison = Callable[[DrillContext], str]  # "ok", or what differed
+
+
+def verified_by_restore(_check: DrillContext) -> str:
+    """For tiers whose restore already verifies every item against the manifest."""
+    return "ok"
+
+
+# (phase, tiers run in parallel within it, a failure stops the session), in order
+PHASES: tuple[tuple[str, bool, bool], ...] = (
+    ("foundation", True, True),
+    ("storage", False, True),
+    ("messaging", False, False),
+    ("application", False, False),
+    ("compliance", False, False),
+)
+PHASE_NAMES = tuple(p[0] for p in PHASES)
+
+
+@dataclass(frozen=True)
 class TierSpec:
     name: str
-    phase: str
-    critical: bool
+    phase: str  # one of PHASE_NAMES
+    critical: bool  # a failure stops the session and leaves no restore point
     service: str  # which health check it depends on
     backup: Callable[[BackupContext], TierResult]
     restore: Callable[[RestoreContext], RestoreOutcome]
+    asset_key: str = ""  # the Dagster asset; defaults to "{name}_backup"
+    kinds: tuple[str, ...] = ("restic",)  # Dagster kinds shown in the UI
+    description: str = ""  # for operators, on the asset
+    pool: str | None = None  # concurrency pool of the service it loads (none: not throttled)
+    drill: DrillComparison = verified_by_restore  # how a restore drill judges this tier
+    restored_with: str | None = None  # a tier whose restore already brings this one back
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASE_NAMES:
+            raise ValueError(f"tier {self.name}: unknown phase {self.phase!r}, expected one of {', '.join(PHASE_NAMES)}")
+        if not self.asset_key:
+            object.__setattr__(self, "asset_key", f"{self.name}_backup")
+
+
+def upstream(spec: TierSpec, tiers: tuple[TierSpec, ...]) -> list[TierSpec]:
+    """The tiers of the nearest earlier phase that has any: what `spec` waits for in a session."""
+    index = PHASE_NAMES.index(spec.phase)
+    for phase in reversed(PHASE_NAMES[:index]):
+        earlier = [t for t in tiers if t.phase == phase]
+        if earlier:
+            return earlier
+    return []
 
 
 class Stopwatch:

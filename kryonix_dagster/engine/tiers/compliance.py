@@ -100,3 +100,15 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
                                   f"and was rolled back: {one_line(str(exc))}") from None
     outcome.details["tables"] = [p.stem for p in tables]
     return outcome
+
+
+# The tier as one unit: what the session, the restore, the drill and the Dagster layer know
+# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
+# an append to the module.
+from .base import TierSpec  # noqa: E402
+
+SPEC = TierSpec(
+    TIER, "compliance", False, "postgresql", backup, restore,
+    asset_key="compliance_backup", kinds=("postgres", "restic"), pool="postgres", restored_with="postgresql",
+    description="LGPD tables and audit rows as their own snapshot, tagged for the legal retention periods.",
+)

@@ -228,3 +228,38 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
             outcome.warnings.append(f"bucket(s) not in the session, left as they are: {', '.join(others)}")
         outcome.details["buckets"] = sorted(restored_buckets)
     return outcome
+
+
+# The tier as one unit: what the session, the restore, the drill and the Dagster layer know
+# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
+# an append to the module.
+from .base import TierSpec  # noqa: E402
+from .base import DrillContext  # noqa: E402
+
+
+def drill_compare(check: DrillContext) -> str:
+    """Every object the session recorded, of the recorded size, in the scratch tenant's buckets, and no other."""
+    want = {}
+    for key, (_etag, size) in check.recorded.checksums.get("objects", {}).items():
+        bucket, _, obj = key.partition("/")
+        if not check.source.owns_bucket(bucket):
+            return f"object {key} of the manifest is not in a bucket of tenant {check.source.tenant_id}"
+        want[f"{rename_bucket(bucket, check.source, check.scratch)}/{obj}"] = size
+    client = services.s3_client(check.settings)
+    got = {}
+    for bucket in tenant_buckets(client, check.scratch):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                got[f"{bucket}/{item['Key']}"] = item["Size"]
+    if got == want:
+        return "ok"
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return f"{len(diff)} object(s) differ, e.g. {diff[0]}"
+
+
+SPEC = TierSpec(
+    TIER, "storage", True, "object_storage", backup, restore,
+    asset_key="object_storage_backup", kinds=("s3", "restic"), pool="s3", drill=drill_compare,
+    description="The tenant's buckets cliente-{id}-*: bytes, content type, user metadata, tags; incremental "
+                "sessions fetch only changed objects.",
+)

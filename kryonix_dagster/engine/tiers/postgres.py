@@ -395,3 +395,16 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         else:
             _restore_database(ctx, dump, outcome)
     return outcome
+
+
+# The tier as one unit: what the session, the restore, the drill and the Dagster layer know
+# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
+# an append to the module.
+from .base import TierSpec  # noqa: E402
+
+SPEC = TierSpec(
+    TIER, "foundation", True, "postgresql", backup, restore,
+    asset_key="postgresql_backup", kinds=("postgres", "restic"), pool="postgres",
+    description="The tenant's database kryonix_cliente_{id} and its roles: pg_dump (custom format) of one "
+                "snapshot streamed into the tenant's restic repository; rows per table.",
+)  # drill: the restore itself verifies every table's rows against the manifest

@@ -154,3 +154,28 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome.restored = len(wanted)
     outcome.details.update(expired_not_restored=expired, removed=len(stale))
     return outcome
+
+
+# The tier as one unit: what the session, the restore, the drill and the Dagster layer know
+# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
+# an append to the module.
+from .base import TierSpec  # noqa: E402
+from .base import DrillContext  # noqa: E402
+
+
+def drill_compare(check: DrillContext) -> str:
+    """Restored + expired keys = keys backed up, and the scratch namespace holds exactly the restored ones."""
+    restored = check.outcome.restored
+    expired = check.outcome.details.get("expired_not_restored", 0)
+    if restored + expired != check.recorded.items:
+        return f"{restored} keys restored and {expired} expired, {check.recorded.items} backed up"
+    client = services.redis_client(check.settings)
+    present = sum(1 for _ in client.scan_iter(match=check.scratch.redis_match, count=1000))
+    return "ok" if present == restored else f"{present} keys present, {restored} restored"
+
+
+SPEC = TierSpec(
+    TIER, "foundation", True, "redis", backup, restore,
+    asset_key="redis_backup", kinds=("redis", "restic"), pool="redis", drill=drill_compare,
+    description="The tenant's Redis namespace cliente:{id}:*: SCAN + pipelined DUMP/PTTL, every type, TTLs kept.",
+)
