@@ -21,10 +21,11 @@ class ConcurrencySlots:
     """Pool slots of one instance: which pools throttle, claim, free, set a limit."""
 
     storage: Any  # dagster's EventLogStorage (private type)
+    default_limit: int | None  # the instance's concurrency.pools.default_limit
 
     @classmethod
     def of(cls, instance) -> "ConcurrencySlots":
-        return cls(instance.event_log_storage)
+        return cls(instance.event_log_storage, instance.global_op_concurrency_default_limit)
 
     @property
     def supported(self) -> bool:
@@ -36,6 +37,9 @@ class ConcurrencySlots:
             return False
         if pool in self.storage.get_concurrency_keys():
             return True
+        if self.default_limit is None:
+            # initialising without a default gives the pool 0 slots: every claim would wait forever
+            return False
         return bool(self.storage.initialize_concurrency_limit_to_default(pool))
 
     def claim(self, pool: str, run_id: str, claim_key: str) -> bool:
