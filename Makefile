@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 # Local defaults for the demo and `make dev`: a loopback S3 stand-in and a Dagster home
-# inside the checkout. Any of these set in the environment wins.
+# inside the checkout. Any of these set in the environment wins. `make dev` starts the plan
+# schedules stopped (KRYONIX_SCHEDULES_RUNNING=false); a deployment's default is running.
 export KRYONIX_LOCAL_DIR ?= $(CURDIR)/.kryonix
 export KRYONIX_S3_ENDPOINT ?= http://127.0.0.1:9900
 export KRYONIX_S3_ACCESS_KEY ?= kryonix-demo
@@ -40,11 +41,14 @@ demo: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
 	$(BIN)/kryonix-backup backup --all --type full
+	@# retention, freshness, integrity and a restore drill once per tenant, recorded in DAGSTER_HOME,
+	@# so the UI shows every check of restore_point with a result
+	$(BIN)/python -m kryonix_dagster.fleet.tenant_checks
 	$(BIN)/kryonix-backup status
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install system-deps services
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -9,6 +9,8 @@ python=${PYTHON:-python3}
 "$python" - <<PY
 from dagster import DagsterInstance
 
+from kryonix_dagster.dagster_private import ConcurrencySlots
+
 limits = {
     "postgres": ${KRYONIX_POOL_POSTGRES:-4},
     "s3": ${KRYONIX_POOL_S3:-6},
@@ -19,7 +21,8 @@ limits = {
     "kryonix_drills": ${KRYONIX_POOL_DRILLS:-1},
 }
 with DagsterInstance.get() as instance:
+    slots = ConcurrencySlots.of(instance)
     for pool, limit in limits.items():
-        instance.event_log_storage.set_concurrency_slots(pool, int(limit))
+        slots.set_limit(pool, int(limit))
         print(f"pool {pool}: {limit}")
 PY

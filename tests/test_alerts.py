@@ -11,7 +11,7 @@ from dagster import (DagsterEventType, DagsterInstance, build_run_status_sensor_
 from kryonix_dagster.engine import registry
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import AlertsResource, BackupEngineResource, PostgresResource, resources_from_env
-from kryonix_dagster.sensors import failed_runs_sensor, stale_backups_sensor
+from kryonix_dagster.fleet import failed_runs_sensor, stale_backups_sensor
 
 from .conftest import free_port
 from .helpers import failed_session_run

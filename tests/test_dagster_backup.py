@@ -1,7 +1,7 @@
 """The Dagster layer runs the same sessions and shows them as per-tenant materializations."""
 import json
 
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterInstance, materialize
 
 from kryonix_dagster.assets import tenant_backup_session
 from kryonix_dagster.engine import keys
@@ -70,3 +70,29 @@ def test_cli_backup_appears_in_the_dagster_instance(settings, tenant_factory, cl
         check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [AssetCheckKey(AssetKey("restore_point"), "consistency")])[AssetCheckKey(AssetKey("restore_point"), "consistency")]
         assert check.event.dagster_event.event_specific_data.passed is True
+
+
+def test_every_cli_session_of_a_tenant_is_a_materialization_with_its_check(settings, tenant_factory, cli, tmp_path):
+    """The second session of a tenant used to hit the UNIQUE index on asset_check_executions."""
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.05)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    sessions = []
+    for _ in range(2):
+        result = cli("backup", tid, "--json", env={"DAGSTER_HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+        assert "warning" not in result.stderr.lower() and "UNIQUE" not in result.stderr, result.stderr
+        assert "reported session" in result.stderr
+        sessions.append(json.loads(result.stdout)["sessions"][0]["session"])
+    key = AssetCheckKey(AssetKey("restore_point"), "consistency")
+    with DagsterInstance.from_config(str(home)) as instance:
+        points = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("restore_point"), asset_partitions=[tid]), limit=10).records
+        assert sorted(r.asset_materialization.metadata["session"].value for r in points) == sorted(sessions)
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        evaluations = [r.event.dagster_event.event_specific_data for r in history]
+        assert len(evaluations) == 2
+        assert sorted(e.metadata["session"].value for e in evaluations) == sorted(sessions)
+        assert all(e.passed and e.partition == tid for e in evaluations)

@@ -6,7 +6,8 @@ from pathlib import Path
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from kryonix_dagster.assets import tenant_backup_session
-from kryonix_dagster.checks import integrity_check, restore_drill_check
+from kryonix_dagster.drills import restore_drill_check
+from kryonix_dagster.integrity import integrity_check
 from kryonix_dagster.engine.demo import seed_tenant
 from kryonix_dagster.engine.naming import scratch_names_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS

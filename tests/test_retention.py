@@ -4,10 +4,11 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from kryonix_dagster import evaluations
 from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.plans import PLANS, plan_for
+from kryonix_dagster.engine.retention import check_retention
 from kryonix_dagster.engine.tenant_repository import open_repository
+from kryonix_dagster.retention import retention_evaluation
 
 from . import observe
 from .conftest import MAIN_DB
@@ -101,7 +102,7 @@ def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_fac
     assert len(snapshots(cli, tid)) == 2 * len(sessions) + sum(with_compliance) + 1  # a dry run changes nothing
 
     observe.psql(MAIN_DB, f"UPDATE tenants.clientes SET plano = 'basic' WHERE id = '{tid}'")
-    before = evaluations.retention(settings, tid)
+    before = retention_evaluation(tid, check_retention(settings, tid))
     assert before["passed"] is False and before["severity"].value == "ERROR"
     assert "kept beyond the basic plan" in before["description"]
 
@@ -122,7 +123,7 @@ def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_fac
     legal = [tag(s, "session") for s in remaining if tag(s, "tier") == "compliance" and tag(s, "session") not in kept]
     assert legal and decision["legal_hold_sessions"] == sorted(legal)
 
-    after = evaluations.retention(settings, tid)
+    after = retention_evaluation(tid, check_retention(settings, tid))
     assert after["passed"] is True, after["description"]
     assert not after["metadata"]["over_retained"].value
     assert cli("restic", tid, "--", "check").returncode == 0  # the pruned repository is sound
@@ -138,7 +139,7 @@ def test_missing_days_are_under_retention(settings, cli, tenant_factory):
     now = datetime.now(timezone.utc)
     for days in (1, 4, 5):
         fake_session(cli, tid, now - timedelta(days=days, hours=9))
-    result = evaluations.retention(settings, tid)
+    result = retention_evaluation(tid, check_retention(settings, tid))
     assert result["passed"] is False and result["severity"].value == "WARN"
     missing = result["metadata"]["missing_days"].value
     assert (now - timedelta(days=2, hours=9)).date().isoformat() in missing

@@ -1,14 +1,26 @@
 """Plan schedules request runs for exactly the active tenants of their plan, in batches."""
+import os
 import secrets
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
-from dagster import DagsterInstance, build_schedule_context
+from dagster import DagsterInstance, DefaultScheduleStatus, build_schedule_context, validate_run_config
 
 from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.definitions import defs
 from kryonix_dagster.resources import PostgresResource
-from kryonix_dagster.schedules import BATCH_SIZE, PLAN_SCHEDULES, retention_schedule
+from kryonix_dagster.backup import BACKUP_SCHEDULES
+from kryonix_dagster.drills import DRILL_SCHEDULES
+from kryonix_dagster.integrity import INTEGRITY_SCHEDULES
+from kryonix_dagster.retention import retention_schedule
+from kryonix_dagster.scheduling import BATCH_SIZE, batch_op_name, default_schedule_status
+
+from .conftest import ROOT
+
+PLAN_SCHEDULES = [*BACKUP_SCHEDULES, *INTEGRITY_SCHEDULES, *DRILL_SCHEDULES]
 
 
 @pytest.fixture
@@ -73,3 +85,29 @@ def test_retention_schedule_covers_every_tenant_and_skips_an_empty_fleet(fleet_r
         assert isinstance(evaluate(retention_schedule, empty).skip_message, str)
     finally:
         pg.drop_database(settings.pg_dsn, empty.main_db)
+
+
+def test_each_run_request_configures_the_op_of_its_job(fleet_registry):
+    """The op a request configures is derived from the job: a renamed op cannot drift."""
+    own, _tenants = fleet_registry
+    for schedule in [*PLAN_SCHEDULES, retention_schedule]:
+        job_def = defs.resolve_job_def(schedule.job.name)
+        for request in evaluate(schedule, own).run_requests:
+            assert list(request.run_config["ops"]) == [batch_op_name(schedule.job)]
+            assert validate_run_config(job_def, request.run_config), schedule.name
+
+
+def test_schedules_start_running_unless_the_setting_says_false():
+    assert default_schedule_status({}) == DefaultScheduleStatus.RUNNING
+    assert default_schedule_status({"KRYONIX_SCHEDULES_RUNNING": "true"}) == DefaultScheduleStatus.RUNNING
+    for off in ("false", "0", "no", "OFF"):
+        assert default_schedule_status({"KRYONIX_SCHEDULES_RUNNING": off}) == DefaultScheduleStatus.STOPPED
+    code = ("from kryonix_dagster.definitions import defs\n"
+            "print(sorted({s.default_status.value for s in defs.get_repository_def().schedule_defs}))")
+    for value, expected in (("", ["RUNNING"]), ("false", ["STOPPED"])):
+        env = {k: v for k, v in os.environ.items() if k != "KRYONIX_SCHEDULES_RUNNING"}
+        if value:
+            env["KRYONIX_SCHEDULES_RUNNING"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == repr(expected)

@@ -7,7 +7,7 @@ from dagster import (AddDynamicPartitionsRequest, DagsterInstance, DeleteDynamic
 from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import PostgresResource
-from kryonix_dagster.sensors.tenant_partitions import (BATCH_SIZE, MAX_CHANGES_PER_TICK, partition_changes,
+from kryonix_dagster.fleet.tenant_partitions import (BATCH_SIZE, MAX_CHANGES_PER_TICK, partition_changes,
                                                        tenant_partitions_sensor)
 
 

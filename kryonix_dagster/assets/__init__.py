@@ -1,4 +1,3 @@
 from .backups import tenant_backup_session
-from .fleet_report import fleet_backup_report
 
-__all__ = ["fleet_backup_report", "tenant_backup_session"]
+__all__ = ["tenant_backup_session"]

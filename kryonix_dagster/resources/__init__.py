@@ -13,7 +13,12 @@ from dagster import ConfigurableResource, EnvVar
 from ..engine import registry
 from ..engine.alerts import Alert, AlertChannels, deliver
 from ..engine.config import Settings, api_credentials, load_settings
+from ..engine.drill import DrillResult, run_drill
+from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
 from ..engine.registry import Tenant
+from ..engine.retention import RetentionCheck, RetentionDecision, check_retention, run_forget
+from ..engine.session import Gate, Reporter, SessionResult, run_backup
+from ..engine.verify import VerifyResult, run_verify
 
 
 def env_or_default(name: str) -> EnvVar | None:
@@ -108,7 +113,8 @@ def engine_settings(
 
 
 class BackupEngineResource(ConfigurableResource):
-    """Everything a backup session touches, composed from the per-system resources."""
+    """The Dagster layer's one seam to the engine: the verbs assets, checks, ops, schedules and
+    sensors need, each one engine call on the Settings composed from the per-system resources."""
 
     postgres: PostgresResource
     object_storage: ObjectStorageResource
@@ -120,6 +126,41 @@ class BackupEngineResource(ConfigurableResource):
     def settings(self) -> Settings:
         return engine_settings(self.postgres, self.object_storage, self.redis, self.rabbitmq, self.repository,
                                self.app_data)
+
+    # --- tenants
+    def tenants(self, status: str | None = None) -> list[Tenant]:
+        return registry.list_tenants(self.settings(), status=status)
+
+    def tenant_ids(self) -> list[str]:
+        return registry.list_tenant_ids(self.settings())
+
+    # --- backup
+    def backup(self, tenant_id: str, backup_type: str, report: Reporter, gate: Gate | None = None) -> SessionResult:
+        return run_backup(self.settings(), tenant_id, backup_type, report, gate=gate)
+
+    # --- retention
+    def forget(self, tenant_id: str, wait_seconds: float = 300) -> RetentionDecision:
+        return run_forget(self.settings(), tenant_id, wait_seconds=wait_seconds)
+
+    def check_retention(self, tenant_id: str) -> RetentionCheck:
+        return check_retention(self.settings(), tenant_id)
+
+    # --- integrity and drills
+    def verify(self, tenant_id: str, subset: str | None = None) -> VerifyResult:
+        return run_verify(self.settings(), tenant_id, subset=subset)
+
+    def drill(self, tenant_id: str, report: Reporter | None = None) -> DrillResult:
+        return run_drill(self.settings(), tenant_id, report=report)
+
+    # --- fleet
+    def statuses(self) -> list[TenantStatus]:
+        return tenant_statuses(self.settings())
+
+    def fleet_status(self) -> dict:
+        return fleet_status(self.settings())
+
+    def reports_dir(self) -> Path:
+        return Path(self.settings().state_dir) / "reports"
 
 
 class AlertsResource(ConfigurableResource):

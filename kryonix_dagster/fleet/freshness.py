@@ -1,19 +1,49 @@
-"""Stale backups: an active tenant whose latest restore point is older than its plan's RPO.
+"""Freshness: is every tenant's latest restore point younger than its plan's RPO? As a check per
+tenant, and as a sensor that alerts once per stale tenant and once when it is fresh again.
 
 Read per tenant from the audit trail (Dagster's freshness policies are per asset, not per
-partition). The cursor holds the open incidents, so a tenant alerts once when it goes stale
-and once more when it is resolved; an alert no channel took is retried on the next tick.
+partition). The sensor's cursor holds the open incidents; an alert no channel took is retried
+on the next tick.
 """
 import json
 
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
+from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, DefaultSensorStatus,
+                     MetadataValue, SensorEvaluationContext, SkipReason, asset_check, sensor)
 
 from ..engine.alerts import Alert
-from ..engine.fleet import tenant_statuses
+from ..engine.fleet import TenantStatus
+from ..metadata import RESTORE_POINT_ASSET
+from ..partitions import kryonix_tenants
 from ..resources import AlertsResource, BackupEngineResource
 
 
-def stale_alert(status) -> Alert:
+def freshness_evaluation(tenant_id: str, status: TenantStatus | None) -> dict:
+    if status is None:
+        return {"passed": False, "severity": AssetCheckSeverity.WARN,
+                "description": f"tenant {tenant_id} is not registered", "metadata": {}}
+    age = status.age_hours
+    text = ("never backed up" if age is None else f"latest restore point {age:.1f} h old (RPO {status.rpo_hours:g} h)")
+    return {
+        "passed": not status.stale,
+        "severity": AssetCheckSeverity.ERROR,
+        "description": f"tenant {tenant_id}: {text}" + ("" if status.status == "ativo" else " (inactive)"),
+        "metadata": {
+            "age_hours": MetadataValue.float(float(age if age is not None else -1)),
+            "rpo_hours": MetadataValue.float(float(status.rpo_hours)),
+            "last_session": status.last_session or "", "plan": status.plano, "status": status.status,
+        },
+    }
+
+
+@asset_check(asset=RESTORE_POINT_ASSET, name="freshness", partitions_def=kryonix_tenants,
+             description="The latest restore point is younger than the plan's RPO (per tenant, from the audit trail).")
+def freshness_check(context: AssetCheckExecutionContext, engine: BackupEngineResource) -> AssetCheckResult:
+    tenant_id = context.partition_key
+    status = next((s for s in engine.statuses() if s.id == tenant_id), None)
+    return AssetCheckResult(**freshness_evaluation(tenant_id, status))
+
+
+def stale_alert(status: TenantStatus) -> Alert:
     age = "never backed up" if status.age_hours is None else f"latest restore point {status.age_hours:.1f} h old"
     return Alert("stale", f"Backup stale: tenant {status.id}",
                  f"Tenant {status.id} ({status.nome}, plan {status.plano}): {age}, RPO {status.rpo_hours:g} h."
@@ -22,7 +52,7 @@ def stale_alert(status) -> Alert:
                                            "rpo_hours": status.rpo_hours, "last_session": status.last_session})
 
 
-def resolved_alert(status) -> Alert:
+def resolved_alert(status: TenantStatus) -> Alert:
     return Alert("resolved", f"Backup fresh again: tenant {status.id}",
                  f"Tenant {status.id} has a restore point {status.age_hours:.1f} h old (session {status.last_session}).",
                  tenant=status.id, fields={"last_session": status.last_session, "age_hours": status.age_hours})
@@ -33,7 +63,7 @@ def resolved_alert(status) -> Alert:
                     "when it is resolved (webhook and e-mail).")
 def stale_backups_sensor(context: SensorEvaluationContext, engine: BackupEngineResource, alerts: AlertsResource):
     open_incidents: dict = json.loads(context.cursor) if context.cursor else {}
-    statuses = {s.id: s for s in tenant_statuses(engine.settings())}
+    statuses = {s.id: s for s in engine.statuses()}
     sent = []
     for tenant_id, status in sorted(statuses.items()):
         if status.stale and tenant_id not in open_incidents:

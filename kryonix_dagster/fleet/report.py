@@ -1,11 +1,10 @@
 """The fleet report: one row per tenant, totals of the last 24 hours (the seed's monitor)."""
-from pathlib import Path
-
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (AssetExecutionContext, AssetSelection, MaterializeResult, MetadataValue, ScheduleDefinition,
+                     asset, define_asset_job)
 
-from ..engine.fleet import fleet_status
 from ..resources import BackupEngineResource
+from ..scheduling import TIMEZONE, default_schedule_status
 
 COLUMNS = ["id", "plano", "status", "last_session", "age_hours", "rpo_hours", "stale", "restore_points", "repo_bytes",
            "last_check_ok", "last_drill_ok", "last_attempt_ok"]
@@ -21,10 +20,9 @@ def fleet_frame(status: dict) -> pd.DataFrame:
        description="Every tenant's plan, last session, age, staleness, restore points, repository size and last "
                    "check results, with the last 24 hours' totals. Markdown here, CSV on disk.")
 def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
-    settings = engine.settings()
-    status = fleet_status(settings)
+    status = engine.fleet_status()
     frame = fleet_frame(status)
-    path = Path(settings.state_dir) / "reports" / "fleet_backup_report.csv"
+    path = engine.reports_dir() / "fleet_backup_report.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     totals = status["last_24h"]
@@ -40,3 +38,9 @@ def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineReso
         "report": MetadataValue.md(frame.to_markdown(index=False) if not frame.empty else "(no tenants)"),
         "csv": MetadataValue.path(str(path)),
     })
+
+
+fleet_report_job = define_asset_job("fleet_report_job", selection=AssetSelection.assets(fleet_backup_report))
+fleet_report_schedule = ScheduleDefinition(name="fleet_report_schedule", job=fleet_report_job, cron_schedule="30 * * * *",
+                                           execution_timezone=TIMEZONE, default_status=default_schedule_status(),
+                                           description="The fleet report, hourly")

@@ -1,0 +1,15 @@
+"""Backup: the per-tenant session asset (every tier and the restore point, with its consistency
+check), the one-tenant and batch jobs, and each plan's incremental and full schedules."""
+from dagster import Definitions
+
+from ..assets.backups import tenant_backup_session
+from .jobs import backup_batch_job, backup_tenant_job
+from .schedules import BACKUP_SCHEDULES
+
+defs = Definitions(
+    assets=[tenant_backup_session],
+    jobs=[backup_tenant_job, backup_batch_job],
+    schedules=BACKUP_SCHEDULES,
+)
+
+__all__ = ["BACKUP_SCHEDULES", "backup_batch_job", "backup_tenant_job", "defs", "tenant_backup_session"]

@@ -1,0 +1,47 @@
+"""Backup sessions as jobs: one tenant per run (backfills, retries) or a batch of tenants per
+run (what the plan schedules request)."""
+from dagster import AssetCheckKey, AssetKey, AssetSelection, OpExecutionContext, define_asset_job, job, op
+
+from ..assets.backups import DagsterReporter, tenant_backup_session
+from ..batching import TenantBatchConfig, active_tenants, finish_batch
+from ..engine.errors import KryonixError, one_line
+from ..metadata import RESTORE_POINT_ASSET
+from ..partitions import kryonix_tenants
+from ..pools import SESSION_POOL, ServicePoolGate
+from ..resources import BackupEngineResource
+from ..session_events import partition_events
+
+# The session's own consistency check only: the other checks (a drill restores the whole
+# tenant) run on their schedules, not on every backup.
+backup_tenant_job = define_asset_job(
+    "backup_tenant_job",
+    selection=AssetSelection.assets(tenant_backup_session).without_checks()
+    | AssetSelection.checks(AssetCheckKey(AssetKey(RESTORE_POINT_ASSET), "consistency")),
+    partitions_def=kryonix_tenants,
+    description="One coordinated backup session (all tiers) of the partition's tenant.",
+)
+
+
+@op(pool=SESSION_POOL, description="Backup sessions for a batch of tenants, one after the other.")
+def backup_tenants(context: OpExecutionContext, config: TenantBatchConfig, engine: BackupEngineResource) -> None:
+    tenants = active_tenants(engine, config)
+    failed: dict[str, str] = {}
+    for n, tenant_id in enumerate(tenants, 1):
+        context.log.info(f"[{n}/{len(tenants)}] tenant {tenant_id}")
+        gate = ServicePoolGate(context.instance, context.run_id, f"{context.op.name}:{tenant_id}", context.log)
+        try:
+            result = engine.backup(tenant_id, config.backup_type, DagsterReporter(context.log), gate=gate)
+        except KryonixError as exc:
+            failed[tenant_id] = one_line(str(exc))
+            continue
+        for event in partition_events(result, {"kryonix/session": result.session_id}):
+            context.log_event(event)
+        if not result.success:
+            tiers = ", ".join(f"{name}: {t.error}" for name, t in result.tiers.items() if t.error)
+            failed[tenant_id] = tiers or result.error or result.status
+    finish_batch(context, f"{config.backup_type} backup", tenants, failed)
+
+
+@job(description="Backup sessions for a batch of tenants (requested by the plan schedules).")
+def backup_batch_job():
+    backup_tenants()
