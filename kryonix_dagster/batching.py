@@ -7,7 +7,7 @@ The partitioned asset and checks stay available for one tenant at a time.
 """
 from dagster import AssetCheckEvaluation, AssetKey, Config, Failure, MetadataValue, OpExecutionContext
 
-from .metadata import RESTORE_POINT_ASSET
+from .backup.metadata import RESTORE_POINT_ASSET
 from .resources import BackupEngineResource
 
 

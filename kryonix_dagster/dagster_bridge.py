@@ -24,7 +24,7 @@ def report_session(result: SessionResult) -> bool:
         from dagster import DagsterInstance
 
         from .partitions import KRYONIX_TENANTS
-        from .session_events import session_report_job
+        from .backup.events import session_report_job
 
         with DagsterInstance.get() as instance:
             if not instance.has_dynamic_partition(KRYONIX_TENANTS, result.tenant_id):

@@ -31,7 +31,7 @@ def failed_session_run(instance, tenant_id: str):
     """Materialize the session of a registered tenant that has no database: a failed run."""
     from dagster import materialize
 
-    from kryonix_dagster.assets import tenant_backup_session
+    from kryonix_dagster.backup.assets import tenant_backup_session
     from kryonix_dagster.partitions import KRYONIX_TENANTS
     from kryonix_dagster.resources import resources_from_env
 

@@ -5,7 +5,7 @@ import pytest
 
 from dagster import AssetCheckKey, DagsterInstance, materialize
 
-from kryonix_dagster.assets import tenant_backup_session
+from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.engine.consistency import evaluate, load_rules
 from kryonix_dagster.engine.errors import OperationFailed
 from kryonix_dagster.engine.demo import seed_tenant

@@ -3,7 +3,7 @@ import json
 
 from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterInstance, materialize
 
-from kryonix_dagster.assets import tenant_backup_session
+from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.demo import seed_tenant
 from kryonix_dagster.partitions import KRYONIX_TENANTS

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from kryonix_dagster.assets import tenant_backup_session
+from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.drills import restore_drill_check
 from kryonix_dagster.integrity import integrity_check
 from kryonix_dagster.engine.demo import seed_tenant

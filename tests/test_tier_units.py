@@ -7,8 +7,8 @@ import importlib
 
 from dagster import AssetCheckKey, AssetKey, Definitions
 
-from kryonix_dagster.assets.backups import build_backup_session, tenant_backup_session
-from kryonix_dagster.checks import TENANT_CHECKS
+from kryonix_dagster.backup.assets import build_backup_session, tenant_backup_session
+from kryonix_dagster.fleet import TENANT_CHECKS
 from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.drill import run_drill
 from kryonix_dagster.engine.manifest import STATUS_OK, TierResult, find_manifest, tier_tags
@@ -17,7 +17,7 @@ from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tenant_repository import open_repository
 from kryonix_dagster.engine.tiers import TIERS, tier
 from kryonix_dagster.engine.tiers.base import RestoreOutcome, TierSpec, verified_by_restore
-from kryonix_dagster.metadata import TIER_ASSETS
+from kryonix_dagster.backup.metadata import TIER_ASSETS
 from kryonix_dagster.resources import resources_from_env
 
 # --- the whole extra tier: what a new tier module would hold --------------------------------

@@ -2,7 +2,7 @@
 check), the one-tenant and batch jobs, and each plan's incremental and full schedules."""
 from dagster import Definitions
 
-from ..assets.backups import tenant_backup_session
+from .assets import tenant_backup_session
 from .jobs import backup_batch_job, backup_tenant_job
 from .schedules import BACKUP_SCHEDULES
 

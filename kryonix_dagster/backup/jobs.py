@@ -2,14 +2,14 @@
 run (what the plan schedules request)."""
 from dagster import AssetCheckKey, AssetKey, AssetSelection, OpExecutionContext, define_asset_job, job, op
 
-from ..assets.backups import DagsterReporter, tenant_backup_session
+from .assets import DagsterReporter, tenant_backup_session
 from ..batching import TenantBatchConfig, active_tenants, finish_batch
 from ..engine.errors import KryonixError, one_line
-from ..metadata import RESTORE_POINT_ASSET
+from .metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
-from ..pools import SESSION_POOL, ServicePoolGate
+from .pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
-from ..session_events import partition_events
+from .events import partition_events
 
 # The session's own consistency check only: the other checks (a drill restores the whole
 # tenant) run on their schedules, not on every backup.

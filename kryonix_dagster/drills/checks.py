@@ -3,7 +3,7 @@ its manifest, the scratch tenant erased."""
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from ..engine.drill import DrillResult
-from ..metadata import RESTORE_POINT_ASSET
+from ..backup.metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from ..resources import BackupEngineResource
 

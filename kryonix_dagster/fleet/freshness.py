@@ -12,7 +12,7 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 
 from ..engine.alerts import Alert
 from ..engine.fleet import TenantStatus
-from ..metadata import RESTORE_POINT_ASSET
+from ..backup.metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from ..resources import AlertsResource, BackupEngineResource
 

@@ -7,7 +7,7 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.verify import VerifyResult, rotating_subset
-from ..metadata import RESTORE_POINT_ASSET
+from ..backup.metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from ..resources import BackupEngineResource
 

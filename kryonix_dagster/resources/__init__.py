@@ -18,6 +18,7 @@ from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
 from ..engine.registry import Tenant
 from ..engine.retention import RetentionCheck, RetentionDecision, check_retention, run_forget
 from ..engine.session import Gate, Reporter, SessionResult, run_backup
+from ..engine.tiers import TIERS, TierSpec
 from ..engine.verify import VerifyResult, run_verify
 
 
@@ -135,8 +136,9 @@ class BackupEngineResource(ConfigurableResource):
         return registry.list_tenant_ids(self.settings())
 
     # --- backup
-    def backup(self, tenant_id: str, backup_type: str, report: Reporter, gate: Gate | None = None) -> SessionResult:
-        return run_backup(self.settings(), tenant_id, backup_type, report, gate=gate)
+    def backup(self, tenant_id: str, backup_type: str, report: Reporter, gate: Gate | None = None,
+               tiers: tuple[TierSpec, ...] = TIERS) -> SessionResult:
+        return run_backup(self.settings(), tenant_id, backup_type, report, tiers=tiers, gate=gate)
 
     # --- retention
     def forget(self, tenant_id: str, wait_seconds: float = 300) -> RetentionDecision:

@@ -2,7 +2,7 @@
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from ..engine.retention import RetentionCheck
-from ..metadata import RESTORE_POINT_ASSET
+from ..backup.metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from ..resources import BackupEngineResource
 

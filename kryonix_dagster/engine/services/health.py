@@ -39,12 +39,12 @@ def check_health(settings: Settings) -> list[HealthResult]:
     def rabbit() -> str:
         return f"RabbitMQ {rabbitmq.RabbitMQApi(settings).overview().get('rabbitmq_version')}"
 
-    def s3() -> str:
+    def objects() -> str:
         s3.s3_client(settings).list_buckets()
         return "S3 reachable"
 
     probe("postgresql", postgres)
     probe("redis", redis_ping)
     probe("rabbitmq", rabbit)
-    probe("object_storage", s3)
+    probe("object_storage", objects)
     return results

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import time
 
-from .dagster_private import ConcurrencySlots
+from ..dagster_private import ConcurrencySlots
+from ..engine.tiers import TIERS
 
-SERVICE_POOLS = {"postgresql": "postgres", "object_storage": "s3", "redis": "redis", "rabbitmq": "rabbitmq"}
+SERVICE_POOLS = {t.service: t.pool for t in TIERS if t.pool}  # each tier names its pool on its spec
 SESSION_POOL = "kryonix_sessions"
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dagster import AssetCheckSeverity, MetadataValue
 
-from .engine.manifest import TierResult
-from .engine.session import SessionResult
-from .engine.tiers import TIERS, TierSpec
+from ..engine.manifest import TierResult
+from ..engine.session import SessionResult
+from ..engine.tiers import TIERS, TierSpec
 
 
 def tier_assets(tiers: tuple[TierSpec, ...] = TIERS) -> dict[str, str]:

@@ -7,13 +7,12 @@ import time
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetSpec, Config, Failure, MetadataValue, multi_asset
 
 from ..engine.errors import KryonixError, one_line
-from ..engine.session import run_backup
 from ..engine.tiers import TIERS, TierSpec, upstream
-from ..metadata import RESTORE_POINT_ASSET
+from .metadata import RESTORE_POINT_ASSET, tier_assets
 from ..partitions import kryonix_tenants
-from ..pools import SESSION_POOL, ServicePoolGate
+from .pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
-from ..session_events import asset_results
+from .events import asset_results
 
 GROUP = "tenant_backups"
 
@@ -85,11 +84,11 @@ def build_backup_session(tiers: tuple[TierSpec, ...] = TIERS, name: str = "tenan
         tenant_id = context.partition_key
         gate = ServicePoolGate(context.instance, context.run_id, context.op.name, context.log)
         try:
-            result = run_backup(engine.settings(), tenant_id, config.backup_type, DagsterReporter(context.log),
-                                tiers=tiers, gate=gate)
+            result = engine.backup(tenant_id, config.backup_type, DagsterReporter(context.log), gate=gate,
+                                   tiers=tiers)
         except KryonixError as exc:
             raise Failure(description=one_line(str(exc)), metadata={"tenant": tenant_id}) from None
-        yield from asset_results(result)
+        yield from asset_results(result, tier_assets(tiers))
         if not result.success:
             raise session_failure(result)
 

@@ -3,28 +3,28 @@ consistency check, either as an asset's results or as events an op logs per part
 from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetKey, AssetMaterialization, JobDefinition,
                      MaterializeResult, OpExecutionContext, job, op)
 
-from .engine.session import SessionResult
+from ..engine.session import SessionResult
 from .metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_evaluation, session_metadata, tier_metadata
 
 CLI_SESSION_JOB = "cli_backup_session"
 
 
-def asset_results(result: SessionResult):
+def asset_results(result: SessionResult, assets: dict[str, str] = TIER_ASSETS):
     """For the partitioned multi-asset: MaterializeResult / AssetCheckResult."""
     for name, tier in result.tiers.items():
-        if tier.status == "ok" and name in TIER_ASSETS:
-            yield MaterializeResult(asset_key=AssetKey(TIER_ASSETS[name]), metadata=tier_metadata(result, tier))
+        if tier.status == "ok" and name in assets:
+            yield MaterializeResult(asset_key=AssetKey(assets[name]), metadata=tier_metadata(result, tier))
     if result.restore_point:
         yield MaterializeResult(asset_key=AssetKey(RESTORE_POINT_ASSET), metadata=session_metadata(result))
         yield AssetCheckResult(asset_key=RESTORE_POINT_ASSET, check_name="consistency", **consistency_evaluation(result))
 
 
-def partition_events(result: SessionResult, tags: dict | None = None):
+def partition_events(result: SessionResult, tags: dict | None = None, assets: dict[str, str] = TIER_ASSETS):
     """For batch ops and the CLI: events that name the tenant's partition."""
     tenant = result.tenant_id
     for name, tier in result.tiers.items():
-        if tier.status == "ok" and name in TIER_ASSETS:
-            yield AssetMaterialization(asset_key=TIER_ASSETS[name], partition=tenant,
+        if tier.status == "ok" and name in assets:
+            yield AssetMaterialization(asset_key=assets[name], partition=tenant,
                                        metadata=tier_metadata(result, tier), tags=tags)
     if result.restore_point:
         yield AssetMaterialization(asset_key=RESTORE_POINT_ASSET, partition=tenant,

@@ -1,3 +1,0 @@
-from .backups import tenant_backup_session
-
-__all__ = ["tenant_backup_session"]
