@@ -47,6 +47,9 @@ def test_backup_ignores_other_sessions_temp_tables_and_records_foreign_tables(se
     observe.psql(db, f"CREATE EXTENSION file_fdw; CREATE SERVER arquivos FOREIGN DATA WRAPPER file_fdw; "
                      f"CREATE FOREIGN TABLE crm.leituras (id int, nome text) SERVER arquivos "
                      f"OPTIONS (filename '{csv}', format 'csv')")
+    login = f"kryonix_cliente_{tid}_login"  # a role dropped after the backup comes back with its password
+    observe.psql("postgres", f"CREATE ROLE {login} LOGIN PASSWORD 'segredo-do-tenant'")
+    password_hash = observe.psql("postgres", f"SELECT rolpassword FROM pg_authid WHERE rolname = '{login}'")
     at_backup = observe.table_checksums(db)
     app = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db)
     try:
@@ -59,10 +62,12 @@ def test_backup_ignores_other_sessions_temp_tables_and_records_foreign_tables(se
     details = session["tiers"]["postgresql"]["details"]
     assert details["foreign_tables"] == ["crm.leituras"]
     observe.psql(db, "UPDATE crm.contatos SET nome = 'X'")
+    observe.psql("postgres", f"DROP ROLE {login}")
     result = restore(cli, tid)
     assert result.returncode == 0, result.stderr
     assert observe.table_checksums(db) == at_backup
     assert observe.psql(db, "SELECT string_agg(nome, ',' ORDER BY id) FROM crm.leituras") == "um,dois"
+    assert observe.psql("postgres", f"SELECT rolpassword FROM pg_authid WHERE rolname = '{login}'") == password_hash
     shutil.rmtree(folder)
 
 
