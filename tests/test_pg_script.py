@@ -1,5 +1,5 @@
 """Pure helpers of the PostgreSQL tier: dump header normalisation, TOC selection, role renaming."""
-from kryonix_dagster.engine.pg_script import (guarded_foreign_key, parse_toc, rename_roles, schema_entries,
+from kryonix_dagster.engine.pg_script import (checksum_assertion, guarded_foreign_key, parse_toc, rename_roles, schema_entries,
                                               statements)
 from kryonix_dagster.engine.pgdump_header import normalize_dump_header
 
@@ -74,3 +74,28 @@ def test_statements_drop_comments_settings_and_meta_commands():
     assert statements(script) == ["ALTER TABLE ONLY crm.contatos\n    ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES auth.u(id)"]
     block = guarded_foreign_key(statements(script)[0], "fk")
     assert "NOT VALID" in block and "undefined_table" in block
+
+
+def dollar_tag(block: str) -> str:
+    return block.split("\n", 1)[0].split()[1]
+
+
+def test_dollar_quote_tag_is_random_and_never_in_the_tenant_text():
+    hostile = 'ALTER TABLE crm."a$kryonix$b" ADD CONSTRAINT "$kryonix$" FOREIGN KEY (x) REFERENCES auth.u(id)'
+    blocks = [guarded_foreign_key(hostile, "fk"), checksum_assertion('crm."x$kryonix$"', 3, "12"),
+              guarded_foreign_key(hostile, "fk")]
+    tags = [dollar_tag(b) for b in blocks]
+    assert len(set(tags)) == 3
+    for block, tag in zip(blocks, tags):
+        assert tag.startswith("$") and tag.endswith("$") and tag != "$kryonix$"
+        assert block.count(tag) == 2 and block.rstrip().endswith(tag + ";")
+
+
+def test_hostile_names_run_as_one_do_block_in_psql():
+    """psql parses the block whole: the tenant's `$kryonix$` text cannot end the quote early."""
+    import subprocess
+    block = checksum_assertion('pg_temp."t$kryonix$"', 0, "0")
+    script = 'CREATE TEMP TABLE "t$kryonix$" (x int);\n' + block
+    out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1"],
+                         input=script, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

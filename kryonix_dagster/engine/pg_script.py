@@ -3,6 +3,7 @@ scripts, and statements wrapped so one unrestorable foreign key warns instead of
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -89,12 +90,21 @@ def statements(script: str) -> list[str]:
     return [p for p in parts if p and not p.startswith(("SET ", "SELECT pg_catalog.set_config"))]
 
 
+def dollar_tag(*texts: str) -> str:
+    """A dollar-quote tag found in none of `texts`: tenant text can never end the quote early."""
+    while True:
+        tag = f"$kryonix_{secrets.token_hex(8)}$"
+        if not any(tag in text for text in texts):
+            return tag
+
+
 def guarded_foreign_key(statement: str, label: str) -> str:
     """Add a foreign key; rows that violate it make it NOT VALID (with a warning), a missing
     referenced table skips it (with a warning). Nothing here aborts the restore."""
     stmt = statement.rstrip(";").strip()
+    tag = dollar_tag(stmt, label)
     return (
-        "DO $kryonix$\nBEGIN\n"
+        f"DO {tag}\nBEGIN\n"
         f"  EXECUTE {_literal(stmt)};\n"
         "EXCEPTION\n"
         "  WHEN foreign_key_violation THEN\n"
@@ -102,8 +112,23 @@ def guarded_foreign_key(statement: str, label: str) -> str:
         f"    RAISE WARNING 'kryonix: foreign key % added NOT VALID: existing rows reference missing rows', {_literal(label)};\n"
         "  WHEN undefined_table OR undefined_column OR invalid_schema_name THEN\n"
         f"    RAISE WARNING 'kryonix: foreign key % skipped: %', {_literal(label)}, SQLERRM;\n"
-        "END\n$kryonix$;\n"
+        f"END\n{tag};\n"
     )
+
+
+# Row hashes render every row as text: fix every setting that changes that text, so a hash taken
+# in the tenant's database (with its own TimeZone, DateStyle, ...) matches one taken in a staging
+# database. Manifests record HASH_RENDERING; older ones were hashed in the database's defaults.
+HASH_RENDERING = "fixed-v1"
+FIXED_RENDERING = (
+    "SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 3", "SET bytea_output = 'hex'", "SET lc_monetary = 'C'",
+    "SET search_path = pg_catalog",
+)
+
+
+def fixed_rendering_script() -> str:
+    return "".join(f"{statement};\n" for statement in FIXED_RENDERING)
 
 
 def table_checksum_sql(table: str) -> str:
@@ -114,11 +139,52 @@ def table_checksum_sql(table: str) -> str:
 
 def checksum_assertion(table: str, count: int, digest: str) -> str:
     """A DO block that aborts the restore's transaction if the table does not match."""
+    tag = dollar_tag(table, digest)
     return (
-        "DO $kryonix$\nDECLARE c bigint; h text;\nBEGIN\n"
+        f"DO {tag}\nDECLARE c bigint; h text;\nBEGIN\n"
         f"  {table_checksum_sql(table)} INTO c, h;\n"
         f"  IF c <> {int(count)} OR h <> {_literal(digest)} THEN\n"
         f"    RAISE EXCEPTION 'kryonix: % restored % rows that do not match the backup ({int(count)} rows)', "
         f"{_literal(table)}, c;\n"
-        "  END IF;\nEND\n$kryonix$;\n"
+        f"  END IF;\nEND\n{tag};\n"
+    )
+
+
+def outside_dependents_sql(schema: str) -> str:
+    """Objects outside `schema` that `DROP SCHEMA … CASCADE` would drop with it (columns of its
+    types, views over its tables, defaults using its sequences, functions, extensions…), named
+    by pg_describe_object. Foreign keys are left out: the schema restore adds them back."""
+    s = _literal(schema)
+    relation_schema = ("(SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE c.oid = (SELECT {col} FROM {cat} x WHERE x.oid = d.objid))")
+    return (
+        "SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+        "CROSS JOIN LATERAL pg_identify_object(d.refclassid, d.refobjid, 0) AS ref "
+        "CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) AS dep "
+        "WHERE d.deptype IN ('n', 'a') "
+        f"AND ((d.refclassid = 'pg_namespace'::regclass AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = {s})) "
+        f"OR ref.schema = {s}) "
+        "AND coalesce(CASE d.classid "
+        f"WHEN 'pg_attrdef'::regclass THEN {relation_schema.format(col='adrelid', cat='pg_attrdef')} "
+        f"WHEN 'pg_rewrite'::regclass THEN {relation_schema.format(col='ev_class', cat='pg_rewrite')} "
+        f"WHEN 'pg_trigger'::regclass THEN {relation_schema.format(col='tgrelid', cat='pg_trigger')} "
+        f"WHEN 'pg_policy'::regclass THEN {relation_schema.format(col='polrelid', cat='pg_policy')} "
+        f"ELSE dep.schema END, '') <> {s} "
+        "AND NOT (d.classid = 'pg_constraint'::regclass "
+        "AND EXISTS (SELECT 1 FROM pg_constraint c WHERE c.oid = d.objid AND c.contype = 'f')) "
+        "ORDER BY 1"
+    )
+
+
+def outside_dependents_guard(schema: str) -> str:
+    """A DO block that aborts the schema restore's transaction if objects outside the schema
+    depend on it (the same check as before the restore, now under the restore's transaction)."""
+    query = outside_dependents_sql(schema)
+    tag = dollar_tag(query)
+    return (
+        f"DO {tag}\nDECLARE found text;\nBEGIN\n"
+        f"  SELECT string_agg(x, ', ') INTO found FROM ({query}) AS q(x);\n"
+        "  IF found IS NOT NULL THEN\n"
+        f"    RAISE EXCEPTION 'kryonix: objects in other schemas depend on schema %: %', {_literal(schema)}, found;\n"
+        f"  END IF;\nEND\n{tag};\n"
     )

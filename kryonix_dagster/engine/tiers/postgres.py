@@ -28,8 +28,9 @@ from ..errors import BadInput, OperationFailed, one_line
 from ..manifest import STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames, rename_role
 from ..pgdump_header import normalize_dump_header
-from ..pg_script import (checksum_assertion, guarded_foreign_key, parse_toc, rename_roles, schema_entries,
-                         statements, table_checksum_sql)
+from ..pg_script import (FIXED_RENDERING, HASH_RENDERING, checksum_assertion, fixed_rendering_script,
+                         guarded_foreign_key, outside_dependents_guard, outside_dependents_sql, parse_toc,
+                         rename_roles, schema_entries, statements, table_checksum_sql)
 from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
 
 TIER = "postgresql"
@@ -43,17 +44,36 @@ _ROLE_SQL = {"rolinherit": "INHERIT", "rolcreaterole": "CREATEROLE", "rolcreated
 
 # --- backup --------------------------------------------------------------------------------
 
+_RELATIONS = ("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ({kinds}) "
+              "AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+              "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1")
+
+
 def _tables(cur) -> list[str]:
-    cur.execute(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
-    )
+    """The tables whose rows the dump holds: not temporary tables (other sessions' are unreadable
+    and pg_dump skips them), not foreign tables (their rows live elsewhere; see `_foreign_tables`)."""
+    cur.execute(_RELATIONS.format(kinds="'r', 'p'"))
     return [row[0] for row in cur.fetchall()]
 
 
-def table_checksums(cur) -> dict[str, list]:
-    """table → [rows, hash] in the cursor's snapshot."""
+def _foreign_tables(cur) -> list[str]:
+    """Foreign tables: the dump has their definition only, never their rows, so they are not hashed."""
+    cur.execute(_RELATIONS.format(kinds="'f'"))
+    return [row[0] for row in cur.fetchall()]
+
+
+def fix_rendering(cur) -> None:
+    """Make row text independent of the database's and the session's settings."""
+    for statement in FIXED_RENDERING:
+        cur.execute(statement)
+
+
+def table_checksums(cur, fixed_rendering: bool = True) -> dict[str, list]:
+    """table → [rows, hash] in the cursor's snapshot (rendered in HASH_RENDERING unless told not:
+    restore points taken before it were hashed in the database's own settings)."""
+    if fixed_rendering:
+        fix_rendering(cur)
     result = {}
     for table in _tables(cur):
         cur.execute(table_checksum_sql(table))
@@ -87,12 +107,32 @@ def tenant_roles(settings, names: TenantNames) -> list[dict]:
         return roles
 
 
+def database_properties(cur, database: str) -> dict | None:
+    """What pg_dump leaves out: the database's owner, connection limit, ACL (e.g. REVOKE CONNECT
+    FROM PUBLIC) and its settings (ALTER DATABASE … SET, ALTER ROLE … IN DATABASE … SET)."""
+    cur.execute(
+        "SELECT pg_get_userbyid(d.datdba), d.datconnlimit, d.datacl IS NULL, "
+        "(SELECT coalesce(json_agg(json_build_array(CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+        "ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable)), '[]') "
+        "FROM aclexplode(d.datacl) a), "
+        "(SELECT coalesce(json_agg(json_build_array(CASE WHEN s.setrole = 0 THEN NULL "
+        "ELSE pg_get_userbyid(s.setrole) END, s.setconfig)), '[]') "
+        "FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) "
+        "FROM pg_database d WHERE d.datname = %s", (database,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    owner, connlimit, default_acl, acl, role_settings = row
+    return {"owner": owner, "connlimit": connlimit, "acl": None if default_acl else acl, "settings": role_settings}
+
+
 def _dump_chunks(settings, names: TenantNames, snapshot: str, digest) -> Iterator[bytes]:
     """pg_dump's output in chunks; raises if pg_dump fails (the restic wrapper then kills restic)."""
     with tempfile.TemporaryFile() as errfile:
+        db_args, env = pg.tool_args(settings.pg_dsn, names.database)
         proc = procs.popen(
-            ["pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password"],
-            stdout=subprocess.PIPE, stderr=errfile, env=pg.tool_env(settings.pg_dsn, names.database),
+            ["pg_dump", "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password", *db_args],
+            stdout=subprocess.PIPE, stderr=errfile, env=env,
         )
         try:
             first = True
@@ -113,6 +153,7 @@ def _dump_chunks(settings, names: TenantNames, snapshot: str, digest) -> Iterato
 def backup(ctx: BackupContext) -> TierResult:
     watch = Stopwatch()
     names = ctx.names
+    heal_interrupted_swap(ctx.settings, names, ctx.report)
     if not pg.database_exists(ctx.settings.pg_dsn, names.database):
         raise OperationFailed(f"tenant {names.tenant_id}, tier postgresql: database {names.database} does not exist")
     tags = lambda part: tier_tags(ctx.session_id, TIER, part, ctx.backup_type)  # noqa: E731
@@ -125,9 +166,14 @@ def backup(ctx: BackupContext) -> TierResult:
         ctx.report.info(f"tenant {names.tenant_id}: dumping {names.database}")
         dump = ctx.repo.backup_stream(_dump_chunks(ctx.settings, names, snapshot, digest), DUMP_FILE,
                                       tags("dump"), ctx.session_time, ctx.restic_progress("postgresql dump"))
+        ctx.captured[TIER] = _consistency_queries(cur)  # before the hashing fixes the rendering
         checksums = table_checksums(cur)
         schemas = _schemas(cur)
-        ctx.captured[TIER] = _consistency_queries(cur)
+        foreign = _foreign_tables(cur)
+        properties = database_properties(cur, names.database)
+    if foreign:
+        ctx.report.warn(f"tenant {names.tenant_id}: foreign table(s) {', '.join(foreign[:5])}: their definition is "
+                        "backed up, their rows are not (they live outside the database)")
     snapshots = {"dump": dump.snapshot_id}
     added = dump.data_added
     roles = tenant_roles(ctx.settings, names)
@@ -139,9 +185,11 @@ def backup(ctx: BackupContext) -> TierResult:
     return TierResult(
         tier=TIER, status=STATUS_OK, snapshots=snapshots, bytes_processed=dump.total_bytes_processed,
         bytes_added=added, items=rows, duration_seconds=watch.seconds,
-        checksums={"dump_sha256": digest.hexdigest(), "dump_bytes": dump.total_bytes_processed, "tables": checksums},
+        checksums={"dump_sha256": digest.hexdigest(), "dump_bytes": dump.total_bytes_processed, "tables": checksums,
+                   "rendering": HASH_RENDERING},
         details={"database": names.database, "schemas": schemas, "tables": len(checksums),
-                 "roles": [r["name"] for r in roles], "server_version": server_version},
+                 "roles": [r["name"] for r in roles], "server_version": server_version,
+                 "foreign_tables": foreign, "database_properties": properties},
     )
 
 
@@ -162,12 +210,29 @@ def _consistency_queries(cur) -> dict[str, list[str] | str]:
 
 # --- restore -------------------------------------------------------------------------------
 
+def _staging_dir(settings) -> Path:
+    """The private folder of restore staging files and swap journals (0700 even if it existed)."""
+    staging = Path(settings.state_dir) / "restore"
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging.chmod(0o700)
+    return staging
+
+
+def _sweep_staged_dumps(settings, names: TenantNames) -> int:
+    """Remove plaintext dumps a killed restore of this tenant left behind (the tenant's lease is
+    held, so none of them belongs to a running restore)."""
+    removed = 0
+    for leftover in _staging_dir(settings).glob(f"cliente_{names.tenant_id}-*.pgdump"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 @contextmanager
 def _staged_dump(ctx: RestoreContext) -> Iterator[Path]:
     """The session's dump in a private temporary file, its checksum verified."""
-    staging = ctx.settings.state_dir / "restore"
-    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, name = tempfile.mkstemp(prefix=f"cliente_{ctx.target.tenant_id}-", suffix=".pgdump", dir=staging)
+    fd, name = tempfile.mkstemp(prefix=f"cliente_{ctx.target.tenant_id}-", suffix=".pgdump",
+                                dir=_staging_dir(ctx.settings))
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -190,12 +255,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _set_password_unlogged(conn, role: str, password_hash: str) -> None:
+    """Copy a role's password hash without it reaching the server log: psycopg2 interpolates
+    parameters client-side, so the statement text holds the hash; logging is off for it."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            cur.execute("SET LOCAL log_statement = 'none'")
+            cur.execute("SET LOCAL log_min_duration_statement = -1")
+            cur.execute("SET LOCAL log_min_error_statement = 'panic'")
+            cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (password_hash,))
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+
 def _restore_roles(ctx: RestoreContext, outcome: RestoreOutcome) -> None:
     """Create the tenant's roles that are missing (renamed for --into). Existing roles are
-    left as they are; passwords are copied only back into the same tenant."""
+    left as they are; passwords are copied only back into the same tenant. Into another tenant,
+    only memberships in the source's own roles are given (renamed): never in roles the target
+    does not own."""
     if "roles" not in ctx.result.snapshots:
         return
     roles = json.loads(ctx.repo.dump_bytes(ctx.result.snapshots["roles"], f"/{ROLES_FILE}"))
+    created = []
     with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
         for role in roles:
             name = rename_role(role["name"], ctx.source, ctx.target) if ctx.into_other else role["name"]
@@ -206,26 +290,36 @@ def _restore_roles(ctx: RestoreContext, outcome: RestoreOutcome) -> None:
             cur.execute(sql.SQL("CREATE ROLE {} " + " ".join(flags) + " CONNECTION LIMIT %s").format(
                 sql.Identifier(name)), (role.get("connlimit", -1),))
             if role.get("password") and not ctx.into_other:
-                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(name)), (role["password"],))
+                _set_password_unlogged(conn, name, role["password"])
             elif role.get("password"):
                 outcome.warnings.append(f"role {name} created without a password (passwords are not copied across tenants)")
-            for group in role.get("member_of", []):
-                if ctx.source.owns_role(group):
-                    group = rename_role(group, ctx.source, ctx.target) if ctx.into_other else group
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,))
-                if cur.fetchone():
-                    cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name)))
+            created.append((name, role.get("member_of", [])))
             ctx.report.info(f"created role {name}")
+        for name, groups in created:  # once every role exists, so memberships among them are given too
+            _grant_memberships(ctx, cur, name, groups, outcome)
+
+
+def _grant_memberships(ctx: RestoreContext, cur, name: str, groups: list[str], outcome: RestoreOutcome) -> None:
+    for group in groups:
+        if ctx.into_other:
+            if not ctx.source.owns_role(group):
+                outcome.warnings.append(f"role {name}: membership in {group} not given (not a role of tenant "
+                                        f"{ctx.target.tenant_id})")
+                continue
+            group = rename_role(group, ctx.source, ctx.target)
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,))
+        if cur.fetchone():
+            cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name)))
 
 
 def _run_psql_script(ctx: RestoreContext, database: str, chunks: Iterator[bytes], single_transaction: bool,
                      outcome: RestoreOutcome) -> None:
-    args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]
+    db_args, env = pg.tool_args(ctx.settings.pg_dsn, database)
+    args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", *db_args]
     if single_transaction:
         args.append("--single-transaction")
     with tempfile.TemporaryFile() as errfile:
-        proc = procs.popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile,
-                           env=pg.tool_env(ctx.settings.pg_dsn, database))
+        proc = procs.popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errfile, env=env)
         try:
             for chunk in chunks:
                 proc.stdin.write(chunk)
@@ -264,9 +358,15 @@ def _pg_restore_script(ctx: RestoreContext, dump: Path, list_file: Path | None =
         raise OperationFailed(f"tenant {ctx.target.tenant_id}, tier postgresql: pg_restore failed: {one_line(err)}")
 
 
+def _fixed_rendering(ctx: RestoreContext) -> bool:
+    """Whether the manifest's row hashes were taken in HASH_RENDERING (restore points of older
+    versions were hashed in the database's own settings)."""
+    return ctx.result.checksums.get("rendering") == HASH_RENDERING
+
+
 def _verify_tables(ctx: RestoreContext, database: str, tables: dict[str, list]) -> None:
     with pg.connection(ctx.settings.pg_dsn, database) as conn, conn.cursor() as cur:
-        restored = table_checksums(cur)
+        restored = table_checksums(cur, _fixed_rendering(ctx))
     expected = {t: v for t, v in ctx.result.checksums.get("tables", {}).items() if t in tables}
     wrong = sorted(t for t in expected if restored.get(t) != expected[t])
     missing = sorted(set(expected) - set(restored))
@@ -275,11 +375,113 @@ def _verify_tables(ctx: RestoreContext, database: str, tables: dict[str, list]) 
                               f"the backup in {', '.join((wrong + missing)[:5])}; the current database was kept")
 
 
+# --- database properties -------------------------------------------------------------------
+
+_LIST_QUOTED_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries",
+                         "local_preload_libraries", "shared_preload_libraries"}
+
+
+def _setting_values(name: str, value: str) -> sql.Composable:
+    """`value` as stored in pg_db_role_setting, as the TO clause of ALTER … SET."""
+    if name.lower() not in _LIST_QUOTED_SETTINGS:
+        return sql.Literal(value)
+    items, current, quoted, i = [], "", False, 0
+    while i < len(value):
+        char = value[i]
+        if char == '"' and quoted and value[i + 1:i + 2] == '"':
+            current, i = current + '"', i + 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+        i += 1
+    items.append(current.strip())
+    return sql.SQL(", ").join(sql.Literal(item) for item in items)
+
+
+def _local_role(ctx: RestoreContext, role: str | None, outcome: RestoreOutcome) -> str | None:
+    """A role named in the source's database properties, as the target knows it (None: skip)."""
+    if role is None or role == "PUBLIC":
+        return role
+    if ctx.into_other and ctx.source.owns_role(role):
+        role = rename_role(role, ctx.source, ctx.target)
+    with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        if cur.fetchone():
+            return role
+    outcome.warnings.append(f"database property for role {role} not restored: the role does not exist")
+    return None
+
+
+def _grantee(role: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+
+
+def _apply_database_properties(ctx: RestoreContext, database: str, props: dict, outcome: RestoreOutcome) -> None:
+    """Give `database` the owner, connection limit, ACL and settings recorded in `props`."""
+    db = sql.Identifier(database)
+    with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        owner = _local_role(ctx, props.get("owner"), outcome)
+        if owner:
+            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(owner)))
+        cur.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(int(props.get("connlimit", -1)))))
+        for role, config in props.get("settings") or []:
+            target_role = _local_role(ctx, role, outcome)
+            if role is not None and target_role is None:
+                continue
+            for entry in config:
+                name, _, value = entry.partition("=")
+                setting = sql.SQL("SET {} TO {}").format(sql.Identifier(*name.split(".")), _setting_values(name, value))
+                if role is None:
+                    cur.execute(sql.SQL("ALTER DATABASE {} ").format(db) + setting)
+                else:
+                    cur.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(target_role), db) + setting)
+        if props.get("acl") is not None:
+            _apply_acl(ctx, cur, database, props["acl"], outcome)
+
+
+def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: RestoreOutcome) -> None:
+    """Reach the recorded ACL from the database's default one by the fewest REVOKEs and GRANTs."""
+    cur.execute("SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
+                "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(coalesce(d.datacl, "
+                "acldefault('d', d.datdba))) a WHERE d.datname = %s", (database,))
+    current = {tuple(row) for row in cur.fetchall()}
+    wanted = set()
+    for role, privilege, grantable in acl:
+        local = _local_role(ctx, role, outcome)
+        if local:
+            wanted.add((local, privilege, grantable))
+    db = sql.Identifier(database)
+    for role, privilege, _ in sorted(current - wanted):
+        cur.execute(sql.SQL("REVOKE {} ON DATABASE {} FROM {}").format(sql.SQL(privilege), db, _grantee(role)))
+    for role, privilege, grantable in sorted(wanted - current):
+        cur.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}" + (" WITH GRANT OPTION" if grantable else "")).format(
+            sql.SQL(privilege), db, _grantee(role)))
+
+
+def _properties_for(ctx: RestoreContext) -> dict | None:
+    """The properties the restored database gets: the recorded ones; into another tenant whose
+    database exists, that tenant's own (its owner, isolation and settings stay its own)."""
+    if ctx.into_other:
+        with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+            own = database_properties(cur, ctx.target.database)
+        if own is not None:
+            return own
+    return ctx.result.details.get("database_properties")
+
+
+# --- full restore: staging database, then a journaled swap ------------------------------------
+
 def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) -> None:
     target = ctx.target.database
     staging = f"{target}__restoring"
     previous = f"{target}__previous"
     dsn = ctx.settings.pg_dsn
+    properties = _properties_for(ctx)
     pg.drop_database(dsn, staging)  # a leftover of an interrupted restore
     pg.create_database(dsn, staging)
     try:
@@ -287,13 +489,16 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
         if ctx.into_other:
             _run_psql_script(ctx, staging, _pg_restore_script(ctx, dump), True, outcome)
         else:
-            proc = procs.run(["pg_restore", "--exit-on-error", "--no-password", f"--dbname={staging}", str(dump)],
-                             capture_output=True, env=pg.tool_env(dsn, staging))
+            db_args, env = pg.tool_args(dsn, staging)
+            proc = procs.run(["pg_restore", "--exit-on-error", "--no-password", *db_args, str(dump)],
+                             capture_output=True, env=env)
             if proc.returncode != 0:
                 raise OperationFailed(f"tenant {ctx.target.tenant_id}, tier postgresql: pg_restore failed: "
                                       f"{one_line(proc.stderr.decode(errors='replace'))}")
         tables = ctx.result.checksums.get("tables", {})
         _verify_tables(ctx, staging, tables)
+        if properties:
+            _apply_database_properties(ctx, staging, properties, outcome)
         outcome.restored = sum(count for count, _ in tables.values())
         outcome.connections_terminated = _swap_in(ctx, staging, target, previous)
     except BaseException:
@@ -301,34 +506,122 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
         raise
 
 
+def _journal_path(settings, database: str) -> Path:
+    return _staging_dir(settings) / f"{database}.swap.json"
+
+
+def _write_journal(path: Path, allow_connections: bool) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as handle:
+        json.dump({"allow_connections": allow_connections}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_journal(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
+def _database_state(cur, name: str) -> bool | None:
+    """None when `name` does not exist, else whether it allows connections."""
+    cur.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (name,))
+    row = cur.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _rename(cur, old: str, new: str) -> None:
+    cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def _allow_connections(cur, database: str, allow: bool) -> None:
+    cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(database), sql.SQL("true" if allow else "false")))
+
+
+def heal_interrupted_swap(settings, names: TenantNames, report=None) -> str | None:
+    """Finish or undo a database swap a killed restore left half done; called, under the tenant's
+    lease, before every backup and restore of the tenant. Returns what it did (None: nothing).
+
+    live missing, `__previous` present → the kill came between the two renames: roll back
+      (`__previous` becomes the live database again); `__previous` is never dropped then.
+    live and `__previous` present → the swap finished, its cleanup did not: roll forward (drop
+      the old copy).
+    A leftover `__restoring` (an unswapped copy of a restore point) is dropped; the journal's
+    `allow_connections` is given back to the live database."""
+    live, previous, staging = names.database, f"{names.database}__previous", f"{names.database}__restoring"
+    journal = _journal_path(settings, live)
+    entry = _read_journal(journal)
+    dsn = settings.pg_dsn
+    action = None
+    with pg.connection(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        live_state, previous_state = _database_state(cur, live), _database_state(cur, previous)
+        if live_state is None and previous_state is not None:
+            _rename(cur, previous, live)
+            _allow_connections(cur, live, (entry or {}).get("allow_connections", True))
+            action = "rolled back"
+        elif live_state is not None and previous_state is not None:
+            action = "rolled forward"
+        elif entry is not None and live_state is not None:
+            _allow_connections(cur, live, entry.get("allow_connections", True))
+            action = "connections re-allowed"
+        staging_left = _database_state(cur, staging) is not None
+    if action == "rolled forward":
+        pg.drop_database(dsn, previous)
+    if staging_left:
+        pg.drop_database(dsn, staging)
+    journal.unlink(missing_ok=True)
+    if action and report is not None:
+        report.warn(f"tenant {names.tenant_id}, tier postgresql: an interrupted restore swap of {live} was {action}")
+    return action
+
+
 def _swap_in(ctx: RestoreContext, staging: str, target: str, previous: str) -> int:
-    """Replace `target` by `staging` with two renames; the old database is dropped last."""
+    """Replace `target` by `staging` with two renames; the old database is dropped last. A journal
+    (written before the first change, removed after the last) lets `heal_interrupted_swap`
+    finish or undo the swap after a kill."""
     dsn = ctx.settings.pg_dsn
+    journal = _journal_path(ctx.settings, target)
     terminated = 0
     with pg.connection(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,))
-        exists = cur.fetchone() is not None
-        pg.drop_database(dsn, previous)
+        allowed = _database_state(cur, target)
+        exists = allowed is not None
+        if _database_state(cur, previous) is not None:
+            if not exists:  # never drop the only copy: heal_interrupted_swap runs first
+                raise OperationFailed(f"tenant {ctx.target.tenant_id}, tier postgresql: {target} is missing and "
+                                      f"{previous} holds its data; run the restore again to put it back")
+            pg.drop_database(dsn, previous)
         if exists:
-            cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(target)))
+            _write_journal(journal, allowed)
+            _allow_connections(cur, target, False)
             terminated = pg.terminate_connections(dsn, target)
             ctx.report.info(f"terminated {terminated} connection(s) to {target}")
             try:
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(previous)))
+                _rename(cur, target, previous)
             except Exception:
-                cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
+                _allow_connections(cur, target, allowed)
+                journal.unlink(missing_ok=True)
                 raise
         try:
-            cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(target)))
+            _rename(cur, staging, target)
         except Exception:
             if exists:  # put the original back
-                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(previous), sql.Identifier(target)))
-                cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
+                _rename(cur, previous, target)
+                _allow_connections(cur, target, allowed)
+                journal.unlink(missing_ok=True)
             raise
     if exists:
         pg.drop_database(dsn, previous)
+        journal.unlink(missing_ok=True)
     return terminated
 
+
+# --- one schema ----------------------------------------------------------------------------
 
 def _external_foreign_keys(cur, schema: str) -> list[tuple[str, str, str]]:
     """Foreign keys of other schemas that reference `schema` (dropped with it by CASCADE)."""
@@ -340,6 +633,22 @@ def _external_foreign_keys(cur, schema: str) -> list[tuple[str, str, str]]:
         (schema, schema),
     )
     return cur.fetchall()
+
+
+def _refuse_outside_dependents(ctx: RestoreContext) -> None:
+    """`DROP SCHEMA … CASCADE` would also drop what other schemas build on this one (columns of
+    its types, views, defaults, functions): refuse, naming them, before anything is touched."""
+    if not pg.database_exists(ctx.settings.pg_dsn, ctx.target.database):
+        return
+    with pg.connection(ctx.settings.pg_dsn, ctx.target.database, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(outside_dependents_sql(ctx.schema))
+        dependents = [row[0] for row in cur.fetchall()]
+    if dependents:
+        shown = "; ".join(dependents[:6]) + (f"; and {len(dependents) - 6} more" if len(dependents) > 6 else "")
+        raise OperationFailed(
+            f"tenant {ctx.target.tenant_id}, tier postgresql: restore --schema {ctx.schema} refused: objects in other "
+            f"schemas depend on it and would be dropped with it: {shown}; nothing was changed "
+            "(restore the whole database, or drop or move those objects first)")
 
 
 def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) -> None:
@@ -361,6 +670,7 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
         fk_script = b"".join(_pg_restore_script(ctx, dump, fk_list)).decode() if fks else ""
 
         def script() -> Iterator[bytes]:
+            yield sql_text(outside_dependents_guard(schema))
             yield sql_text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n")
             yield from _pg_restore_script(ctx, dump, main_list)
             for statement in statements(fk_script):
@@ -368,6 +678,8 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
             for table, name, definition in external:
                 yield sql_text(guarded_foreign_key(
                     f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(name)} {definition}", f"{table}.{name}"))
+            if _fixed_rendering(ctx):
+                yield sql_text(fixed_rendering_script())
             for table, (count, digest) in tables.items():
                 yield sql_text(checksum_assertion(table, count, digest))
 
@@ -388,6 +700,11 @@ def quote_ident(name: str) -> str:
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
+    heal_interrupted_swap(ctx.settings, ctx.target, ctx.report)
+    if _sweep_staged_dumps(ctx.settings, ctx.target):
+        ctx.report.info(f"tenant {ctx.target.tenant_id}: removed dump files a killed restore left behind")
+    if ctx.schema:
+        _refuse_outside_dependents(ctx)
     _restore_roles(ctx, outcome)
     with _staged_dump(ctx) as dump:
         if ctx.schema:
