@@ -2,15 +2,20 @@
 their own tagged `retention=legal`, so retention keeps them for the legal periods (the
 seed's 5 years for processing logs) independently of the plan's restore points.
 
-Restoring this tier alone reloads the tenant's `lgpd` tables from it in one transaction
-(useful after the plan has expired the session's database snapshot); restored together
-with the PostgreSQL tier of the same session it has nothing to add.
+Restoring this tier alone merges the saved rows back into the tenant's `lgpd` tables, in one
+transaction (useful after the plan has expired the session's database snapshot): rows the
+table lacks are appended, matched to columns by the CSV header's names (columns added since
+take their defaults); live rows are never deleted nor overwritten, because records written
+after the backup are legal evidence too. A saved row whose key is taken by a different live
+row is left out and counted in a warning. Restored together with the PostgreSQL tier of the
+same session this tier has nothing to add.
 """
 from __future__ import annotations
 
 import csv
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg2 import sql
@@ -78,8 +83,78 @@ def backup(ctx: BackupContext) -> TierResult:
     )
 
 
+@dataclass
+class TableMerge:
+    table: str
+    saved: int = 0       # rows in the backup
+    appended: int = 0    # rows the live table lacked, now back
+    present: int = 0     # identical rows already there
+    conflicting: int = 0  # saved rows whose key a different live row holds: live kept
+
+
+def csv_columns(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def live_columns(cur, table: str) -> list[str] | None:
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "ORDER BY ordinal_position", (SCHEMA, table))
+    found = [row[0] for row in cur.fetchall()]
+    return found or None
+
+
+def row_text(alias: str, columns: list[str]) -> sql.Composable:
+    """The row's chosen columns as one text value: comparable for every type, json included."""
+    return sql.SQL("ROW({})::text").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns))
+
+
+def merge_table(cur, path: Path) -> TableMerge:
+    """Append the saved rows the live table lacks, matching columns by the header's names."""
+    table, merge = path.stem, TableMerge(path.stem)
+    columns, existing = csv_columns(path), live_columns(cur, path.stem)
+    if existing is None:
+        raise OperationFailed(f"table {SCHEMA}.{table} of the backup does not exist in the target")
+    missing = [c for c in columns if c not in existing]
+    if not columns or missing:
+        raise OperationFailed(f"table {SCHEMA}.{table} has no column(s) {', '.join(missing) or '(empty header)'} "
+                              "that the backup has")
+    live = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(table))
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    cur.execute(sql.SQL("CREATE TEMP TABLE kryonix_saved ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
+                .format(cols, live))
+    with path.open(encoding="utf-8", newline="") as handle:
+        cur.copy_expert(sql.SQL("COPY kryonix_saved ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(cols), handle)
+    absent = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {} = {})").format(
+        live, row_text("l", columns), row_text("s", columns))
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {}) FROM kryonix_saved s").format(absent))
+    merge.saved, lacking = cur.fetchone()
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM kryonix_saved s WHERE {} ON CONFLICT DO NOTHING")
+                .format(live, cols, sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns),
+                        absent))
+    merge.appended = cur.rowcount
+    merge.present, merge.conflicting = merge.saved - lacking, lacking - merge.appended
+    cur.execute("DROP TABLE kryonix_saved")
+    advance_sequences(cur, table, columns)
+    return merge
+
+
+def advance_sequences(cur, table: str, columns: list[str]) -> None:
+    """Serial and identity columns: never leave a sequence behind the ids the merge brought back."""
+    live = sql.Identifier(SCHEMA, table)
+    for column in columns:
+        cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (live.as_string(cur), column))
+        sequence = cur.fetchone()[0]  # already quoted by the server
+        if sequence:
+            cur.execute(sql.SQL("SELECT setval(%s::regclass, GREATEST((SELECT max({}) FROM {}), "
+                                "(SELECT last_value FROM {})))").format(sql.Identifier(column), live, sql.SQL(sequence)),
+                        (sequence,))
+
+
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
+    where = f"tenant {ctx.target.tenant_id}, tier compliance"
     staging = ctx.settings.state_dir / "restore"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(prefix=f"cliente_{ctx.target.tenant_id}-compliance-", dir=staging) as tmp:
@@ -88,17 +163,17 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         tables = sorted((root / "lgpd").glob("*.csv")) if (root / "lgpd").exists() else []
         try:
             with pg.connection(ctx.settings.pg_dsn, ctx.target.database) as conn, conn.cursor() as cur:
-                idents = [sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(p.stem)) for p in tables]
-                if idents:
-                    cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(idents)))
-                for path, ident in zip(tables, idents):
-                    with path.open(encoding="utf-8", newline="") as handle:
-                        cur.copy_expert(sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(ident), handle)
-                    outcome.restored += ctx.result.checksums.get("rows", {}).get(f"lgpd/{path.name}", 0)
+                merges = [merge_table(cur, path) for path in tables]
         except Exception as exc:
-            raise OperationFailed(f"tenant {ctx.target.tenant_id}, tier compliance: reloading the lgpd tables failed "
-                                  f"and was rolled back: {one_line(str(exc))}") from None
-    outcome.details["tables"] = [p.stem for p in tables]
+            raise OperationFailed(f"{where}: merging the lgpd tables failed and was rolled back, nothing was "
+                                  f"changed: {one_line(str(exc))}") from None
+    for merge in merges:
+        outcome.restored += merge.appended
+        if merge.conflicting:
+            outcome.warnings.append(f"{SCHEMA}.{merge.table}: {merge.conflicting} saved row(s) differ from the live "
+                                    "row(s) with the same key; the live rows were kept")
+    outcome.details["tables"] = {m.table: {"saved": m.saved, "appended": m.appended, "already_present": m.present,
+                                           "conflicting": m.conflicting} for m in merges}
     return outcome
 
 

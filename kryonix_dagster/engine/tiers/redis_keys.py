@@ -5,7 +5,9 @@ PTTL: values stay in Redis's own serialization, binary-safe, every type includin
 The stream holds the keys sorted with their payloads, then a trailer of absolute expiry
 times (whole seconds) for the keys that have one; keeping the expiries apart lets an
 unchanged namespace deduplicate in restic. Restore uses RESTORE … REPLACE with the time
-each key has left; keys that expired since the backup are not resurrected. The session's
+each key has left; keys that expired since the backup are not resurrected. The whole snapshot
+is checked first (manifest checksum, format, every key in the tenant's namespace), so a bad
+snapshot changes nothing; then keys of the namespace that the snapshot lacks are deleted. The session's
 own `backup:in_progress` flag is never captured nor restored.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import rename_redis_key
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, verified_stream
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
 
 TIER = "redis"
 STREAM_FILE = "keys.bin"
@@ -120,22 +122,46 @@ def backup(ctx: BackupContext) -> TierResult:
     )
 
 
+def verified_bytes(ctx: RestoreContext, where: str) -> bytes:
+    """The snapshot's bytes, refused unless they match the sha256 its manifest recorded."""
+    expected = ctx.result.checksums.get("stream_sha256")
+    if not expected:
+        raise OperationFailed(f"{where}: the manifest records no checksum for the snapshot; not restoring it")
+    data = ctx.repo.dump_bytes(ctx.result.snapshots["keys"], f"/{STREAM_FILE}")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise OperationFailed(f"{where}: snapshot does not match its manifest checksum; nothing was changed")
+    return data
+
+
+def planned_keys(ctx: RestoreContext, data: bytes, where: str) -> list[tuple[bytes, int, bytes]]:
+    """Every record renamed to the target, all checked before Redis is touched."""
+    target, flag = ctx.target, ctx.target.backup_flag_key.encode()
+    planned = []
+    try:
+        for key, expiry, payload in parse_records(data):
+            if ctx.into_other:
+                key = rename_redis_key(key, ctx.source, target)
+            if not target.owns_redis_key(key) or key == flag:
+                raise ValueError("key outside the tenant's namespace")
+            planned.append((key, expiry, payload))
+    except (ValueError, struct.error, OperationFailed) as exc:
+        raise OperationFailed(f"{where}: snapshot refused, nothing was changed: {one_line(str(exc), 200)}") from None
+    return planned
+
+
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
-    data = verified_stream(ctx, TIER, "keys", STREAM_FILE)
-    client = services.redis_client(ctx.settings)
     target = ctx.target
+    where = f"tenant {target.tenant_id}, tier redis" + (f" (from tenant {ctx.source.tenant_id})" if ctx.into_other else "")
+    planned = planned_keys(ctx, verified_bytes(ctx, where), where)
+    client = services.redis_client(ctx.settings)
     flag = target.backup_flag_key.encode()
     try:
         wanted = set()
         now_ms = int(time.time() * 1000)
         pipe = client.pipeline(transaction=False)
         expired = 0
-        for key, expiry, payload in parse_records(data):
-            if ctx.into_other:
-                key = rename_redis_key(key, ctx.source, target)
-            if not target.owns_redis_key(key) or key == flag:
-                raise OperationFailed(f"tier redis: key outside tenant {target.tenant_id}'s namespace in the snapshot")
+        for key, expiry, payload in planned:
             if expiry != NO_EXPIRY and expiry <= now_ms + 1:
                 expired += 1
                 continue
@@ -150,7 +176,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         for start in range(0, len(stale), BATCH):
             client.delete(*stale[start:start + BATCH])
     except redis.RedisError as exc:
-        raise OperationFailed(f"tenant {target.tenant_id}, tier redis: RESTORE failed: {one_line(exc)}") from None
+        raise OperationFailed(f"{where}: RESTORE failed: {one_line(exc)}") from None
     outcome.restored = len(wanted)
     outcome.details.update(expired_not_restored=expired, removed=len(stale))
     return outcome
