@@ -231,7 +231,7 @@ def test_tables_have_aligned_columns(settings, cli, tenant_factory):
         lines = result.stdout.splitlines()
         assert lines[0].split()[:len(header)] == header, lines[0]
         assert set(lines[1].replace(" ", "")) == {"-"}, lines[1]  # a rule under the header
-        mine = next(line for line in lines if tid in line.split())
+        mine = lines[2] if args[0] == "snapshots" else next(line for line in lines if tid in line.split())
         start = lines[0].index(header[1])
         assert mine[start - 2:start] == "  " and mine[start] != " ", (lines[0], mine)
 
@@ -245,7 +245,7 @@ def test_progress_goes_to_the_terminal_and_json_stays_alone_on_stdout(settings, 
     assert "\r\x1b[K" in shown and tid in shown, shown  # a redrawn progress line
     code, stdout, shown = run_on_terminal("verify", tid, "--json")
     assert code == 0, shown
-    assert json.loads(stdout)["ok"] is True and "checking the repository" in shown
+    assert json.loads(stdout)["ok"] is True and "\r\x1b[Ktenant " + tid + ": checking the repository… " in shown, shown
     code, stdout, shown = run_on_terminal("restore", tid, "--yes", "--json")
     assert code == 0, shown
     assert json.loads(stdout)["success"] is True and "restoring postgresql" in shown
