@@ -190,6 +190,11 @@ def test_restic_options_that_pick_another_repository_or_password_are_refused(cli
                  ["copy", "--repo2", "/tmp/x"], ["copy", "--from-repo", "/tmp/x"],
                  ["--repository-file", "/tmp/f", "snapshots"], ["-vr", "/tmp/x", "init"]):
         refused(cli("restic", "t1", "--", *args, env=UNREACHABLE), "restic option")
+    # ordinary restic arguments pass the check and reach the services (unreachable here: exit 1)
+    for args in (["snapshots", "--json"], ["restore", "latest", "--target", "/tmp/x"], ["ls", "-l", "latest"],
+                 ["find", "-i", "x"], ["check", "--read-data-subset=1/10"], ["forget", "--prune", "-n"]):
+        result = cli("restic", "t1", "--", *args, env=UNREACHABLE)
+        assert result.returncode == 1 and "restic option" not in result.stderr, (args, result.stderr)
 
 
 # --- --json on failure -----------------------------------------------------------------------
