@@ -1,7 +1,9 @@
 """`kryonix-backup`: the operator's CLI, on the same engine as the Dagster assets.
 
 Exit codes: 0 success, 1 operation failed, 2 bad input. `--json` prints exactly one JSON
-document on stdout. Errors are one line on stderr. Nothing ever prompts.
+document on stdout, also on failure ({"ok": false, "error": ..., "exit_code": N}). Errors are one
+line on stderr. Only a command that replaces data (`restore`) asks for confirmation, and only on a
+terminal; without one it needs `--yes`.
 """
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
 
 import click
+from tabulate import tabulate
 
 from .engine import registry
 from .engine.config import Settings, load_settings
@@ -23,7 +28,16 @@ from .progress import TerminalReporter, human_bytes
 PROG = "kryonix-backup"
 
 
+@dataclass
+class _Output:
+    json_emitted: bool = False
+
+
+_OUTPUT = _Output()
+
+
 def emit_json(document: Any) -> None:
+    _OUTPUT.json_emitted = True
     click.echo(json.dumps(document, ensure_ascii=False, indent=2, default=str))
 
 
@@ -32,13 +46,12 @@ def info(message: str) -> None:
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
+    """Rows as an aligned plain-text table (values as text: a tenant id 007 stays 007)."""
     if not rows:
         click.echo("(none)")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+    body = [["-" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    click.echo(tabulate(body, headers=[c.upper() for c in columns], tablefmt="simple", disable_numparse=True))
 
 
 def ready_settings() -> Settings:
@@ -219,8 +232,10 @@ def verify(tenant_id: str, read_data: bool, as_json: bool) -> None:
     from .engine.verify import run_verify
 
     validate_tenant_id(tenant_id)
-    TerminalReporter().info(f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else ""))
-    result = run_verify(ready_settings(), tenant_id, read_data=read_data)
+    settings = ready_settings()
+    task = f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else "")
+    with TerminalReporter().activity(task):
+        result = run_verify(settings, tenant_id, read_data=read_data)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -233,28 +248,58 @@ def verify(tenant_id: str, read_data: bool, as_json: bool) -> None:
         raise OperationFailed(f"tenant {tenant_id}: verification found {len(result.problems)} problem(s)")
 
 
+def parse_point_in_time(raw: str) -> datetime:
+    """`--at`: an ISO-8601 time with its zone, not in the future."""
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadInput(f"invalid --at {raw!r}: give an ISO-8601 time with its zone, e.g. 2026-11-29T02:00:00Z") from None
+    if moment.tzinfo is None:
+        raise BadInput(f"invalid --at {raw!r}: give the time zone too (Z or -03:00), an SRE's 02:00 is not everyone's")
+    if moment > datetime.now(timezone.utc):
+        raise BadInput(f"--at {raw} is in the future")
+    return moment
+
+
+def confirm_replacement(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, only --yes lets data be replaced (DESIGN.md, CLI contract)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise BadInput(f"{question.rstrip('?')}: add --yes to confirm (stdin is not a terminal, so nothing can ask)")
+    click.confirm(question, abort=True, err=True)
+
+
 @cli.command()
 @click.argument("tenant_id")
-@click.option("--snapshot", default="latest", show_default=True, help="Session id (or manifest snapshot id) or latest.")
+@click.option("--snapshot", help="Session id (or manifest snapshot id) or latest (the default).")
+@click.option("--at", "at", metavar="ISO-8601", help="Point in time to recover the database to (needs PITR).")
 @click.option("--into", "into", help="Restore into this other (registered) tenant instead.")
 @click.option("--services", help="Comma-separated tiers to restore (default: all in the session).")
 @click.option("--schema", help="Restore only this PostgreSQL schema.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option("--yes", is_flag=True, help="Replace without asking (required when stdin is not a terminal).")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
               help="Seconds to wait for the target's lease.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def restore(tenant_id: str, snapshot: str, into: str | None, services: str | None, schema: str | None,
-            yes: bool, wait_seconds: float, as_json: bool) -> None:
+def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | None, services: str | None,
+            schema: str | None, yes: bool, wait_seconds: float, as_json: bool) -> None:
     """Replace a tenant's data (or --into another's) with a restore point."""
     from .engine.restore import parse_services, run_restore, validate_restore_args
 
     wanted = parse_services(services)
-    validate_restore_args(tenant_id, into, wanted, schema, snapshot)
+    validate_restore_args(tenant_id, into, wanted, schema, "latest" if snapshot is None else snapshot)
     target = into or tenant_id
-    if sys.stdin.isatty() and not yes and not as_json:
-        what = f"schema {schema} of " if schema else ""
-        click.confirm(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
-                      abort=True, err=True)
+    if at is not None:
+        if snapshot is not None:
+            raise BadInput("give --snapshot or --at, not both")
+        parse_point_in_time(at)
+        raise OperationFailed(f"tenant {tenant_id}: point-in-time recovery is not configured (pgBackRest WAL "
+                              f"archiving is not built yet); restore a restore point with --snapshot instead "
+                              f"(see `{PROG} snapshots {tenant_id}`)")
+    snapshot = "latest" if snapshot is None else snapshot
+    what = f"schema {schema} of " if schema else ""
+    confirm_replacement(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
+                        yes)
     result = run_restore(ready_settings(), tenant_id, snapshot, into, wanted, schema, TerminalReporter(), wait_seconds)
     if as_json:
         emit_json(result.to_json())
@@ -277,9 +322,10 @@ def forget(tenant_id: str, dry_run: bool, wait_seconds: float, as_json: bool) ->
     from .engine.retention import run_forget
 
     validate_tenant_id(tenant_id)
+    settings = ready_settings()
     reporter = TerminalReporter()
     reporter.info(f"tenant {tenant_id}: applying retention" + (" (dry run)" if dry_run else " and pruning"))
-    decision = run_forget(ready_settings(), tenant_id, dry_run=dry_run, wait_seconds=wait_seconds)
+    decision = run_forget(settings, tenant_id, dry_run=dry_run, wait_seconds=wait_seconds)
     if decision.warning:
         reporter.warn(decision.warning)
     if as_json:
@@ -335,6 +381,7 @@ def restic(tenant_id: str, restic_args: tuple[str, ...]) -> None:
         args = args[1:]
     if not args:
         raise BadInput("give restic arguments after --, e.g. kryonix-backup restic 42 -- snapshots")
+    refuse_foreign_repository_options(tenant_id, args)
     repo = open_repository(ready_settings(), tenant_id)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
@@ -343,35 +390,81 @@ def restic(tenant_id: str, restic_args: tuple[str, ...]) -> None:
         sys.exit(code)
 
 
+# restic's options that choose a repository or a password: with them the escape hatch would run on
+# (or copy into, or initialise) something other than the tenant's own repository.
+_REPOSITORY_OPTIONS = ("--repo", "--repository-file", "--password-file", "--password-command", "--key-hint",
+                       "--repo2", "--repository-file2", "--password-file2", "--password-command2", "--key-hint2",
+                       "--from-repo", "--from-repository-file", "--from-password-file", "--from-password-command",
+                       "--from-key-hint", "--insecure-no-password")
+_REPOSITORY_SHORTHANDS = frozenset("rp")  # -r REPO, -p PASSWORD_FILE
+
+
+def _shorthand_letters(arg: str) -> str:
+    """The flag letters of a single-dash cluster: `-vr/tmp/x` -> "vr" (what follows is a value)."""
+    if not arg.startswith("-") or arg.startswith("--"):
+        return ""
+    letters = ""
+    for char in arg[1:]:
+        if not char.isalpha():
+            break
+        letters += char
+    return letters
+
+
+def refuse_foreign_repository_options(tenant_id: str, args: Sequence[str]) -> None:
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in _REPOSITORY_OPTIONS or _REPOSITORY_SHORTHANDS & set(_shorthand_letters(arg)):
+            raise BadInput(f"tenant {tenant_id}: restic option {name} is not allowed here: the escape hatch "
+                           f"always runs on the tenant's own repository with its own key")
+
+
 # --- entry point ---------------------------------------------------------------------------
+
+def json_requested(argv: Sequence[str]) -> bool:
+    """Whether the command line asks a command that has --json for it (before any `--`)."""
+    args = list(argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    command: click.Command = cli
+    for token in args:
+        if isinstance(command, click.Group) and token in command.commands:
+            command = command.commands[token]
+    has_json = any(p.name == "as_json" for p in command.params)
+    return has_json and "--json" in args
+
+
+def fail(message: str, exit_code: int, as_json: bool, label: str = "error: ") -> None:
+    """One line on stderr; with --json also one document on stdout, unless the command printed its own."""
+    click.echo(f"{PROG}: {label}{message}", err=True)
+    if as_json and not _OUTPUT.json_emitted:
+        emit_json({"ok": False, "error": message, "exit_code": exit_code})
+    sys.exit(exit_code)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: map every failure to one line and an exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = json_requested(args)
     try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
-        click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(1)
+        fail("aborted", 1, as_json, label="")
     except click.UsageError as exc:
-        click.echo(f"{PROG}: error: {one_line(exc.format_message())}", err=True)
-        sys.exit(2)
+        fail(one_line(exc.format_message()), 2, as_json)
     except click.ClickException as exc:
-        click.echo(f"{PROG}: error: {one_line(exc.format_message())}", err=True)
-        sys.exit(exc.exit_code)
+        fail(one_line(exc.format_message()), exc.exit_code, as_json)
     except KryonixError as exc:
-        click.echo(f"{PROG}: error: {one_line(str(exc))}", err=True)
-        sys.exit(exc.exit_code)
+        fail(one_line(str(exc)), exc.exit_code, as_json)
     except KeyboardInterrupt:
-        click.echo(f"{PROG}: interrupted", err=True)
-        sys.exit(130)
+        fail("interrupted", 130, as_json, label="")
     except Exception as exc:  # unexpected: one line unless debugging
         if os.environ.get("KRYONIX_DEBUG"):
             raise
-        click.echo(f"{PROG}: internal error: {type(exc).__name__}: {one_line(str(exc))}", err=True)
-        sys.exit(1)
+        fail(f"{type(exc).__name__}: {one_line(str(exc))}", 1, as_json, label="internal error: ")
     sys.exit(0)
 
 
