@@ -85,7 +85,7 @@ def run(scale: float) -> Path:
                                            pg.tool_env(settings.pg_dsn, scratch)))
         finally:
             pg.drop_database(settings.pg_dsn, scratch)
-        restore, _ = timed("kryonix-backup restore (verified, swapped in)", lambda: cli("restore", TENANT))
+        restore, _ = timed("kryonix-backup restore (verified, swapped in)", lambda: cli("restore", TENANT, "--yes"))
         report.add(Comparison("restore vs pg_restore of a plain dump", restore, baseline,
                               "ours also fetches from restic, verifies every table's rows, and swaps atomically"))
     finally:

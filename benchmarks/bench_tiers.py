@@ -197,7 +197,7 @@ def run(objects: int, object_size: int, keys: int, messages: int) -> Path:
         restores = {}
         for name in ("object_storage", "redis", "rabbitmq"):
             m, out = timed(f"kryonix-backup restore --services {name}",
-                           lambda n=name: cli("restore", TENANT, "--services", n, "--json"))
+                           lambda n=name: cli("restore", TENANT, "--yes", "--services", n, "--json"))
             m.count = json.loads(out)["tiers"][name]["restored"]
             restores[name] = m
         hand_restore = by_hand_restore(settings, work)

@@ -37,7 +37,7 @@ def test_restore_brings_back_every_row(settings, cli, tenant_factory):
     mangle(db)
     assert observe.table_checksums(db) != at_backup
 
-    restored = cli("restore", tid, "--snapshot", "latest")
+    restored = cli("restore", tid, "--yes", "--snapshot", "latest")
     assert restored.returncode == 0, restored.stderr
     assert "connection(s) terminated" in restored.stdout
     assert observe.table_checksums(db) == at_backup
@@ -56,7 +56,7 @@ def test_restore_terminates_open_connections_and_says_how_many(settings, cli, te
     db = f"kryonix_cliente_{tid}"
     idle = [psycopg2.connect(host="127.0.0.1", user="postgres", dbname=db) for _ in range(2)]
     try:
-        result = cli("restore", tid, "--json")
+        result = cli("restore", tid, "--yes", "--json")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["tiers"]["postgresql"]["connections_terminated"] == 2
         assert "terminated 2 connection(s)" in result.stderr
@@ -76,7 +76,7 @@ def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
                      "UNION SELECT contato_id FROM agendamento.agendamentos UNION SELECT contato_id FROM financeiro.faturas "
                      "UNION SELECT contato_id FROM marketing.envios); UPDATE auth.usuarios SET nome = 'MUDOU'")
     changed = observe.table_checksums(db)
-    result = cli("restore", tid, "--schema", "crm", "--json")
+    result = cli("restore", tid, "--yes", "--schema", "crm", "--json")
     assert result.returncode == 0, result.stderr
     after = observe.table_checksums(db)
     assert after["crm.contatos"] == at_backup["crm.contatos"]
@@ -98,7 +98,7 @@ def test_into_another_tenant_leaves_the_source_untouched(settings, cli, tenant_f
     observe.psql(src_db, "UPDATE crm.contatos SET nome = 'DEPOIS DO BACKUP'")
     source_now = observe.table_checksums(src_db)
 
-    result = cli("restore", source, "--into", target)
+    result = cli("restore", source, "--yes", "--into", target)
     assert result.returncode == 0, result.stderr
     assert observe.table_checksums(dst_db) == at_backup
     assert observe.table_checksums(src_db) == source_now
@@ -109,7 +109,7 @@ def test_into_another_tenant_leaves_the_source_untouched(settings, cli, tenant_f
 
     # --schema --into restores one schema into the other tenant
     observe.psql(dst_db, "UPDATE crm.contatos SET nome = 'X'")
-    assert cli("restore", source, "--into", target, "--schema", "crm").returncode == 0
+    assert cli("restore", source, "--yes", "--into", target, "--schema", "crm").returncode == 0
     assert observe.table_checksums(dst_db)["crm.contatos"] == at_backup["crm.contatos"]
 
 
@@ -145,6 +145,6 @@ def test_s3_repository_round_trip(settings, cli, tenant_factory, moto_endpoint):
     observe.psql(db, "DELETE FROM crm.contatos WHERE id > 100 AND id NOT IN (SELECT contato_id FROM lgpd.consentimentos)"
                      " AND false")
     observe.psql(db, "UPDATE crm.contatos SET nome = 'Y'")
-    assert cli("restore", tid, env=env).returncode == 0
+    assert cli("restore", tid, "--yes", env=env).returncode == 0
     assert observe.table_checksums(db) == at_backup
     assert cli("verify", tid, "--read-data", env=env).returncode == 0

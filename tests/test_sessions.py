@@ -57,7 +57,7 @@ def test_other_bad_input_is_refused(cli, settings, tenant_factory):
         (["restore", tid, "--services", "postgresql,ftp"], "ftp"),
         (["restore", tid, "--schema", "crm;drop"], "invalid schema"),
         (["restore", tid, "--schema", "crm", "--services", "redis"], "--schema"),
-        (["restore", tid], "never been backed up"),
+        (["restore", tid, "--yes"], "never been backed up"),
         (["restic", tid], "give restic arguments"),
     ):
         result = cli(*args)
@@ -192,7 +192,7 @@ def test_no_secret_reaches_output_logs_or_audit(cli, settings, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
     results = [cli("backup", tid, "--json"), cli("snapshots", tid, "--json"), cli("verify", tid, "--json"),
-               cli("restore", tid, "--json"), cli("restic", tid, "--", "snapshots", "--json")]
+               cli("restore", tid, "--json", "--yes"), cli("restic", tid, "--", "snapshots", "--json")]
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     secrets = [keys.repository_password(settings, tid), settings.master_key_file.read_text().strip(),
                settings.s3_secret_key]

@@ -38,7 +38,7 @@ def test_all_tiers_restore_as_one_restore_point(settings, cli, tenant_factory):
 
     destroy(settings, tid)
     assert observe.tenant_state(settings, tid)["objects"] == {}
-    restored = cli("restore", tid, "--snapshot", "latest", "--json")
+    restored = cli("restore", tid, "--yes", "--snapshot", "latest", "--json")
     assert restored.returncode == 0, restored.stderr
     doc = json.loads(restored.stdout)
     assert doc["session"] == session["session"]
@@ -64,7 +64,7 @@ def test_one_service_at_a_time(settings, cli, tenant_factory):
     client.delete(*client.scan_iter(match=names.redis_match))
     observe.psql(names.database, "UPDATE crm.contatos SET nome = 'depois'")
     changed_tables = observe.table_checksums(names.database)
-    result = cli("restore", tid, "--services", "redis")
+    result = cli("restore", tid, "--yes", "--services", "redis")
     assert result.returncode == 0, result.stderr
     after = observe.tenant_state(settings, tid)
     assert after["redis"] == before["redis"]
@@ -83,7 +83,7 @@ def test_ttls_count_down_and_expired_keys_stay_dead(settings, cli, tenant_factor
     session_of(cli, tid)
     time.sleep(3)
     client.delete(long_)
-    assert cli("restore", tid, "--services", "redis").returncode == 0
+    assert cli("restore", tid, "--yes", "--services", "redis").returncode == 0
     assert client.exists(short) == 0
     assert client.get(long_) == b"fica" and 3500 < client.ttl(long_) <= 3600
     assert client.xrange(f"{names.redis_prefix}fluxo")[0][1] == {b"\xffbin": b"\x00val"}
@@ -124,7 +124,7 @@ def test_awkward_keys_versions_and_incremental_objects(settings, cli, tenant_fac
     after_change = observe.bucket_state(s3, names.bucket_prefix)
 
     destroy(settings, tid, database=False)
-    assert cli("restore", tid, "--services", "object_storage").returncode == 0
+    assert cli("restore", tid, "--yes", "--services", "object_storage").returncode == 0
     restored = observe.bucket_state(s3, names.bucket_prefix)
     assert restored == after_change
 
@@ -141,7 +141,7 @@ def test_tenant_1_and_10_stay_apart(settings, cli, tenant_factory):
     assert session["tiers"]["redis"]["items"] == len(one_before["redis"])
     destroy(settings, one)
     assert observe.tenant_state(settings, ten) == ten_before
-    assert cli("restore", one).returncode == 0
+    assert cli("restore", one, "--yes").returncode == 0
     assert observe.tenant_state(settings, ten) == ten_before
     one_after = observe.tenant_state(settings, one)
     assert one_after["tables"] == one_before["tables"] and one_after["objects"] == one_before["objects"]
@@ -153,7 +153,7 @@ def test_into_another_tenant_renames_every_name(settings, cli, tenant_factory):
     assert cli("tenants", "add", target, "--name", "Clone", "--plan", "pro").returncode == 0
     src_before = observe.tenant_state(settings, source)
     session_of(cli, source)
-    result = cli("restore", source, "--into", target, "--json")
+    result = cli("restore", source, "--yes", "--into", target, "--json")
     assert result.returncode == 0, result.stderr
     assert observe.tenant_state(settings, source) == src_before
     dst = observe.tenant_state(settings, target)
@@ -185,7 +185,7 @@ def test_headers_of_every_amqp_type_survive(settings, cli, tenant_factory):
     before = observe.vhost_messages(vhost)
     session_of(cli, tid)
     destroy(settings, tid, database=False)
-    assert cli("restore", tid, "--services", "rabbitmq").returncode == 0
+    assert cli("restore", tid, "--yes", "--services", "rabbitmq").returncode == 0
     assert observe.vhost_messages(vhost) == before
     assert before["dead.letters"][0][1]["dec"] == decimal.Decimal("12.34")
 
@@ -204,6 +204,6 @@ def test_biometric_templates_never_reach_a_snapshot(settings, cli, tenant_factor
     assert any(p.endswith("mobile/biometric/settings.json") for p in paths)
     assert not [p for p in paths if "templates" in p]
     # a restore keeps the templates that live on the machine
-    assert cli("restore", tid, "--services", "appdata").returncode == 0
+    assert cli("restore", tid, "--yes", "--services", "appdata").returncode == 0
     assert sorted(p.name for p in (names.app_data_dir / "mobile/biometric/templates").iterdir()) == \
         sorted(p.name for p in templates)
