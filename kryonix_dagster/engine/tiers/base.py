@@ -82,12 +82,15 @@ class RestoreContext:
         return self.source.tenant_id != self.target.tenant_id
 
 
-def verified_stream(ctx: "RestoreContext", tier: str, part: str, filename: str) -> bytes:
-    """A tier's stream snapshot, checked against the sha256 its manifest recorded."""
-    data = ctx.repo.dump_bytes(ctx.result.snapshots[part], f"/{filename}")
+def verified_stream(ctx: "RestoreContext", part: str, filename: str, where: str) -> bytes:
+    """A tier's stream snapshot, refused unless it matches the sha256 its manifest recorded
+    (a manifest without one is refused too): nothing live is touched before this passes."""
     expected = ctx.result.checksums.get("stream_sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise OperationFailed(f"tenant {ctx.source.tenant_id}, tier {tier}: snapshot does not match its manifest checksum")
+    if not expected:
+        raise OperationFailed(f"{where}: the manifest records no checksum for the snapshot; not restoring it")
+    data = ctx.repo.dump_bytes(ctx.result.snapshots[part], f"/{filename}")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise OperationFailed(f"{where}: snapshot does not match its manifest checksum; nothing was changed")
     return data
 
 

@@ -23,7 +23,7 @@ from psycopg2 import sql
 from .. import pg
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
 
 TIER = "compliance"
 SCHEMA = "lgpd"
@@ -178,9 +178,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
 
 
 # The tier as one unit: what the session, the restore, the drill and the Dagster layer know
-# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
-# an append to the module.
-from .base import TierSpec  # noqa: E402
+# about it (listed in tiers.TIERS).
 
 SPEC = TierSpec(
     TIER, "compliance", False, "postgresql", backup, restore,

@@ -31,7 +31,7 @@ from ..pgdump_header import normalize_dump_header
 from ..pg_script import (FIXED_RENDERING, HASH_RENDERING, checksum_assertion, fixed_rendering_script,
                          guarded_foreign_key, outside_dependents_guard, outside_dependents_sql, parse_toc,
                          rename_roles, schema_entries, statements, table_checksum_sql)
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
 
 TIER = "postgresql"
 DUMP_FILE = "database.pgdump"
@@ -715,9 +715,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
 
 
 # The tier as one unit: what the session, the restore, the drill and the Dagster layer know
-# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
-# an append to the module.
-from .base import TierSpec  # noqa: E402
+# about it (listed in tiers.TIERS).
 
 SPEC = TierSpec(
     TIER, "foundation", True, "postgresql", backup, restore,

@@ -36,7 +36,7 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec, verified_stream
 
 TIER = "rabbitmq"
 STREAM_FILE = "vhost.jsonl"
@@ -223,17 +223,6 @@ class VhostSnapshot:
 def _where(ctx: RestoreContext) -> str:
     source = f" (from tenant {ctx.source.tenant_id})" if ctx.into_other else ""
     return f"tenant {ctx.target.tenant_id}, tier rabbitmq{source}"
-
-
-def verified_bytes(ctx: RestoreContext) -> bytes:
-    """The snapshot's bytes, refused unless they match the sha256 its manifest recorded."""
-    expected = ctx.result.checksums.get("stream_sha256")
-    if not expected:
-        raise OperationFailed(f"{_where(ctx)}: the manifest records no checksum for the snapshot; not restoring it")
-    data = ctx.repo.dump_bytes(ctx.result.snapshots["vhost"], f"/{STREAM_FILE}")
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise OperationFailed(f"{_where(ctx)}: snapshot does not match its manifest checksum; nothing was changed")
-    return data
 
 
 def foreign_names(names: list[str], owner: TenantNames) -> list[str]:
@@ -429,7 +418,7 @@ def replace_vhost(ctx: RestoreContext, api: services.RabbitMQApi, snap: VhostSna
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
-    snap = parse_snapshot(ctx, verified_bytes(ctx))
+    snap = parse_snapshot(ctx, verified_stream(ctx, "vhost", STREAM_FILE, _where(ctx)))
     api = services.RabbitMQApi(ctx.settings)
     try:
         access = planned_access(ctx, snap, Access.live(api, ctx.target.vhost), outcome)
@@ -450,10 +439,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
 
 
 # The tier as one unit: what the session, the restore, the drill and the Dagster layer know
-# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
-# an append to the module.
-from .base import TierSpec  # noqa: E402
-from .base import DrillContext  # noqa: E402
+# about it (listed in tiers.TIERS).
 
 
 def drill_compare(check: DrillContext) -> str:

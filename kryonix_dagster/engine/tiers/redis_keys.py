@@ -23,7 +23,7 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import rename_redis_key
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch
+from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec, verified_stream
 
 TIER = "redis"
 STREAM_FILE = "keys.bin"
@@ -122,17 +122,6 @@ def backup(ctx: BackupContext) -> TierResult:
     )
 
 
-def verified_bytes(ctx: RestoreContext, where: str) -> bytes:
-    """The snapshot's bytes, refused unless they match the sha256 its manifest recorded."""
-    expected = ctx.result.checksums.get("stream_sha256")
-    if not expected:
-        raise OperationFailed(f"{where}: the manifest records no checksum for the snapshot; not restoring it")
-    data = ctx.repo.dump_bytes(ctx.result.snapshots["keys"], f"/{STREAM_FILE}")
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise OperationFailed(f"{where}: snapshot does not match its manifest checksum; nothing was changed")
-    return data
-
-
 def planned_keys(ctx: RestoreContext, data: bytes, where: str) -> list[tuple[bytes, int, bytes]]:
     """Every record renamed to the target, all checked before Redis is touched."""
     target, flag = ctx.target, ctx.target.backup_flag_key.encode()
@@ -153,7 +142,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
     target = ctx.target
     where = f"tenant {target.tenant_id}, tier redis" + (f" (from tenant {ctx.source.tenant_id})" if ctx.into_other else "")
-    planned = planned_keys(ctx, verified_bytes(ctx, where), where)
+    planned = planned_keys(ctx, verified_stream(ctx, "keys", STREAM_FILE, where), where)
     client = services.redis_client(ctx.settings)
     flag = target.backup_flag_key.encode()
     try:
@@ -183,10 +172,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
 
 
 # The tier as one unit: what the session, the restore, the drill and the Dagster layer know
-# about it (listed in tiers.TIERS). Imported here, not at the top, only so this block stays
-# an append to the module.
-from .base import TierSpec  # noqa: E402
-from .base import DrillContext  # noqa: E402
+# about it (listed in tiers.TIERS).
 
 
 def drill_compare(check: DrillContext) -> str:
