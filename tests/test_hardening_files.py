@@ -419,3 +419,44 @@ def test_restore_error_is_one_line_in_process(settings, tenant_factory):
     with pytest.raises(OperationFailed) as err:
         run_restore(settings, tid, services=("appdata",))
     assert "\n" not in str(err.value) and "mobile/biometric" in str(err.value)
+
+
+# --- finding 27: a leaked template snapshot is removed even when the repository is busy ----------
+
+def test_leaked_template_snapshot_removed_despite_a_competing_lock(settings, tenant_factory, monkeypatch):
+    import subprocess
+
+    tid, root = app_tenant(settings, tenant_factory)
+    backup_tier(settings, tid)
+    repo = open_repository(settings, tid)
+    repo_dir = Path(names_for(settings, tid).repository[len("file://"):])
+    template = (root / "mobile" / "biometric" / "templates" / "finger-1.tpl").read_bytes()
+    monkeypatch.setattr(appdata_tier, "EXCLUDES", ())  # the exclusion fails: a template reaches restic
+    holder = subprocess.Popen(["restic", "backup", "--stdin", "--stdin-filename", "hold"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=repo.env())
+    snapshots_before = len(list((repo_dir / "snapshots").iterdir()))
+
+    def release_after_the_leak() -> None:  # hold the lock while the tier first tries to forget
+        deadline = time.monotonic() + 120
+        while len(list((repo_dir / "snapshots").iterdir())) == snapshots_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(4)
+        holder.stdin.close()
+
+    releaser = threading.Thread(target=release_after_the_leak, daemon=True)
+    releaser.start()
+    try:
+        while not list((repo_dir / "locks").iterdir()):
+            time.sleep(0.1)
+        result = run_backup(settings, tid, tiers=APPDATA)
+    finally:
+        releaser.join()
+        holder.wait(timeout=60)
+    appdata = result.tiers["appdata"]
+    assert appdata.status == "failed"
+    assert "biometric template(s) reached the snapshot" in appdata.error and "snapshot removed" in appdata.error
+    listed = subprocess.run(["restic", "snapshots", "--json", "--tag", f"session={result.session_id},tier=appdata"],
+                            capture_output=True, text=True, env=repo.env(), check=True)
+    assert json.loads(listed.stdout) == []
+    blobs = subprocess.run(["restic", "list", "blobs"], capture_output=True, text=True, env=repo.env(), check=True)
+    assert hashlib.sha256(template).hexdigest() not in blobs.stdout  # pruned, not only unreferenced
