@@ -23,7 +23,7 @@ from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .fleet import refresh_repository_stats
 from .manifest import KIND_MANIFEST, KIND_TIER
 from .naming import validate_tenant_id
-from .plans import LEGAL_KEEP_WITHIN_MONTHLY, Plan, plan_for
+from .plans import LEGAL_KEEP_WITHIN_MONTHLY, PLANS, Plan, plan_for
 from .repository import Restic, Snapshot
 from .operation import tenant_operation
 from .tenant_repository import open_repository
@@ -136,11 +136,10 @@ def decide(repo: Restic, tenant_id: str, plan: Plan, warning: str | None,
 
 def retention_plan(tenant_id: str, plano: str | None, dry_run: bool) -> tuple[Plan, str | None]:
     """The tenant's plan; an unknown one is refused unless nothing is removed (never prune by a guess)."""
-    plan, warning = plan_for(plano)
-    if warning and not dry_run:
+    if plano not in PLANS and not dry_run:
         raise OperationFailed(f"tenant {tenant_id}: unknown plan {plano!r}: forget refuses to prune by a guess; "
                               "set the plan (basic, pro or enterprise) first")
-    return plan, warning
+    return plan_for(plano)
 
 
 def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_seconds: float = 0) -> RetentionDecision:
