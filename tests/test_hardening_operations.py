@@ -340,3 +340,18 @@ def test_a_tier_emptied_since_the_last_restore_point_is_a_warning(cli, settings,
     assert any("tier redis: empty" in w for w in session["warnings"]), session
     manifest = json.loads(cli("restic", tid, "--", "dump", "latest", "/manifest.json", "--tag", "kind=manifest").stdout)
     assert any("tier redis: empty" in w for w in manifest["warnings"])
+
+
+def test_the_frame_maps_unexpected_errors_and_audits_every_path(own_registry, tenant_factory):
+    from kryonix_dagster.engine.errors import OperationFailed
+    from kryonix_dagster.engine.operation import tenant_operation
+
+    tid = tenant_factory()
+    with pytest.raises(OperationFailed, match=f"^tenant {tid}: forget: ValueError: boom$"):
+        with tenant_operation(own_registry, tid, "forget"):
+            raise ValueError("boom")
+    with tenant_operation(own_registry, tid, "check") as op:
+        op.audit = {"details": {"restore_points": 3}}
+    assert audit(tid, "forget", own_registry.main_db) == [["false", f"tenant {tid}: forget: ValueError: boom"]]
+    assert audit(tid, "check", own_registry.main_db) == [["true", ""]]
+    assert observe.psql(own_registry.main_db, "SELECT count(*) FROM tenants.backup_leases") == "0"
