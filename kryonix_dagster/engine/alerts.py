@@ -1,4 +1,8 @@
-"""Alerts to a generic JSON webhook (Slack-compatible `text`) and to e-mail over SMTP."""
+"""Alerts to a generic JSON webhook (Slack-compatible `text`) and to e-mail over SMTP.
+
+A webhook URL is a secret (Slack's carry their token in the path): a failed delivery is
+logged with the exception's type and the HTTP status only, never the URL.
+"""
 from __future__ import annotations
 
 import logging
@@ -49,6 +53,12 @@ def send_webhook(url: str, alert: Alert) -> None:
     resp.raise_for_status()
 
 
+def _webhook_failure(exc: requests.RequestException) -> str:
+    """What went wrong, without the URL: the exception's type and the HTTP status, if any."""
+    status = getattr(exc.response, "status_code", None)
+    return type(exc).__name__ + (f" (HTTP {status})" if status is not None else "")
+
+
 def send_email(channels: AlertChannels, alert: Alert) -> None:
     message = EmailMessage()
     message["Subject"] = f"[kryonix-backup] {alert.title}"
@@ -71,8 +81,8 @@ def deliver(channels: AlertChannels, alert: Alert) -> list[str]:
         try:
             send_webhook(channels.webhook_url, alert)
             delivered.append("webhook")
-        except requests.RequestException as exc:
-            log.error("alert %r: webhook failed: %s", alert.title, one_line(str(exc), 200))
+        except requests.RequestException as exc:  # its text holds the URL, and the URL holds tokens
+            log.error("alert %r: webhook failed: %s", alert.title, _webhook_failure(exc))
     if channels.smtp_host and channels.email_to:
         try:
             send_email(channels, alert)

@@ -12,7 +12,7 @@ from .config import Settings
 @dataclass
 class AuditRecord:
     cliente_id: str
-    operation: str  # backup | restore | forget | check | drill
+    operation: str  # backup | restore | forget | check | drill | erase
     started_at: datetime
     success: bool
     session_id: str | None = None
@@ -37,3 +37,16 @@ def record(settings: Settings, rec: AuditRecord) -> None:
              json.dumps(rec.snapshot_ids), json.dumps(rec.details, default=str)),
         )
 
+
+
+def previous_items(settings: Settings, tenant_id: str) -> dict[str, int]:
+    """Items per tier of the tenant's newest session that wrote a restore point ({} if none)."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT details->'items' FROM tenants.backup_audit WHERE cliente_id = %s AND operation = 'backup' "
+            "AND snapshot_ids ? 'manifest' ORDER BY backup_date DESC, id DESC LIMIT 1",
+            (tenant_id,),
+        )
+        row = cur.fetchone()
+    items = row[0] if row else None
+    return {str(k): int(v) for k, v in items.items()} if isinstance(items, dict) else {}

@@ -43,7 +43,12 @@ def _read_master_key(path: Path) -> bytes:
 
 def _create_master_key(settings: Settings, path: Path) -> None:
     """Create the master key, unless wrapped passwords exist: then the old key was lost and a
-    new one would silently orphan every repository."""
+    new one would silently orphan every repository.
+
+    Atomic and durable: the key is written to a temporary file in the same folder, fsynced,
+    then hard-linked to its name (which fails if another process got there first: then its
+    key is the one everybody uses), and the folder is fsynced. A reader never sees a partial
+    file, and a crash never leaves an empty key file behind."""
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), min(master_key_id) FROM tenants.backup_keys")
         count, key_id = cur.fetchone()
@@ -53,13 +58,29 @@ def _create_master_key(settings: Settings, path: Path) -> None:
             f"{key_id}: restore that file (a new key could not open any repository)"
         )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # another process created it first; use theirs
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return  # another process created it first; use theirs
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     log.info("created master key %s", path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def master_key(settings: Settings) -> bytes:

@@ -1,11 +1,19 @@
-"""Per-tenant leases: one session at a time per tenant, and a lease that dies with its holder.
+"""Per-tenant leases: one operation at a time per tenant, and a lease that dies with its holder.
 
 A lease is a row in `tenants.backup_leases` with an expiry. The holder renews it from a
 heartbeat thread every third of the TTL; a holder killed with SIGKILL stops renewing and
-the lease expires after at most one TTL, after which the next session takes it over.
+the lease expires after at most one TTL, after which the next operation takes it over.
+
+A holder can also lose its lease while alive: frozen (SIGSTOP, a paused VM) or cut off from
+the main database for longer than the TTL. `lost` then turns true and stays true, and
+`ensure_held()` is the fenced check to make right before anything that must only happen
+under the lease (a session's manifest): it renews the lease in the main database and fails
+if the row is no longer ours. A lease is never held longer than `max_hold_seconds`: the
+heartbeat stops renewing, so a stuck holder cannot block its tenant forever.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -16,7 +24,14 @@ from typing import Callable
 
 from . import pg
 from .config import Settings
-from .errors import TenantBusy
+from .errors import OperationFailed, TenantBusy
+
+log = logging.getLogger(__name__)
+MAX_HOLD_SECONDS = 12 * 3600  # far above any session seen; a holder past it is stuck
+
+
+class LeaseLost(OperationFailed):
+    """The lease expired under its holder (frozen, or the main database unreachable past the TTL)."""
 
 
 @dataclass(frozen=True)
@@ -54,20 +69,36 @@ def _try_acquire(settings: Settings, tenant_id: str, session_id: str, operation:
         return LeaseHolder(*row) if row else None
 
 
+def _renew(settings: Settings, tenant_id: str, session_id: str) -> bool:
+    """Extend our lease by one TTL; False when it is no longer ours or already expired."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE tenants.backup_leases SET expires_at = now() + make_interval(secs => %s) "
+            "WHERE cliente_id = %s AND session_id = %s AND expires_at > now()",
+            (settings.lease_ttl_seconds, tenant_id, session_id),
+        )
+        return cur.rowcount == 1
+
+
 class Lease:
     """Context manager: acquire (waiting up to `wait_seconds`), renew, release on every path."""
 
     def __init__(self, settings: Settings, tenant_id: str, session_id: str, operation: str,
-                 wait_seconds: float = 0, on_renew: Callable[[], None] | None = None):
+                 wait_seconds: float = 0, on_renew: Callable[[], None] | None = None,
+                 max_hold_seconds: float = MAX_HOLD_SECONDS):
         self.settings = settings
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.operation = operation
         self.wait_seconds = wait_seconds
         self.on_renew = on_renew
+        self.max_hold_seconds = max_hold_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._acquired_at = 0.0
+        self._renewed_at = 0.0
         self.lost = False
+        self.lost_reason: str | None = None
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
@@ -82,29 +113,61 @@ class Lease:
                     "try again later"
                 )
             time.sleep(min(2.0, max(0.2, deadline - time.monotonic())))
+        self._acquired_at = self._renewed_at = time.monotonic()
         self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.tenant_id}", daemon=True)
         self._thread.start()
 
+    def _mark_lost(self, reason: str) -> None:
+        if not self.lost:
+            self.lost, self.lost_reason = True, reason
+            log.error("tenant %s: %s %s lost its lease: %s", self.tenant_id, self.operation, self.session_id, reason)
+
     def _heartbeat(self) -> None:
-        interval = max(1.0, self.settings.lease_ttl_seconds / 3)
+        ttl = self.settings.lease_ttl_seconds
+        interval = max(1.0, ttl / 3)
         while not self._stop.wait(interval):
+            if time.monotonic() - self._acquired_at > self.max_hold_seconds:
+                self._mark_lost(f"held longer than the {self.max_hold_seconds:.0f}s cap")
+                return
             try:
-                with pg.connection(self.settings.pg_dsn, self.settings.main_db) as conn, conn.cursor() as cur:
-                    cur.execute(
-                        "UPDATE tenants.backup_leases SET expires_at = now() + make_interval(secs => %s) "
-                        "WHERE cliente_id = %s AND session_id = %s",
-                        (self.settings.lease_ttl_seconds, self.tenant_id, self.session_id),
-                    )
-                    self.lost = cur.rowcount == 0
-                if self.on_renew:
-                    self.on_renew()
-            except Exception:  # a missed renewal is retried; the TTL covers transient failures
+                renewed = _renew(self.settings, self.tenant_id, self.session_id)
+            except Exception as exc:  # a missed renewal is retried while the TTL still covers it
+                if time.monotonic() - self._renewed_at > ttl:
+                    self._mark_lost(f"not renewed for more than its {ttl}s TTL ({type(exc).__name__})")
+                    return
                 continue
+            if not renewed:
+                self._mark_lost("expired and taken over, or removed")
+                return
+            self._renewed_at = time.monotonic()
+            if self.on_renew and not self._stop.is_set():
+                try:
+                    self.on_renew()
+                except Exception as exc:
+                    log.warning("tenant %s: lease renewal hook failed: %s", self.tenant_id, type(exc).__name__)
+
+    def ensure_held(self) -> None:
+        """Fenced check: renew in the main database now; raise LeaseLost when it is not ours."""
+        if not self.lost:
+            try:
+                if not _renew(self.settings, self.tenant_id, self.session_id):
+                    self._mark_lost("expired and taken over, or removed")
+                else:
+                    self._renewed_at = time.monotonic()
+            except Exception as exc:
+                self._mark_lost(f"main database unreachable to confirm it ({type(exc).__name__})")
+        if self.lost:
+            raise LeaseLost(f"tenant {self.tenant_id}: {self.operation} {self.session_id} lost its lease "
+                            f"({self.lost_reason}); stopped")
+
+    def stop_heartbeat(self) -> None:
+        """No renewal (and no renewal hook) runs after this returns."""
+        self._stop.set()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.stop_heartbeat()
         with pg.connection(self.settings.pg_dsn, self.settings.main_db) as conn, conn.cursor() as cur:
             cur.execute(
                 "DELETE FROM tenants.backup_leases WHERE cliente_id = %s AND session_id = %s",

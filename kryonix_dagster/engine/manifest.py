@@ -67,6 +67,7 @@ class SessionManifest:
     restore_point: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
     consistency: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a tier empty after a non-empty one
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> bytes:
@@ -79,9 +80,23 @@ class SessionManifest:
         try:
             doc = json.loads(raw)
             doc["tiers"] = {name: TierResult(**tier) for name, tier in doc["tiers"].items()}
-            return cls(**doc)
+            manifest = cls(**doc)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed manifest ({type(exc).__name__}: {exc})") from None
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """What restore passes to tools must have the shape this code writes (never an option)."""
+        if not SESSION_ID.fullmatch(str(self.session_id)):
+            raise ValueError(f"malformed manifest: session id {str(self.session_id)[:40]!r}")
+        for name, tier in self.tiers.items():
+            if not isinstance(tier.snapshots, dict):
+                raise ValueError(f"malformed manifest: tier {str(name)[:40]!r}: snapshots is not a mapping")
+            for part, snap_id in tier.snapshots.items():
+                if not isinstance(snap_id, str) or not SNAPSHOT_ID.fullmatch(snap_id):
+                    raise ValueError(f"malformed manifest: tier {str(name)[:40]!r}, part {str(part)[:40]!r}: "
+                                     f"invalid snapshot id {str(snap_id)[:40]!r}")
 
     def tags(self) -> list[str]:
         consistent = "yes" if self.consistency.get("consistent") else "no"

@@ -2,11 +2,13 @@
 
 Retention follows the seed: basic 7/4/3/0, pro 30/12/12/2, enterprise 60/24/24/5
 (daily/weekly/monthly/yearly), plus every session of the last 48 hours and the newest
-one. Cadence follows the seed (incrementals every 6 h, a full session at 02:00, the
-repository check at 06:00, retention at 04:00); enterprise tenants get incrementals every
-3 h. The integrity check runs daily on a rotating seventh of the data, so the whole
-repository is read every week. Restore drills run weekly (daily for enterprise).
-An unknown plan falls back to basic, with a warning.
+one. Cadence follows the seed (incrementals every 6 h, a full session at 02:00, retention at
+04:00); enterprise tenants get incrementals every 3 h. The repository check runs at 06:30,
+not the seed's 06:00: `restic check` holds the tenant's lease (its exclusive lock must not
+meet a session), and 06:00 is an incremental's hour on every plan. It reads a rotating
+seventh of the data daily, so the whole repository is read every week. Restore drills run
+weekly (daily for enterprise). An unknown plan falls back to basic's cadence, with a
+warning; `forget` refuses it (retention.retention_plan).
 """
 from __future__ import annotations
 
@@ -41,9 +43,9 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "0 6 * * *", "0 5 * * *", rpo_hours=4),
+    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
+    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
+    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4),
 }
 RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
 # Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per

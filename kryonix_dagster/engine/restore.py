@@ -1,23 +1,27 @@
 """Restore a tenant from a restore point, tier by tier, into itself or --into another tenant.
 
-Nothing outside the target tenant's names is ever written. The target's lease is held for
-the whole restore, so no backup session of the target interleaves with it.
+Nothing outside the target tenant's names is ever written. The leases of the target and of
+the source are held for the whole restore (in the frame of `operation.py`), so no session of
+the target interleaves with it and no forget removes the source's restore point under it.
+
+Tiers that are empty in the session (the tenant had no bucket, no vhost) are skipped, not
+cleared: the target's current data for them is left as it is, and the skip says so.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import audit, registry
+from . import registry
 from .config import Settings
-from .errors import BadInput, KryonixError, one_line
-from .lease import Lease
-from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_OK, SessionManifest, find_manifest, new_session_id
+from .errors import BadInput, OperationFailed, one_line
+from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
 from .naming import names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
 from .tenant_repository import open_repository
 from .tiers import TIER_NAMES, TIERS
-from .tiers.base import NullReporter, Reporter, RestoreContext, RestoreOutcome, Stopwatch
+from .operation import tenant_operation
+from .tiers.base import NullReporter, Reporter, RestoreContext, RestoreOutcome
 
 
 @dataclass
@@ -83,6 +87,8 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
             continue
         if result is None:
             reason = "not in this session"
+        elif result.status == STATUS_EMPTY:
+            reason = "empty in this session: the target's current data for it is left as it is"
         elif result.status != STATUS_OK:
             reason = f"{result.status} in this session"
         else:
@@ -97,7 +103,11 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
 
 def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", into: str | None = None,
                 services: tuple[str, ...] | None = None, schema: str | None = None,
-                report: Reporter | None = None, wait_seconds: float = 0) -> RestoreResult:
+                report: Reporter | None = None, wait_seconds: float = 0,
+                source_lease_held: bool = False) -> RestoreResult:
+    """Restore under the leases of the target and of the source (unless the caller holds the
+    source's: `source_lease_held`, e.g. a drill). The manifest is read again once the leases are
+    held: what is restored is what the repository holds then, not before the wait."""
     report = report or NullReporter()
     validate_restore_args(tenant_id, into, services, schema, snapshot)
     target_id = into or tenant_id
@@ -106,39 +116,43 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     repo = open_repository(settings, tenant_id)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
-    manifest = find_manifest(repo, snapshot)
-    if manifest is None:
-        raise BadInput(f"tenant {tenant_id}: no restore point {snapshot!r} (see `kryonix-backup snapshots {tenant_id}`)")
-    todo, skipped = _plan(manifest, services, schema, report)
-    if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
-        raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
+    manifest = _manifest(repo, tenant_id, snapshot)  # refuse early, before waiting for leases
+    _plan(manifest, services, schema, NullReporter())
     source, target = names_for(settings, tenant_id), names_for(settings, target_id)
-    result = RestoreResult(tenant_id, target_id, manifest.session_id, datetime.now(timezone.utc), skipped=skipped)
-    watch = Stopwatch()
-    with Lease(settings, target_id, new_session_id(), "restore", wait_seconds):
-        try:
-            for name in todo:
-                spec = next(t for t in TIERS if t.name == name)
-                report.info(f"restoring {name} of session {manifest.session_id} into tenant {target_id}")
-                ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[name], report, schema)
-                result.tiers[name] = spec.restore(ctx)
-                for warning in result.tiers[name].warnings:
-                    report.warn(warning)
-            result.success = True
-        except KryonixError as exc:
-            result.error = one_line(str(exc))
-            raise
-        finally:
-            result.duration_seconds = watch.seconds
-            _audit(settings, result)
+    also = () if source_lease_held or target_id == tenant_id else (tenant_id,)
+    result = RestoreResult(tenant_id, target_id, manifest.session_id, datetime.now(timezone.utc))
+    with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also,
+                          started_at=result.started_at) as op:
+        op.audit = _audit_fields(result)
+        manifest = _manifest(repo, tenant_id, manifest.session_id)  # re-read under the leases
+        todo, result.skipped = _plan(manifest, services, schema, report)
+        if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
+            raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
+        for name in todo:
+            spec = next(t for t in TIERS if t.name == name)
+            report.info(f"restoring {name} of session {manifest.session_id} into tenant {target_id}")
+            ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[name], report, schema)
+            op.ensure_lease()
+            result.tiers[name] = spec.restore(ctx)
+            for warning in result.tiers[name].warnings:
+                report.warn(warning)
+        result.success = True
+        result.duration_seconds = op.seconds
+        op.audit = _audit_fields(result)
     return result
 
 
-def _audit(settings: Settings, result: RestoreResult) -> None:
-    audit.record(settings, audit.AuditRecord(
-        cliente_id=result.target_id, operation="restore", started_at=result.started_at, success=result.success,
-        session_id=result.session_id, finished_at=datetime.now(timezone.utc),
-        duration_seconds=result.duration_seconds, error=result.error,
-        details={"source": result.tenant_id, "tiers": {n: o.restored for n, o in result.tiers.items()},
-                 "skipped": result.skipped},
-    ))
+def _manifest(repo, tenant_id: str, snapshot: str) -> SessionManifest:
+    try:
+        manifest = find_manifest(repo, snapshot)
+    except ValueError as exc:  # tampered or foreign manifest: never handed to the tools
+        raise OperationFailed(f"tenant {tenant_id}: restore point {snapshot}: {one_line(str(exc), 300)}") from None
+    if manifest is None:
+        raise BadInput(f"tenant {tenant_id}: no restore point {snapshot!r} (see `kryonix-backup snapshots {tenant_id}`)")
+    return manifest
+
+
+def _audit_fields(result: RestoreResult) -> dict:
+    return {"session_id": result.session_id,
+            "details": {"source": result.tenant_id, "tiers": {n: o.restored for n, o in result.tiers.items()},
+                        "skipped": result.skipped}}

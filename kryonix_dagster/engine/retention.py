@@ -5,27 +5,31 @@ restic decides which restore points (session manifests) the plan keeps, with the
 snapshots live and die with its manifest, so a kept restore point is always whole; every
 tier therefore follows the plan's GFS (all snapshots of a session carry the session's
 time). The compliance tier also keeps one snapshot a month for the legal five years, even
-after its session expired. Snapshots of unfinished sessions (no manifest) are removed:
-forget holds the tenant's lease, so no session can be in flight. Then restic prunes.
+after its session expired, on every later run too. Other snapshots of unfinished sessions
+(no manifest) are removed: forget holds the tenant's lease, and a session that lost its
+lease never writes a manifest, so none is in flight. Then restic prunes. An unknown plan
+is refused (a dry run shows basic's decision with a warning); so is an unregistered tenant.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import audit, registry
+from . import registry
 from .config import Settings
-from .errors import BadInput
+from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .repository_stats import refresh_repository_stats
-from .lease import Lease
-from .manifest import KIND_MANIFEST, KIND_TIER, new_session_id
+from .manifest import KIND_MANIFEST, KIND_TIER
 from .naming import validate_tenant_id
-from .plans import LEGAL_KEEP_WITHIN_MONTHLY, Plan, plan_for
+from .plans import LEGAL_KEEP_WITHIN_MONTHLY, PLANS, Plan, plan_for
 from .repository import Restic, Snapshot
+from .operation import tenant_operation
 from .tenant_repository import open_repository
-from .tiers.base import Stopwatch
 from .tiers.compliance import TIER as COMPLIANCE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,8 +80,23 @@ def _kept_by_policy(repo: Restic, args: list[str], tag: str) -> tuple[set[str], 
     return kept, reasons
 
 
+def legal_hold_ids(repo: Restic, plan: Plan, snapshots: list[Snapshot]) -> set[str]:
+    """Compliance snapshots the legal policy keeps (the plan's rules plus one a month for the
+    legal period), whatever became of their session's manifest."""
+    if not any(s.tag("tier") == COMPLIANCE for s in snapshots):
+        return set()
+    legal_args = [*plan.forget_args(), "--keep-within-monthly", LEGAL_KEEP_WITHIN_MONTHLY]
+    return _kept_by_policy(repo, legal_args, f"tier={COMPLIANCE}")[0]
+
+
 def decide(repo: Restic, tenant_id: str, plan: Plan, warning: str | None,
            snapshots: list[Snapshot] | None = None) -> RetentionDecision:
+    """What the plan keeps. A tier snapshot is kept with its kept restore point, or, for the
+    compliance tier, while the legal policy holds it; that is decided before "unfinished",
+    because a legal hold outlives its session's manifest (the first forget removes the
+    manifest, every later one must still keep the hold). Only then is a snapshot whose
+    session has no manifest unfinished, and removed: the caller holds the tenant's lease, and
+    a session that lost its lease never writes a manifest, so no session is in flight."""
     snapshots = repo.snapshots() if snapshots is None else snapshots
     decision = RetentionDecision(tenant_id, plan.name, warning)
     manifests = [s for s in snapshots if KIND_MANIFEST in s.tags]
@@ -90,57 +109,63 @@ def decide(repo: Restic, tenant_id: str, plan: Plan, warning: str | None,
         if not keep:
             decision.remove_ids.append(snap.id)
     known_sessions = {s.tag("session") for s in manifests}
-    legal_args = [*plan.forget_args(), "--keep-within-monthly", LEGAL_KEEP_WITHIN_MONTHLY]
-    has_compliance = any(s.tag("tier") == COMPLIANCE for s in snapshots)
-    legal_kept = _kept_by_policy(repo, legal_args, f"tier={COMPLIANCE}")[0] if has_compliance else set()
+    legal_kept = legal_hold_ids(repo, plan, snapshots)
     counts: dict[str, Counter] = {}
-    unfinished = set()
+    unfinished, legal = set(), set()
     for snap in snapshots:
         if KIND_TIER not in snap.tags:
             continue
         tier, session = snap.tag("tier") or "?", snap.tag("session")
-        if session not in known_sessions:
-            unfinished.add(session or "?")
-            keep = False
-        elif session in live_sessions:
+        if session in live_sessions:
             keep = True
+        elif tier == COMPLIANCE and snap.id in legal_kept:
+            keep = True
+            legal.add(session or "?")
         else:
-            keep = tier == COMPLIANCE and snap.id in legal_kept
-            if keep:
-                decision.legal_hold_sessions.append(session)
+            keep = False
+            if session not in known_sessions:
+                unfinished.add(session or "?")
         counts.setdefault(tier, Counter())["keep" if keep else "remove"] += 1
         if not keep:
             decision.remove_ids.append(snap.id)
     decision.tiers = {tier: {"keep": c["keep"], "remove": c["remove"]} for tier, c in sorted(counts.items())}
     decision.unfinished_sessions = sorted(unfinished)
-    decision.legal_hold_sessions = sorted(set(decision.legal_hold_sessions))
+    decision.legal_hold_sessions = sorted(legal)
     return decision
 
 
+def retention_plan(tenant_id: str, plano: str | None, dry_run: bool) -> tuple[Plan, str | None]:
+    """The tenant's plan; an unknown one is refused unless nothing is removed (never prune by a guess)."""
+    if plano not in PLANS and not dry_run:
+        raise OperationFailed(f"tenant {tenant_id}: unknown plan {plano!r}: forget refuses to prune by a guess; "
+                              "set the plan (basic, pro or enterprise) first")
+    return plan_for(plano)
+
+
 def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_seconds: float = 0) -> RetentionDecision:
+    """Apply the tenant's plan, under its lease, with an audit row on every path (dry runs excepted)."""
     validate_tenant_id(tenant_id)
     tenant = registry.get_tenant(settings, tenant_id)
+    if tenant is None:
+        raise BadInput(f"tenant {tenant_id} is not registered: forget applies a registered tenant's plan")
     repo = open_repository(settings, tenant_id)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
-    plan, warning = plan_for(tenant.plano if tenant else None)
-    if tenant is None:
-        warning = f"tenant {tenant_id} is not registered: using basic retention"
-    started = datetime.now(timezone.utc)
-    watch = Stopwatch()
-    with Lease(settings, tenant_id, new_session_id(), "forget", wait_seconds):
+    with tenant_operation(settings, tenant_id, "forget", wait_seconds=wait_seconds, audit_row=not dry_run) as op:
+        plan, warning = retention_plan(tenant_id, tenant.plano, dry_run)
         repo.unlock()
         decision = decide(repo, tenant_id, plan, warning)
+        op.audit = {"details": {**decision.to_json(), "sessions": None},
+                    "snapshot_ids": {"removed": decision.remove_ids}}
         if not dry_run and decision.remove_ids:
+            op.ensure_lease()
             repo.forget_ids(decision.remove_ids)
             repo.prune()
     if not dry_run:
-        audit.record(settings, audit.AuditRecord(
-            cliente_id=tenant_id, operation="forget", started_at=started, success=True,
-            finished_at=datetime.now(timezone.utc), duration_seconds=watch.seconds, error=None,
-            details={**decision.to_json(), "sessions": None}, snapshot_ids={"removed": decision.remove_ids},
-        ))
-        refresh_repository_stats(settings, tenant_id, repo)
+        try:
+            refresh_repository_stats(settings, tenant_id, repo)
+        except KryonixError as exc:  # statistics only
+            log.warning("tenant %s: repository statistics not refreshed: %s", tenant_id, one_line(str(exc), 200))
     return decision
 
 

@@ -4,7 +4,12 @@ Phases: check the tenant is registered and active; take its lease; raise the
 `cliente:{id}:backup:in_progress` flag; health-check the services; create a PostgreSQL
 restore point named after the session; run the tiers phase by phase (foundation tiers in
 parallel; a failed critical tier stops the session); write the manifest last; release the
-flag and the lease and record the audit row on every path.
+flag and the lease and record the audit row on every path (the frame in `operation.py`).
+
+A session whose lease is lost (frozen or cut off from the main database past the TTL, so
+another operation may have taken the tenant over) runs no further phase and never writes a
+manifest: the manifest is written only after a fenced check that the lease is still ours.
+The heartbeat is stopped before the backup flag is cleared, so no late renewal re-raises it.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from . import audit, consistency, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
 from .repository_stats import count_session
-from .lease import Lease
+from .operation import Operation, tenant_operation
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
 from .naming import BACKUP_TYPES, names_for, validate_tenant_id
 from .repository import restic_version
@@ -47,6 +52,7 @@ class SessionResult:
     manifest_snapshot: str | None = None
     duration_seconds: float = 0.0
     consistency: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
@@ -75,7 +81,7 @@ class SessionResult:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_seconds": self.duration_seconds, "bytes_processed": self.bytes_processed,
-            "bytes_added": self.bytes_added, "error": self.error,
+            "bytes_added": self.bytes_added, "error": self.error, "warnings": self.warnings,
             "consistency": {k: self.consistency.get(k) for k in ("score", "consistent", "problems")},
             "tiers": {name: _tier_json(t) for name, t in self.tiers.items()},
         }
@@ -127,16 +133,21 @@ def _run_tier(spec: TierSpec, ctx: BackupContext, gate: Gate) -> TierResult:
     return result
 
 
-def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...], gate: Gate) -> dict[str, TierResult]:
+def _run_phases(ctx: BackupContext, tiers: tuple[TierSpec, ...], gate: Gate,
+                lease_lost: Callable[[], bool] = lambda: False) -> dict[str, TierResult]:
     results: dict[str, TierResult] = {}
     stopped_by: str | None = None
     for phase, parallel, critical in PHASES:
         specs = [t for t in tiers if t.phase == phase]
         if not specs:
             continue
+        if not stopped_by and lease_lost():
+            stopped_by = "the lease (lost)"
+            ctx.report.warn("the session lost its lease; stopping without a restore point")
         if stopped_by:
             for spec in specs:
-                results[spec.name] = TierResult(spec.name, STATUS_SKIPPED, error=f"not run: {stopped_by} failed")
+                results[spec.name] = TierResult(spec.name, STATUS_SKIPPED, error=f"not run: {stopped_by} failed"
+                                                if "lease" not in stopped_by else "not run: lease lost")
             continue
         ctx.report.info(f"phase {phase}: {', '.join(s.name for s in specs)}")
         if parallel and len(specs) > 1:
@@ -208,82 +219,108 @@ def run_backup(
     started = datetime.now(timezone.utc)
     session_id = new_session_id(started)
     result = SessionResult(tenant_id, session_id, backup_type, started)
-    watch = Stopwatch()
     flag_ttl = settings.lease_ttl_seconds * 2
-    lease = Lease(settings, tenant_id, session_id, "backup", wait_seconds,
-                  on_renew=lambda: _set_flag(settings, names.backup_flag_key, session_id, flag_ttl))
-    lease.acquire()
-    try:
-        reporter.info(f"session {session_id} ({backup_type}) started")
+    with tenant_operation(settings, tenant_id, "backup", wait_seconds=wait_seconds, lease_id=session_id,
+                          started_at=started,
+                          on_renew=lambda: _set_flag(settings, names.backup_flag_key, session_id, flag_ttl)) as op:
         try:
-            _set_flag(settings, names.backup_flag_key, session_id, flag_ttl)
+            _session(settings, tenant, names, op, result, tiers, gate, reporter)
+        except KryonixError as exc:
+            result.error = one_line(str(exc))
         except Exception as exc:
-            reporter.warn(f"could not set {names.backup_flag_key}: {one_line(str(exc), 200)}")
-        health = {h.service: {"ok": h.ok, "detail": h.detail} for h in services.check_health(settings)}
-        needed = {t.service for t in tiers}
-        down = [s for s in needed if s in health and not health[s]["ok"]]
-        for service in down:
-            reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
-        point = _restore_point(settings, tenant_id, session_id, reporter)
-        repo = open_repository(settings, tenant_id, create=True)
-        ctx = BackupContext(settings, tenant, names, repo, session_id, started, backup_type, reporter)
-        result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()))
-        result.consistency = consistency.evaluate(ctx.captured).to_json()
-        if result.consistency["problems"]:
-            score = result.consistency["score"]
-            label = "no rule could be evaluated" if score is None else (
-                f"score {score}%, " + ("consistent" if result.consistent else "inconsistent"))
-            reporter.warn(f"consistency ({label}): " + "; ".join(result.consistency["problems"]))
-        critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
-        all_ok = all(r.succeeded for r in result.tiers.values())
-        if critical_ok:
-            manifest = SessionManifest(
-                tenant_id=tenant_id, session_id=session_id, backup_type=backup_type,
-                started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-                status="complete" if all_ok else "partial", tiers=result.tiers, tools=_tool_versions(),
-                restore_point=point, health=health, consistency=result.consistency,
-            )
-            result.manifest_snapshot = write_manifest(repo, manifest, started)
-            result.status = manifest.status
+            log.exception("tenant %s: session %s", tenant_id, session_id)
+            result.error = f"tenant {tenant_id}: {type(exc).__name__}: {one_line(str(exc))}"
+        finally:
+            op.stop_heartbeats()  # no late renewal re-raises the flag after it is cleared
             try:
-                written = 1 + sum(len(t.snapshots) for t in result.tiers.values())
-                count_session(settings, tenant_id, session_id, written)
-            except Exception as exc:  # statistics only: the restore point is written
-                reporter.warn(f"repository statistics not refreshed: {one_line(str(exc), 200)}")
-        failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]
-        if result.restore_point and not result.consistent:
-            failed.append(f"inconsistent (score {result.consistency['score']}%): "
-                          + "; ".join(result.consistency["problems"]))
-        result.error = "; ".join(failed) or None
-    except KryonixError as exc:
-        result.error = one_line(str(exc))
-    except Exception as exc:
-        log.exception("tenant %s: session %s", tenant_id, session_id)
-        result.error = f"tenant {tenant_id}: {type(exc).__name__}: {one_line(str(exc))}"
-    finally:
-        try:
-            _clear_flag(settings, names.backup_flag_key, session_id)
-        except Exception:
-            pass
-        lease.release()
-        result.finished_at = datetime.now(timezone.utc)
-        result.duration_seconds = watch.seconds
-        _audit(settings, result)
+                _clear_flag(settings, names.backup_flag_key, session_id)
+            except Exception as exc:
+                reporter.warn(f"could not clear {names.backup_flag_key}: {type(exc).__name__}")
+            result.finished_at = datetime.now(timezone.utc)
+            result.duration_seconds = op.seconds
+            op.success, op.error, op.audit = result.success, result.error, _audit_fields(result)
     reporter.info(f"session {session_id}: {result.status}" + (f" ({result.error})" if result.error else ""))
     return result
 
 
-def _audit(settings: Settings, result: SessionResult) -> None:
+def _session(settings: Settings, tenant, names, op: Operation, result: SessionResult,
+             tiers: tuple[TierSpec, ...], gate: Gate | None, reporter: Reporter) -> None:
+    """The session's phases, under its lease (the caller clears the flag and audits)."""
+    tenant_id, session_id, started = tenant.id, result.session_id, result.started_at
+    reporter.info(f"session {session_id} ({result.backup_type}) started")
     try:
-        audit.record(settings, audit.AuditRecord(
-            cliente_id=result.tenant_id, operation="backup", started_at=result.started_at, success=result.success,
-            session_id=result.session_id, backup_type=result.backup_type, finished_at=result.finished_at,
-            size_bytes=result.bytes_processed, bytes_added=result.bytes_added,
-            duration_seconds=result.duration_seconds, error=result.error,
-            snapshot_ids={name: t.snapshots for name, t in result.tiers.items()} | (
-                {"manifest": result.manifest_snapshot} if result.manifest_snapshot else {}),
-            details={"status": result.status, "tiers": {n: t.status for n, t in result.tiers.items()},
-                     "consistency_score": result.consistency.get("score"), "consistent": result.consistent},
-        ))
-    except Exception as exc:  # the backup itself is done; say the audit row is missing
-        log.error("tenant %s: session %s: audit row not written: %s", result.tenant_id, result.session_id, exc)
+        _set_flag(settings, names.backup_flag_key, session_id, settings.lease_ttl_seconds * 2)
+    except Exception as exc:
+        reporter.warn(f"could not set {names.backup_flag_key}: {one_line(str(exc), 200)}")
+    health = {h.service: {"ok": h.ok, "detail": h.detail} for h in services.check_health(settings)}
+    needed = {t.service for t in tiers}
+    down = [s for s in needed if s in health and not health[s]["ok"]]
+    for service in down:
+        reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
+    point = _restore_point(settings, tenant_id, session_id, reporter)
+    repo = open_repository(settings, tenant_id, create=True)
+    ctx = BackupContext(settings, tenant, names, repo, session_id, started, result.backup_type, reporter)
+    result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()),
+                               lease_lost=lambda: op.lease_lost)
+    if op.lease_lost:
+        op.ensure_lease()  # raises LeaseLost: no manifest from a session that lost its lease
+    result.consistency = consistency.evaluate(ctx.captured).to_json()
+    if result.consistency["problems"]:
+        score = result.consistency["score"]
+        label = "no rule could be evaluated" if score is None else (
+            f"score {score}%, " + ("consistent" if result.consistent else "inconsistent"))
+        reporter.warn(f"consistency ({label}): " + "; ".join(result.consistency["problems"]))
+    result.warnings = _tier_warnings(result.tiers) + _emptied_tiers(settings, tenant_id, result.tiers)
+    for warning in result.warnings:
+        reporter.warn(warning)
+    critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
+    all_ok = all(r.succeeded for r in result.tiers.values())
+    if critical_ok:
+        manifest = SessionManifest(
+            tenant_id=tenant_id, session_id=session_id, backup_type=result.backup_type,
+            started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+            status="complete" if all_ok else "partial", tiers=result.tiers, tools=_tool_versions(),
+            restore_point=point, health=health, consistency=result.consistency, warnings=result.warnings,
+        )
+        op.ensure_lease()  # fenced: the lease is ours in the main database, renewed for one more TTL
+        result.manifest_snapshot = write_manifest(repo, manifest, started)
+        result.status = manifest.status
+        try:
+            written = 1 + sum(len(t.snapshots) for t in result.tiers.values())
+            count_session(settings, tenant_id, session_id, written)
+        except Exception as exc:  # statistics only: the restore point is written
+            reporter.warn(f"repository statistics not refreshed: {one_line(str(exc), 200)}")
+    failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]
+    if result.restore_point and not result.consistent:
+        failed.append(f"inconsistent (score {result.consistency['score']}%): "
+                      + "; ".join(result.consistency["problems"]))
+    result.error = "; ".join(failed) or None
+
+
+def _tier_warnings(tiers: dict[str, TierResult]) -> list[str]:
+    """Warnings a tier put in its details (`details["warnings"]`), prefixed with the tier."""
+    return [f"tier {name}: {w}" for name, t in tiers.items() for w in t.details.get("warnings", []) or []]
+
+
+def _emptied_tiers(settings: Settings, tenant_id: str, tiers: dict[str, TierResult]) -> list[str]:
+    """A tier with nothing in it after the previous restore point had items: say so."""
+    try:
+        previous = audit.previous_items(settings, tenant_id)
+    except Exception as exc:  # a warning source, never a reason to fail the session
+        log.warning("tenant %s: previous tier counts unavailable: %s", tenant_id, type(exc).__name__)
+        return []
+    return [f"tier {name}: empty, the previous restore point had {previous[name]} item(s)"
+            for name, t in tiers.items()
+            if t.succeeded and t.items == 0 and previous.get(name, 0) > 0]
+
+
+def _audit_fields(result: SessionResult) -> dict:
+    return {
+        "session_id": result.session_id, "backup_type": result.backup_type,
+        "size_bytes": result.bytes_processed, "bytes_added": result.bytes_added,
+        "snapshot_ids": {name: t.snapshots for name, t in result.tiers.items()} | (
+            {"manifest": result.manifest_snapshot} if result.manifest_snapshot else {}),
+        "details": {"status": result.status, "tiers": {n: t.status for n, t in result.tiers.items()},
+                    "items": {n: t.items for n, t in result.tiers.items()}, "warnings": result.warnings,
+                    "consistency_score": result.consistency.get("score"), "consistent": result.consistent},
+    }
