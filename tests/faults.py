@@ -101,11 +101,10 @@ def latest_manifest(settings, tenant_id: str) -> dict:
 def pack_of_blob(settings, tenant_id: str, blob_id: str) -> Path:
     """The pack file that holds a data blob (a file under restic's 512 KiB minimum chunk is
     one blob whose id is the SHA-256 of its bytes)."""
-    proc = restic(settings, tenant_id, "find", "--show-pack-id", "--blob", blob_id, "--json")
+    proc = restic(settings, tenant_id, "find", "--show-pack-id", "--blob", blob_id)
     assert proc.returncode == 0, proc.stderr.decode()
-    docs = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
-    docs = [d for doc in docs for d in (doc if isinstance(doc, list) else [doc])]
-    found = {d.get("packid") or m.get("packid") for d in docs for m in (d.get("matches") or [d])} - {None}
+    found = {line.split()[-1] for line in proc.stdout.decode().splitlines()
+             if line.startswith("Object belongs to pack ")}
     assert len(found) == 1, (blob_id, proc.stdout[:500])
     pack = found.pop()
     path = repository_dir(settings, tenant_id) / "data" / pack[:2] / pack

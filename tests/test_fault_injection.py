@@ -6,6 +6,7 @@ itself, and the Redis flag read directly.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -224,9 +225,9 @@ def test_damaged_packs_fail_restore_and_verify_naming_tenant_and_tier(cli, setti
     manifest = faults.latest_manifest(settings, tid)
     dump_pack = faults.pack_of_blob(settings, tid, manifest["tiers"]["postgresql"]["checksums"]["dump_sha256"])
     client = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
-    bucket = sorted(b for b in observe.bucket_state(client, names.bucket_prefix))[0]
-    key = sorted(observe.bucket_state(client, names.bucket_prefix)[bucket])[0]
-    import hashlib
+    state = observe.bucket_state(client, names.bucket_prefix)
+    small = [(size, b, k) for b, objects in state.items() for k, (_, size, *_) in objects.items() if 64 < size < 400_000]
+    _, bucket, key = max(small)  # one restic blob (under restic's 512 KiB minimum chunk)
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     object_pack = faults.pack_of_blob(settings, tid, hashlib.sha256(body).hexdigest())
     assert object_pack != dump_pack
