@@ -114,7 +114,8 @@ def test_kill9_of_backups_at_seeded_moments_then_next_sessions_and_forget_heal(c
     assert failed_next == [], f"next sessions failed after kills at {failed_next}"
     assert flags_left == [], f"backup flag still set after the next session (kills at {flags_left})"
     listed = restore_points(cli, tid)
-    assert len(listed) == 1 + KILL_POINTS // KILLS_BEFORE_NEXT
+    # a kill after the manifest was written leaves a (whole) restore point: that is allowed
+    assert 1 + KILL_POINTS // KILLS_BEFORE_NEXT <= len(listed) <= 1 + KILL_POINTS // KILLS_BEFORE_NEXT + KILL_POINTS
 
     # forget --prune killed at seeded moments (the killed sessions left tier snapshots to prune)
     for at in [rng.uniform(0.3, 3.0) for _ in range(FORGET_KILL_POINTS)]:
