@@ -347,9 +347,8 @@ def test_verify_and_forget_during_a_backup_wait_or_are_refused(cli, settings, te
     done = finish(backup)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-1000:]
     assert json.loads(done.stdout)["sessions"][0]["status"] == "complete"
-    verify_outcome = busy_or_ok(finish(verify))
-    forget_outcome = busy_or_ok(finish(forget))
-    assert (verify_outcome, forget_outcome)  # each one either waited for the session or said it is busy
+    busy_or_ok(finish(verify))  # each one either waited for the session or said it is busy
+    busy_or_ok(finish(forget))
     after = restore_points(cli, tid)
     assert set(sessions(before)) < set(sessions(after)) and len(after) == len(before) + 1
     assert_every_point_whole(cli, tid)

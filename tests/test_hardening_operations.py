@@ -26,7 +26,7 @@ from kryonix_dagster.engine.restore import run_restore
 from kryonix_dagster.engine.tenant_repository import open_repository
 
 from . import observe
-from .conftest import MAIN_DB, VENV_BIN, free_port
+from .conftest import MAIN_DB, free_port
 from .test_sessions import blocking_lock, restore_points, start_backup, wait_for_dump_waiting
 
 

@@ -12,20 +12,17 @@ drills of one tenant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from . import audit
 from .config import Settings
 from .erasure import erase_scratch
 from .errors import KryonixError, one_line
-from .lease import Lease
-from .manifest import STATUS_OK, SessionManifest, find_manifest, new_session_id
+from .operation import tenant_operation
+from .manifest import STATUS_OK, SessionManifest, find_manifest
 from .naming import TenantNames, names_for, scratch_id, scratch_names_for, validate_tenant_id
-from .repository import Restic
-from .restore import validate_snapshot
+from .restore import restore_tiers, validate_snapshot
 from .tenant_repository import open_repository
 from .tiers import TIERS
-from .tiers.base import DrillContext, NullReporter, Reporter, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+from .tiers.base import DrillContext, NullReporter, Reporter, RestoreOutcome, TierSpec
 
 
 scratch_tenant_id = scratch_id  # the name tests and callers used
@@ -52,18 +49,6 @@ def drilled_tiers(manifest: SessionManifest, tiers: tuple[TierSpec, ...]) -> lis
     return [t for t in present if t.restored_with not in names]
 
 
-def restore_into_scratch(settings: Settings, source: TenantNames, repo: Restic, manifest: SessionManifest,
-                         scratch: TenantNames, tiers: tuple[TierSpec, ...], report: Reporter) -> dict[str, RestoreOutcome]:
-    """Each tier's restore verb with the scratch tenant's names as the target. (run_restore takes
-    a registered tenant id as its target, which a scratch tenant is not.)"""
-    outcomes = {}
-    for spec in drilled_tiers(manifest, tiers):
-        report.info(f"drill: restoring {spec.name} of session {manifest.session_id} into {scratch.tenant_id}")
-        ctx = RestoreContext(settings, source, scratch, repo, manifest, manifest.tiers[spec.name], report)
-        outcomes[spec.name] = spec.restore(ctx)
-    return outcomes
-
-
 def compare_tiers(settings: Settings, source: TenantNames, manifest: SessionManifest, scratch: TenantNames,
                   outcomes: dict[str, RestoreOutcome], tiers: tuple[TierSpec, ...]) -> dict[str, str]:
     """Each restored tier judged by its own drill comparison."""
@@ -74,30 +59,30 @@ def compare_tiers(settings: Settings, source: TenantNames, manifest: SessionMani
 
 def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", report: Reporter | None = None,
               tiers: tuple[TierSpec, ...] = TIERS) -> DrillResult:
+    """Restore into scratch names, judge every tier, erase the scratch: a failed drill is a
+    result (audited), not an exception. The lease is the scratch tenant's, so two drills of
+    one tenant run one after the other while the tenant's own sessions go on."""
     validate_tenant_id(tenant_id)
     validate_snapshot(snapshot)
     report = report or NullReporter()
     scratch = scratch_names_for(settings, tenant_id)
-    started = datetime.now(timezone.utc)
-    watch = Stopwatch()
     result = DrillResult(tenant_id, scratch.tenant_id, None, False)
     try:
-        with Lease(settings, scratch.tenant_id, new_session_id(), "drill"):
+        with tenant_operation(settings, scratch.tenant_id, "drill", audit_tenant=tenant_id) as op:
             try:
                 erase_scratch(settings, scratch)  # what a killed drill may have left
                 _drill(settings, tenant_id, snapshot, scratch, tiers, report, result)
+            except KryonixError as exc:
+                result.error = one_line(str(exc))
             finally:
                 _erase_quietly(settings, scratch, report)
-    except KryonixError as exc:
+                result.duration_seconds = op.seconds
+                op.audit = {"session_id": result.session_id,
+                            "details": {"scratch": scratch.tenant_id, "compared": result.compared}}
+                if not result.passed:
+                    op.fail(result.error or "drill failed")
+    except KryonixError as exc:  # the scratch lease was refused, or an unexpected error mapped by the frame
         result.error = one_line(str(exc))
-    finally:
-        result.duration_seconds = watch.seconds
-        audit.record(settings, audit.AuditRecord(
-            cliente_id=tenant_id, operation="drill", started_at=started, success=result.passed,
-            session_id=result.session_id, finished_at=datetime.now(timezone.utc),
-            duration_seconds=result.duration_seconds, error=result.error,
-            details={"scratch": scratch.tenant_id, "compared": result.compared},
-        ))
     return result
 
 
@@ -109,7 +94,7 @@ def _drill(settings: Settings, tenant_id: str, snapshot: str, scratch: TenantNam
         raise KryonixError(f"tenant {tenant_id}: no restore point to drill")
     result.session_id = manifest.session_id
     source = names_for(settings, tenant_id)
-    outcomes = restore_into_scratch(settings, source, repo, manifest, scratch, tiers, report)
+    outcomes = restore_tiers(settings, source, scratch, repo, manifest, drilled_tiers(manifest, tiers), report)
     result.compared = compare_tiers(settings, source, manifest, scratch, outcomes, tiers)
     result.passed = all(v == "ok" for v in result.compared.values())
     if not result.passed:

@@ -14,13 +14,14 @@ from datetime import datetime, timezone
 
 from . import registry
 from .config import Settings
-from .errors import BadInput, OperationFailed, one_line
+from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
-from .naming import names_for, validate_tenant_id
+from .naming import TenantNames, names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
 from .tenant_repository import open_repository
-from .tiers import TIER_NAMES, TIERS
+from .tiers import TIER_NAMES, TIERS, TierSpec, tier
 from .operation import tenant_operation
+from .repository import Restic
 from .tiers.base import NullReporter, Reporter, RestoreContext, RestoreOutcome
 
 
@@ -82,8 +83,9 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
     todo, skipped = [], {}
     for name in chosen:
         result = manifest.tiers.get(name)
-        if name == "compliance" and "postgresql" in chosen and not schema:
-            skipped[name] = "its lgpd tables come back with the postgresql tier of the same session"
+        covered_by = tier(name).restored_with
+        if covered_by in chosen and not schema:
+            skipped[name] = f"it comes back with the {covered_by} tier of the same session"
             continue
         if result is None:
             reason = "not in this session"
@@ -128,18 +130,42 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
         todo, result.skipped = _plan(manifest, services, schema, report)
         if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
             raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
-        for name in todo:
-            spec = next(t for t in TIERS if t.name == name)
-            report.info(f"restoring {name} of session {manifest.session_id} into tenant {target_id}")
-            ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[name], report, schema)
-            op.ensure_lease()
-            result.tiers[name] = spec.restore(ctx)
-            for warning in result.tiers[name].warnings:
-                report.warn(warning)
+        restore_tiers(settings, source, target, repo, manifest, [tier(name) for name in todo], report, schema,
+                      before_each=op.ensure_lease, outcomes=result.tiers)
         result.success = True
         result.duration_seconds = op.seconds
         op.audit = _audit_fields(result)
     return result
+
+
+def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, repo: Restic,
+                  manifest: SessionManifest, specs: list[TierSpec], report: Reporter, schema: str | None = None,
+                  before_each=lambda: None, outcomes: dict[str, RestoreOutcome] | None = None
+                  ) -> dict[str, RestoreOutcome]:
+    """Each tier's restore verb, in order, from `source`'s restore point into `target`'s names
+    (a restore, or a drill's scratch names). A tier's failure names the tenant and the tier."""
+    outcomes = {} if outcomes is None else outcomes
+    for spec in specs:
+        report.info(f"restoring {spec.name} of session {manifest.session_id} into {target.tenant_id}")
+        ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[spec.name], report, schema)
+        before_each()
+        try:
+            outcomes[spec.name] = spec.restore(ctx)
+        except KryonixError as exc:
+            raise type(exc)(_with_tier(str(exc), target.tenant_id, spec.name)) from exc
+        for warning in outcomes[spec.name].warnings:
+            report.warn(warning)
+    return outcomes
+
+
+def _with_tier(message: str, tenant_id: str, tier_name: str) -> str:
+    """'tenant X: …' → 'tenant X, tier T: …' where the tier's own message did not say it."""
+    message = one_line(message)
+    if f"tier {tier_name}" in message:
+        return message
+    prefix = f"tenant {tenant_id}: "
+    rest = message[len(prefix):] if message.startswith(prefix) else message
+    return f"tenant {tenant_id}, tier {tier_name}: {rest}"
 
 
 def _manifest(repo, tenant_id: str, snapshot: str) -> SessionManifest:
