@@ -226,8 +226,10 @@ def snapshots(tenant_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("tenant_id")
 @click.option("--read-data", is_flag=True, help="Also read and verify every stored byte.")
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for the tenant's lease (a running session).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def verify(tenant_id: str, read_data: bool, as_json: bool) -> None:
+def verify(tenant_id: str, read_data: bool, wait_seconds: float, as_json: bool) -> None:
     """Check a tenant's repository and that every restore point is whole."""
     from .engine.verify import run_verify
 
@@ -235,7 +237,7 @@ def verify(tenant_id: str, read_data: bool, as_json: bool) -> None:
     settings = ready_settings()
     task = f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else "")
     with TerminalReporter().activity(task):
-        result = run_verify(settings, tenant_id, read_data=read_data)
+        result = run_verify(settings, tenant_id, read_data=read_data, wait_seconds=wait_seconds)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -279,7 +281,7 @@ def confirm_replacement(question: str, yes: bool) -> None:
 @click.option("--schema", help="Restore only this PostgreSQL schema.")
 @click.option("--yes", is_flag=True, help="Replace without asking (required when stdin is not a terminal).")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
-              help="Seconds to wait for the target's lease.")
+              help="Seconds to wait for the source's and the target's leases.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | None, services: str | None,
             schema: str | None, yes: bool, wait_seconds: float, as_json: bool) -> None:
@@ -366,6 +368,9 @@ def status(as_json: bool) -> None:
     click.echo(f"\n{len(report['tenants'])} tenants, {len(report['stale'])} stale, storage {human_bytes(report['storage_bytes'])}; "
                f"last 24 h: {day['sessions']} sessions ({day['succeeded']} ok) for {day['tenants']} tenants, "
                f"{human_bytes(day['bytes'])} read, average {human_bytes(day['average_bytes'])}")
+    for t in report["tenants"]:
+        for warning in t["last_warnings"]:
+            click.echo(f"warning: tenant {t['id']}: {warning}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

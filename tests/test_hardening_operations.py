@@ -340,6 +340,10 @@ def test_a_tier_emptied_since_the_last_restore_point_is_a_warning(cli, settings,
     assert any("tier redis: empty" in w for w in session["warnings"]), session
     manifest = json.loads(cli("restic", tid, "--", "dump", "latest", "/manifest.json", "--tag", "kind=manifest").stdout)
     assert any("tier redis: empty" in w for w in manifest["warnings"])
+    status = json.loads(cli("status", "--json").stdout)
+    shown = next(t for t in status["tenants"] if t["id"] == tid)
+    assert any("tier redis: empty" in w for w in shown["last_warnings"])  # the status says it too
+    assert f"warning: tenant {tid}: tier redis: empty" in cli("status").stdout
 
 
 def test_the_frame_maps_unexpected_errors_and_audits_every_path(own_registry, tenant_factory):

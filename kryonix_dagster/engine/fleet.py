@@ -32,6 +32,7 @@ class TenantStatus:
     last_check_ok: bool | None
     last_drill_at: datetime | None
     last_drill_ok: bool | None
+    last_warnings: list[str]  # of the latest backup (e.g. a tier empty after a non-empty one)
 
     def to_json(self) -> dict:
         doc = asdict(self)
@@ -43,14 +44,14 @@ class TenantStatus:
 _STATUS_SQL = """
 SELECT c.id, c.nome, c.plano, c.status,
        ok.session_id, ok.backup_date,
-       last.success, last.error,
+       last.success, last.error, coalesce(last.details -> 'warnings', '[]'::jsonb),
        rs.restore_points, rs.repo_bytes,
        chk.backup_date, chk.success, drill.backup_date, drill.success
 FROM tenants.clientes c
 LEFT JOIN LATERAL (SELECT session_id, backup_date FROM tenants.backup_audit
                    WHERE cliente_id = c.id AND operation = 'backup' AND success
                    ORDER BY backup_date DESC LIMIT 1) ok ON true
-LEFT JOIN LATERAL (SELECT success, error FROM tenants.backup_audit
+LEFT JOIN LATERAL (SELECT success, error, details FROM tenants.backup_audit
                    WHERE cliente_id = c.id AND operation = 'backup'
                    ORDER BY backup_date DESC LIMIT 1) last ON true
 LEFT JOIN LATERAL (SELECT backup_date, success FROM tenants.backup_audit
@@ -76,14 +77,14 @@ def tenant_statuses(settings: Settings, now: datetime | None = None) -> list[Ten
         cur.execute(_STATUS_SQL)
         rows = cur.fetchall()
     out = []
-    for (tid, nome, plano, status, session, at, last_ok, last_error, points, repo_bytes,
+    for (tid, nome, plano, status, session, at, last_ok, last_error, warnings, points, repo_bytes,
          check_at, check_ok, drill_at, drill_ok) in rows:
         plan, _ = plan_for(plano)
         age = (now - at).total_seconds() / 3600 if at else None
         stale = status == "ativo" and (age is None or age > plan.rpo_hours)
         out.append(TenantStatus(tid, nome, plano, status, session, at, round(age, 2) if age is not None else None,
                                 plan.rpo_hours, stale, last_ok, last_error, points, repo_bytes,
-                                check_at, check_ok, drill_at, drill_ok))
+                                check_at, check_ok, drill_at, drill_ok, list(warnings or [])))
     return out
 
 

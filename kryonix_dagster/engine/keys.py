@@ -90,10 +90,6 @@ def master_key(settings: Settings) -> bytes:
     return _read_master_key(path)
 
 
-def master_key_id(settings: Settings) -> str:
-    return _fingerprint(master_key(settings))
-
-
 def _unwrap(key: bytes, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> str:
     if _fingerprint(key) != wrapped_by:
         raise OperationFailed(

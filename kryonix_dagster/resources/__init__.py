@@ -148,8 +148,9 @@ class BackupEngineResource(ConfigurableResource):
         return check_retention(self.settings(), tenant_id)
 
     # --- integrity and drills
-    def verify(self, tenant_id: str, subset: str | None = None) -> VerifyResult:
-        return run_verify(self.settings(), tenant_id, subset=subset)
+    def verify(self, tenant_id: str, subset: str | None = None, wait_seconds: float = 600) -> VerifyResult:
+        """restic check under the tenant's lease: waits for a running session rather than colliding with it."""
+        return run_verify(self.settings(), tenant_id, subset=subset, wait_seconds=wait_seconds)
 
     def drill(self, tenant_id: str, report: Reporter | None = None) -> DrillResult:
         return run_drill(self.settings(), tenant_id, report=report)
