@@ -13,8 +13,8 @@ from pathlib import Path
 
 from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.engine.config import load_settings
-from kryonix_dagster.engine.demo.database import seed_database
-from kryonix_dagster.engine.demo.plan import DemoCounts
+from kryonix_dagster.demo.database import seed_database
+from kryonix_dagster.demo.plan import DemoCounts
 from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.engine.naming import names_for
 

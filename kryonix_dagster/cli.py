@@ -119,7 +119,7 @@ def demo() -> None:
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Data volume per tenant.")
 def demo_seed(count: int, scale: float) -> None:
     """Create (or resize) realistic demo tenants demo1..demoN in every service."""
-    from .engine.demo import seed_demo, validate_demo_args
+    from .demo import seed_demo, validate_demo_args
 
     validate_demo_args(count, scale)
     seeded = seed_demo(ready_settings(), count, scale, progress=info)

@@ -7,14 +7,21 @@ from pathlib import Path
 from psycopg2 import sql
 
 from kryonix_dagster.engine import pg
-from kryonix_dagster.engine.erasure import erase_tenant_data
 from kryonix_dagster.engine.naming import names_for
+
+from .helpers_tenant import destroy
 
 
 def purge_tenant(settings, tenant_id: str) -> None:
     """Live data, backup repository, registry, key and audit rows of a test tenant."""
-    erase_tenant_data(settings, tenant_id)
+    destroy(settings, tenant_id)
     names = names_for(settings, tenant_id)
+    for database in (names.restoring_database, names.previous_database):
+        pg.drop_database(settings.pg_dsn, database)
+    with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (names.role_prefix,))
+        for (role,) in cur.fetchall():
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     if names.repository.startswith("file://"):
         shutil.rmtree(Path(names.repository[len("file://"):]), ignore_errors=True)
     shutil.rmtree(Path(settings.state_dir) / "mirror" / f"cliente_{tenant_id}", ignore_errors=True)

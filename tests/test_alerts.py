@@ -69,7 +69,7 @@ def wait_for(predicate, seconds=10):
 
 
 def test_stale_tenant_alerts_once_and_again_when_resolved(own_registry, inbox, cli, tenant_factory, settings):
-    from kryonix_dagster.engine.demo import seed_tenant
+    from kryonix_dagster.demo import seed_tenant
 
     tid = tenant_factory()
     seed_tenant(own_registry, tid, scale=0.05)  # registers it active in the test's own registry

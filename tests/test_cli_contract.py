@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 
 from . import observe
 from .conftest import MAIN_DB, VENV_BIN

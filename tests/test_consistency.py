@@ -8,7 +8,7 @@ from dagster import AssetCheckKey, DagsterInstance, materialize
 from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.engine.consistency import evaluate, load_rules
 from kryonix_dagster.engine.errors import OperationFailed
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env

@@ -5,7 +5,7 @@ from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterInstance
 
 from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.engine import keys
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env
 

@@ -12,7 +12,7 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from kryonix_dagster import dagster_private
 from kryonix_dagster.dagster_private import ConcurrencySlots
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 
 from .conftest import ROOT
 

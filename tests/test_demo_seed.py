@@ -1,6 +1,6 @@
 """`demo seed` makes every service hold exactly the demo tenant's data, idempotently."""
-from kryonix_dagster.engine.demo import seed_tenant
-from kryonix_dagster.engine.demo.plan import MULTIPART_OBJECT_SIZE, DemoCounts, demo_objects
+from kryonix_dagster.demo import seed_tenant
+from kryonix_dagster.demo.plan import MULTIPART_OBJECT_SIZE, DemoCounts, demo_objects
 from kryonix_dagster.engine.naming import names_for
 
 from . import observe

@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from kryonix_dagster.engine import registry
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.drill import run_drill
 from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.erasure import erase_scratch

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
 
 from . import faults, observe

@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, materialize
 
 from kryonix_dagster.fleet import fleet_backup_report
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.resources import resources_from_env
 
 from . import observe

@@ -20,13 +20,14 @@ import pytest
 import redis
 import requests
 
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.errors import KryonixError
 from kryonix_dagster.engine.manifest import find_manifest, tier_tags
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.tenant_repository import open_repository
 from kryonix_dagster.engine.tiers import rabbitmq, redis_keys
-from kryonix_dagster.engine.tiers.base import NullReporter, RestoreContext
+from kryonix_dagster.engine.reporting import NullReporter
+from kryonix_dagster.engine.tiers.base import RestoreContext
 
 from . import observe
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from kryonix_dagster.engine import alerts, keys, registry
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.errors import KryonixError
 from kryonix_dagster.engine.lease import Lease
 from kryonix_dagster.engine.manifest import KIND_MANIFEST, MANIFEST_FILE

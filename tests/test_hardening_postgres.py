@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from kryonix_dagster.engine import pg
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.errors import BadInput
 
 from . import observe

@@ -8,7 +8,7 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, De
 from kryonix_dagster.backup.assets import tenant_backup_session
 from kryonix_dagster.drills import restore_drill_check
 from kryonix_dagster.integrity import integrity_check
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import scratch_names_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env

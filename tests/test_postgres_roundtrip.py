@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 
 from . import observe
 

@@ -15,7 +15,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from kryonix_dagster.engine import pg
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 
 from .conftest import ROOT, free_port
 

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from kryonix_dagster.engine import keys
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.repository import restic_location
 

@@ -6,7 +6,7 @@ import boto3  # noqa: F401  (the observers use it)
 import pika
 import redis
 
-from kryonix_dagster.engine.demo import seed_tenant
+from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
 
 from . import observe

@@ -22,7 +22,8 @@ from .naming import TenantNames, names_for, scratch_id, scratch_names_for, valid
 from .restore import restore_tiers, validate_snapshot
 from .tenant_repository import open_repository
 from .tiers import TIERS
-from .tiers.base import DrillContext, NullReporter, Reporter, RestoreOutcome, TierSpec
+from .tiers.base import DrillContext, RestoreOutcome, TierSpec
+from .reporting import NullReporter, Reporter
 
 
 scratch_tenant_id = scratch_id  # the name tests and callers used

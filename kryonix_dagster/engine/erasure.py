@@ -10,19 +10,13 @@ from psycopg2 import sql
 from . import pg, services
 from .config import Settings
 from .errors import BadInput
-from .naming import TenantNames, is_scratch, names_for
+from .naming import TenantNames, is_scratch
 
 
 def erase_scratch(settings: Settings, scratch: TenantNames) -> None:
     if not is_scratch(scratch):
         raise BadInput(f"tenant {scratch.tenant_id}: not a scratch tenant, refusing to erase its data")
     _erase(settings, scratch)
-
-
-def erase_tenant_data(settings: Settings, tenant_id: str) -> None:
-    """Test fixtures only (tests/helpers.purge_tenant removes a test tenant): the product never
-    erases a registered tenant's live data. To be removed once the fixture carries its own purge."""
-    _erase(settings, names_for(settings, tenant_id))
 
 
 def _erase(settings: Settings, names: TenantNames) -> None:

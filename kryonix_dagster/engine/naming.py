@@ -74,6 +74,15 @@ class TenantNames:
         return f"{self.database}__previous"
 
     @property
+    def local_name(self) -> str:
+        """The tenant's name in local folders and staging files (`cliente_{id}`, a scratch's own)."""
+        return self.app_data_dir.name
+
+    def restore_point_name(self, session_id: str) -> str:
+        """The PostgreSQL restore point a session creates (`pg_create_restore_point`)."""
+        return f"kryonix_{self.tenant_id}_{session_id}"
+
+    @property
     def backup_flag_key(self) -> str:
         return f"{self.redis_prefix}backup:in_progress"
 

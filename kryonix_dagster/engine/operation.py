@@ -27,7 +27,7 @@ from .config import Settings
 from .errors import KryonixError, OperationFailed, one_line
 from .lease import Lease
 from .manifest import new_session_id
-from .tiers.base import Stopwatch
+from .reporting import Stopwatch
 
 log = logging.getLogger(__name__)
 

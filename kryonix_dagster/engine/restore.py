@@ -22,7 +22,8 @@ from .tenant_repository import open_repository
 from .tiers import TIER_NAMES, TIERS, TierSpec, tier
 from .operation import tenant_operation
 from .repository import Restic
-from .tiers.base import NullReporter, Reporter, RestoreContext, RestoreOutcome
+from .tiers.base import RestoreContext, RestoreOutcome
+from .reporting import NullReporter, Reporter
 
 
 @dataclass

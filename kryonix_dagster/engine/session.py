@@ -28,11 +28,12 @@ from .errors import BadInput, KryonixError, one_line
 from .repository_stats import count_session
 from .operation import Operation, tenant_operation
 from .manifest import STATUS_FAILED, STATUS_SKIPPED, SessionManifest, TierResult, new_session_id, write_manifest
-from .naming import BACKUP_TYPES, names_for, validate_tenant_id
+from .naming import BACKUP_TYPES, TenantNames, names_for, validate_tenant_id
 from .repository import restic_version
 from .tenant_repository import open_repository
 from .tiers import PHASES, TIERS
-from .tiers.base import BackupContext, NullReporter, Reporter, Stopwatch, TierSpec
+from .tiers.base import BackupContext, TierSpec
+from .reporting import NullReporter, Reporter, Stopwatch
 
 log = logging.getLogger(__name__)
 # Around each tier: a context manager per service (the Dagster layer gives per-service pools).
@@ -174,8 +175,8 @@ def _clear_flag(settings: Settings, key: str, session_id: str) -> None:
     services.redis_client(settings).eval(script, 1, key, session_id)
 
 
-def _restore_point(settings: Settings, tenant_id: str, session_id: str, report: Reporter) -> dict:
-    name = f"kryonix_{tenant_id}_{session_id}"
+def _restore_point(settings: Settings, names: TenantNames, session_id: str, report: Reporter) -> dict:
+    name = names.restore_point_name(session_id)
     try:
         with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
@@ -257,7 +258,7 @@ def _session(settings: Settings, tenant, names, op: Operation, result: SessionRe
     down = [s for s in needed if s in health and not health[s]["ok"]]
     for service in down:
         reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
-    point = _restore_point(settings, tenant_id, session_id, reporter)
+    point = _restore_point(settings, names, session_id, reporter)
     repo = open_repository(settings, tenant_id, create=True)
     ctx = BackupContext(settings, tenant, names, repo, session_id, started, result.backup_type, reporter)
     result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()),

@@ -17,7 +17,8 @@ from ..engine.drill import DrillResult, run_drill
 from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
 from ..engine.registry import Tenant
 from ..engine.retention import RetentionCheck, RetentionDecision, check_retention, run_forget
-from ..engine.session import Gate, Reporter, SessionResult, run_backup
+from ..engine.reporting import Reporter
+from ..engine.session import Gate, SessionResult, run_backup
 from ..engine.tiers import TIERS, TierSpec
 from ..engine.verify import VerifyResult, run_verify
 

@@ -34,7 +34,8 @@ from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames
 from ..repository import Restic
-from .base import BackupContext, NullReporter, Reporter, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+from .base import BackupContext, RestoreContext, RestoreOutcome, TierSpec
+from ..reporting import NullReporter, Reporter, Stopwatch
 
 TIER = "appdata"
 BIOMETRIC_TEMPLATES = "biometric/templates"
@@ -281,7 +282,7 @@ def backup(ctx: BackupContext) -> TierResult:
         raise OperationFailed(f"{label}, tier appdata: biometric template(s) reached the snapshot ({leaked[0]})"
                               f"{outcome}")
     files, reread = settle_inventory(ctx.repo, root, hashed, nodes, summary.snapshot_id,
-                                     Path(ctx.settings.state_dir) / "scratch" / f"cliente_{names.tenant_id}", label)
+                                     Path(ctx.settings.state_dir) / "scratch" / names.local_name, label)
     ctx.captured[TIER] = {"files": sorted(files), "root": str(root)}
     warnings = [] if files else _empty_warning(ctx, "the folder has no files")
     return TierResult(

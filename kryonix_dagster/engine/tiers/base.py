@@ -5,34 +5,17 @@ the Dagster layer need to know about the tier, so a tier is one module plus one 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Callable
 
 from ..config import Settings
 from ..errors import OperationFailed
 from ..manifest import SessionManifest, TierResult, read_manifest, restore_points
 from ..naming import TenantNames
 from ..registry import Tenant
+from ..reporting import Reporter
 from ..repository import BackupProgress, Restic
-
-
-class Reporter(Protocol):
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def progress(self, task: str, done: int, total: int | None) -> None: ...
-
-
-class NullReporter:
-    def info(self, message: str) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        pass
-
-    def progress(self, task: str, done: int, total: int | None) -> None:
-        pass
 
 
 @dataclass
@@ -162,12 +145,3 @@ def upstream(spec: TierSpec, tiers: tuple[TierSpec, ...]) -> list[TierSpec]:
         if earlier:
             return earlier
     return []
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    @property
-    def seconds(self) -> float:
-        return round(time.monotonic() - self.start, 3)

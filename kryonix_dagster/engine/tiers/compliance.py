@@ -23,7 +23,8 @@ from psycopg2 import sql
 from .. import pg
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+from .base import BackupContext, RestoreContext, RestoreOutcome, TierSpec
+from ..reporting import Stopwatch
 
 TIER = "compliance"
 SCHEMA = "lgpd"
@@ -66,7 +67,7 @@ def backup(ctx: BackupContext) -> TierResult:
     watch = Stopwatch()
     base = ctx.settings.state_dir / "staging"
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = Path(tempfile.mkdtemp(prefix=f"cliente_{ctx.names.tenant_id}-compliance-", dir=base))
+    staging = Path(tempfile.mkdtemp(prefix=f"{ctx.names.local_name}-compliance-", dir=base))
     try:
         rows = export(ctx, staging)
         if not any(name.startswith("lgpd/") for name in rows) and rows.get("audit/backup_audit.csv", 0) == 0:
@@ -157,7 +158,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     where = f"tenant {ctx.target.tenant_id}, tier compliance"
     staging = ctx.settings.state_dir / "restore"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(prefix=f"cliente_{ctx.target.tenant_id}-compliance-", dir=staging) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{ctx.target.local_name}-compliance-", dir=staging) as tmp:
         root = Path(tmp)
         ctx.repo.restore(ctx.result.snapshots["records"], root)
         tables = sorted((root / "lgpd").glob("*.csv")) if (root / "lgpd").exists() else []

@@ -38,7 +38,8 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames, rename_bucket
-from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, TierSpec
+from ..reporting import Stopwatch
 
 S3Errors = (ClientError, BotoCoreError)
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
@@ -54,7 +55,7 @@ def object_file(bucket: str, key: str) -> str:
 
 
 def mirror_dir(ctx_settings, names: TenantNames) -> Path:
-    return Path(ctx_settings.state_dir) / "mirror" / f"cliente_{names.tenant_id}" / TIER
+    return Path(ctx_settings.state_dir) / "mirror" / names.local_name / TIER
 
 
 def restore_staging_dir(settings) -> Path:
@@ -84,7 +85,7 @@ def sweep_leftovers(settings, names: TenantNames) -> list[str]:
                     removed.append(name)
     staging = restore_staging_dir(settings)
     if staging.is_dir():
-        for leftover in staging.glob(f"cliente_{names.tenant_id}-objects-*"):
+        for leftover in staging.glob(f"{names.local_name}-objects-*"):
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover.name)
     return removed
@@ -347,7 +348,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     client = services.s3_client(ctx.settings)
     staging = restore_staging_dir(ctx.settings)
     _private_dir(staging, staging)
-    with tempfile.TemporaryDirectory(prefix=f"cliente_{ctx.target.tenant_id}-objects-", dir=staging) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{ctx.target.local_name}-objects-", dir=staging) as tmp:
         root = Path(tmp)
         try:
             ctx.repo.restore(ctx.result.snapshots["objects"], root)

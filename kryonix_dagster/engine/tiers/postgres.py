@@ -31,7 +31,8 @@ from ..pgdump_header import normalize_dump_header
 from ..pg_script import (FIXED_RENDERING, HASH_RENDERING, checksum_assertion, fixed_rendering_script,
                          guarded_foreign_key, outside_dependents_guard, outside_dependents_sql, parse_toc,
                          rename_roles, schema_entries, statements, table_checksum_sql)
-from .base import BackupContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec
+from .base import BackupContext, RestoreContext, RestoreOutcome, TierSpec
+from ..reporting import Stopwatch
 
 TIER = "postgresql"
 DUMP_FILE = "database.pgdump"
@@ -222,7 +223,7 @@ def _sweep_staged_dumps(settings, names: TenantNames) -> int:
     """Remove plaintext dumps a killed restore of this tenant left behind (the tenant's lease is
     held, so none of them belongs to a running restore)."""
     removed = 0
-    for leftover in _staging_dir(settings).glob(f"cliente_{names.tenant_id}-*.pgdump"):
+    for leftover in _staging_dir(settings).glob(f"{names.local_name}-*.pgdump"):
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
@@ -231,7 +232,7 @@ def _sweep_staged_dumps(settings, names: TenantNames) -> int:
 @contextmanager
 def _staged_dump(ctx: RestoreContext) -> Iterator[Path]:
     """The session's dump in a private temporary file, its checksum verified."""
-    fd, name = tempfile.mkstemp(prefix=f"cliente_{ctx.target.tenant_id}-", suffix=".pgdump",
+    fd, name = tempfile.mkstemp(prefix=f"{ctx.target.local_name}-", suffix=".pgdump",
                                 dir=_staging_dir(ctx.settings))
     path = Path(name)
     try:
@@ -478,8 +479,8 @@ def _properties_for(ctx: RestoreContext) -> dict | None:
 
 def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) -> None:
     target = ctx.target.database
-    staging = f"{target}__restoring"
-    previous = f"{target}__previous"
+    staging = ctx.target.restoring_database
+    previous = ctx.target.previous_database
     dsn = ctx.settings.pg_dsn
     properties = _properties_for(ctx)
     pg.drop_database(dsn, staging)  # a leftover of an interrupted restore
@@ -554,7 +555,7 @@ def heal_interrupted_swap(settings, names: TenantNames, report=None) -> str | No
       the old copy).
     A leftover `__restoring` (an unswapped copy of a restore point) is dropped; the journal's
     `allow_connections` is given back to the live database."""
-    live, previous, staging = names.database, f"{names.database}__previous", f"{names.database}__restoring"
+    live, previous, staging = names.database, names.previous_database, names.restoring_database
     journal = _journal_path(settings, live)
     entry = _read_journal(journal)
     dsn = settings.pg_dsn

@@ -36,7 +36,8 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames
-from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec, verified_stream
+from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, TierSpec, verified_stream
+from ..reporting import Stopwatch
 
 TIER = "rabbitmq"
 STREAM_FILE = "vhost.jsonl"

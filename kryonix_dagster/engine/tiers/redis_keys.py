@@ -23,7 +23,8 @@ from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import rename_redis_key
-from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, Stopwatch, TierSpec, verified_stream
+from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, TierSpec, verified_stream
+from ..reporting import Stopwatch
 
 TIER = "redis"
 STREAM_FILE = "keys.bin"

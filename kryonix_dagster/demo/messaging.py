@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pika
 
-from ..config import Settings
-from ..naming import TenantNames
-from ..services import RabbitMQApi, amqp_connection
+from ..engine.config import Settings
+from ..engine.naming import TenantNames
+from ..engine.services import RabbitMQApi, amqp_connection
 from .plan import DemoCounts
 
 

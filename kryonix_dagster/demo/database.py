@@ -5,9 +5,9 @@ import json
 
 from psycopg2 import sql
 
-from .. import pg
-from ..config import Settings
-from ..naming import TenantNames
+from ..engine import pg
+from ..engine.config import Settings
+from ..engine.naming import TenantNames
 from .plan import MODULE_SCHEMAS, DemoCounts, DemoObject
 
 SCHEMA_DDL = """

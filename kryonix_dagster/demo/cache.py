@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import redis
 
-from ..naming import TenantNames
+from ..engine.naming import TenantNames
 from .plan import DemoCounts
 
 SESSION_TTL_SECONDS = 86_400

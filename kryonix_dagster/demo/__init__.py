@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import Settings
-from ..errors import BadInput
-from ..naming import PLANS, names_for, validate_tenant_id
-from .. import registry, services
+from ..engine.config import Settings
+from ..engine.errors import BadInput
+from ..engine.naming import PLANS, names_for, validate_tenant_id
+from ..engine import registry, services
 from .appdata import seed_appdata
 from .cache import seed_cache
 from .database import seed_database

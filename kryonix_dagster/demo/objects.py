@@ -6,8 +6,8 @@ from urllib.parse import urlencode
 
 from boto3.s3.transfer import TransferConfig
 
-from ..naming import TenantNames
-from ..services import bucket_exists, create_bucket
+from ..engine.naming import TenantNames
+from ..engine.services import bucket_exists, create_bucket
 from .plan import BUCKET_SUFFIXES, MULTIPART_THRESHOLD, DemoObject
 
 TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..naming import TenantNames
+from ..engine.naming import TenantNames
 from .plan import EXPECTED_QUEUES, DemoCounts, deterministic_bytes
 
 BIOMETRIC_TEMPLATES_DIR = "mobile/biometric/templates"
