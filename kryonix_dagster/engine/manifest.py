@@ -12,7 +12,9 @@ import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from .repository import Restic, Snapshot
 
@@ -29,6 +31,9 @@ STATUS_SKIPPED = "skipped"  # not run because a critical tier failed before it
 
 SESSION_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
 SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+# What restore hands to tools must have the shape this code writes (never an option or a path).
+SessionId = Annotated[str, StringConstraints(pattern=rf"^{SESSION_ID.pattern}$")]
+SnapshotId = Annotated[str, StringConstraints(pattern=rf"^{SNAPSHOT_ID.pattern}$")]
 
 
 def new_session_id(now: datetime | None = None) -> str:
@@ -40,7 +45,7 @@ def new_session_id(now: datetime | None = None) -> str:
 class TierResult:
     tier: str
     status: str
-    snapshots: dict[str, str] = field(default_factory=dict)  # part name → restic snapshot id
+    snapshots: dict[str, SnapshotId] = field(default_factory=dict)  # part name → restic snapshot id
     bytes_processed: int = 0
     bytes_added: int = 0
     items: int = 0  # rows, objects, keys, messages or files
@@ -57,7 +62,7 @@ class TierResult:
 @dataclass
 class SessionManifest:
     tenant_id: str
-    session_id: str
+    session_id: SessionId
     backup_type: str
     started_at: str
     finished_at: str
@@ -76,32 +81,24 @@ class SessionManifest:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "SessionManifest":
-        """Raises ValueError for anything that is not a manifest this code wrote."""
+        """Validated against the model (types, session and snapshot ids); raises a one-line
+        ValueError naming the field for anything that is not a manifest this code wrote."""
         try:
-            doc = json.loads(raw)
-            doc["tiers"] = {name: TierResult(**tier) for name, tier in doc["tiers"].items()}
-            manifest = cls(**doc)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed manifest ({type(exc).__name__}: {exc})") from None
-        manifest.validate()
-        return manifest
-
-    def validate(self) -> None:
-        """What restore passes to tools must have the shape this code writes (never an option)."""
-        if not SESSION_ID.fullmatch(str(self.session_id)):
-            raise ValueError(f"malformed manifest: session id {str(self.session_id)[:40]!r}")
-        for name, tier in self.tiers.items():
-            if not isinstance(tier.snapshots, dict):
-                raise ValueError(f"malformed manifest: tier {str(name)[:40]!r}: snapshots is not a mapping")
-            for part, snap_id in tier.snapshots.items():
-                if not isinstance(snap_id, str) or not SNAPSHOT_ID.fullmatch(snap_id):
-                    raise ValueError(f"malformed manifest: tier {str(name)[:40]!r}, part {str(part)[:40]!r}: "
-                                     f"invalid snapshot id {str(snap_id)[:40]!r}")
+            return _MANIFEST.validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(document)"
+            value = str(first.get("input", ""))[:40] if first["type"] != "missing" else ""
+            raise ValueError(f"malformed manifest: field {where}: {first['msg']}"
+                             + (f" ({value!r})" if value else "")) from None
 
     def tags(self) -> list[str]:
         consistent = "yes" if self.consistency.get("consistent") else "no"
         return [KIND_MANIFEST, f"session={self.session_id}", f"type={self.backup_type}", f"status={self.status}",
                 f"consistent={consistent}"]
+
+
+_MANIFEST = TypeAdapter(SessionManifest)
 
 
 @dataclass(frozen=True)
