@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tabulate import tabulate
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench-results"
@@ -64,13 +66,12 @@ class Report:
         RESULTS.mkdir(exist_ok=True)
         rows = [c.row() for c in self.comparisons]
         (RESULTS / f"{self.section}.json").write_text(json.dumps({"facts": self.facts, "results": rows}, indent=2))
-        lines = [f"# {self.section}", "", *(f"- {k}: {v}" for k, v in self.facts.items()), "",
-                 "| comparison | ours | baseline | time ratio | bytes ratio | ours/s | baseline/s |",
-                 "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        for r in rows:
-            r = {k: v.replace("|", "\\|") if isinstance(v, str) else v for k, v in r.items()}
-            lines.append(f"| {r['comparison']} | {r['ours']} | {r['baseline']} | {r['time_ratio']} | "
-                         f"{r.get('bytes_ratio', '')} | {r.get('ours_per_second', '')} | {r.get('baseline_per_second', '')} |")
+        columns = ["comparison", "ours", "baseline", "time_ratio", "bytes_ratio", "ours_per_second",
+                   "baseline_per_second"]
+        table = tabulate([[str(r.get(c, "")).replace("|", "\\|") for c in columns] for r in rows],
+                         headers=["comparison", "ours", "baseline", "time ratio", "bytes ratio", "ours/s",
+                                  "baseline/s"], tablefmt="github", disable_numparse=True)
+        lines = [f"# {self.section}", "", *(f"- {k}: {v}" for k, v in self.facts.items()), "", table]
         path = RESULTS / f"{self.section}.md"
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dagster import AssetCheckSeverity, MetadataValue
+from tabulate import tabulate
 
 from ..engine.manifest import TierResult
 from ..engine.session import SessionResult
@@ -31,8 +32,8 @@ def tier_metadata(session: SessionResult, tier: TierResult) -> dict:
     tables = tier.checksums.get("tables")
     if tables:
         meta["rows"] = MetadataValue.int(sum(count for count, _ in tables.values()))
-        meta["tables"] = MetadataValue.md(
-            "| table | rows |\n| --- | ---: |\n" + "\n".join(f"| {t} | {c} |" for t, (c, _h) in sorted(tables.items())))
+        meta["tables"] = MetadataValue.md(markdown_table(
+            [(t, c) for t, (c, _h) in sorted(tables.items())], ["table", "rows"]))
     for key, value in tier.details.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             meta[key] = value
@@ -40,9 +41,8 @@ def tier_metadata(session: SessionResult, tier: TierResult) -> dict:
 
 
 def session_metadata(session: SessionResult) -> dict:
-    rows = "\n".join(
-        f"| {name} | {t.status} | {t.bytes_processed} | {t.bytes_added} | {t.duration_seconds:.1f} |"
-        for name, t in session.tiers.items())
+    rows = [(name, t.status, t.bytes_processed, t.bytes_added, f"{t.duration_seconds:.1f}")
+            for name, t in session.tiers.items()]
     return {
         "session": session.session_id,
         "backup_type": session.backup_type,
@@ -51,19 +51,23 @@ def session_metadata(session: SessionResult) -> dict:
         "bytes_processed": MetadataValue.int(session.bytes_processed),
         "bytes_added": MetadataValue.int(session.bytes_added),
         "duration_seconds": MetadataValue.float(float(session.duration_seconds)),
-        "tiers": MetadataValue.md("| tier | status | bytes read | bytes added | seconds |\n"
-                                  "| --- | --- | ---: | ---: | ---: |\n" + rows),
+        "tiers": MetadataValue.md(markdown_table(rows, ["tier", "status", "bytes read", "bytes added", "seconds"])),
         "consistency_score": MetadataValue.float(float(session.consistency.get("score") or 0.0)),
         "consistent": session.consistent,
     }
 
 
 def consistency_table(report: dict) -> str:
-    rows = [f"| {r['name']} | {'yes' if r['passed'] else 'no'} | {r['score'] if r['score'] is not None else '-'} | "
-            f"{r['references']} | {r['missing_count']} | {r['orphan_count']} | {r.get('reason') or ''} |"
+    rows = [(r["name"], "yes" if r["passed"] else "no", "-" if r["score"] is None else r["score"], r["references"],
+             r["missing_count"], r["orphan_count"], r.get("reason") or "")
             for r in report.get("rules", [])]
-    return ("| rule | passed | score % | references | missing | orphans | note |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | --- |\n" + "\n".join(rows))
+    return markdown_table(rows, ["rule", "passed", "score %", "references", "missing", "orphans", "note"])
+
+
+def markdown_table(rows: list[tuple], headers: list[str]) -> str:
+    """A Markdown table for the UI (cells escaped: a `|` in a value never breaks the table)."""
+    escaped = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
+    return tabulate(escaped, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def consistency_evaluation(session: SessionResult) -> dict:
