@@ -84,6 +84,13 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class SnapshotNode:
+    path: str
+    type: str  # file | dir | symlink | …
+    size: int
+
+
+@dataclass(frozen=True)
 class ForgetGroup:
     keep: tuple[Snapshot, ...]
     remove: tuple[Snapshot, ...]
@@ -300,18 +307,18 @@ class Restic:
             args += ["--include", pattern]
         self.run(args, f"restore {snapshot_id[:8]}")
 
-    def list_files(self, snapshot_id: str) -> list[str]:
-        """Paths inside a snapshot (`restic ls --json`)."""
+    def list_nodes(self, snapshot_id: str) -> list["SnapshotNode"]:
+        """Every node inside a snapshot (`restic ls --json`): path, type, size."""
         out = self.run(["ls", "--json", snapshot_id], f"ls {snapshot_id[:8]}").stdout.decode()
-        paths = []
+        nodes = []
         for line in out.splitlines():
             try:
                 doc = json.loads(line)
             except ValueError:
                 continue
             if doc.get("struct_type") == "node":
-                paths.append(doc["path"])
-        return paths
+                nodes.append(SnapshotNode(doc["path"], doc.get("type", ""), int(doc.get("size") or 0)))
+        return nodes
 
     def forget_ids(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
         if snapshot_ids:

@@ -33,7 +33,7 @@ from typing import Iterator
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames
-from ..repository import Restic
+from ..repository import Restic, SnapshotNode
 from .base import BackupContext, RestoreContext, RestoreOutcome, TierSpec
 from ..reporting import NullReporter, Reporter, Stopwatch
 
@@ -155,21 +155,6 @@ def _current_state(path: Path) -> FileState | None:
 
 # --- what restic stored ---------------------------------------------------------------------
 
-def snapshot_nodes(repo: Restic, snapshot_id: str) -> list[dict]:
-    """Every node of a snapshot (`restic ls --json`): path, type, size.
-    (Belongs in repository.py as `Restic.list_nodes`; kept here until that file changes.)"""
-    out = repo.run(["ls", "--json", snapshot_id], f"ls {snapshot_id[:8]}").stdout.decode()
-    nodes = []
-    for line in out.splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if doc.get("struct_type") == "node":
-            nodes.append({"path": doc["path"], "type": doc.get("type"), "size": doc.get("size", 0)})
-    return nodes
-
-
 def _restic_include(relative: str) -> str:
     """An exact path as a restic include pattern (glob characters escaped)."""
     escaped = "".join("\\" + ch if ch in "\\*?[]" else ch for ch in relative)
@@ -195,10 +180,10 @@ def hash_from_snapshot(repo: Restic, snapshot_id: str, relatives: list[str], scr
         return files
 
 
-def settle_inventory(repo: Restic, root: Path, hashed: dict[str, HashedFile], nodes: list[dict],
+def settle_inventory(repo: Restic, root: Path, hashed: dict[str, HashedFile], nodes: list[SnapshotNode],
                      snapshot_id: str, scratch_root: Path, label: str) -> tuple[dict[str, list], int]:
     """The inventory of what the snapshot holds, and how many files had to be re-read from it."""
-    stored = {n["path"].lstrip("/"): n["size"] for n in nodes if n["type"] == "file"}
+    stored = {n.path.lstrip("/"): n.size for n in nodes if n.type == "file"}
     files, unsure = {}, []
     for rel, size in stored.items():
         entry = hashed.get(rel)
@@ -275,8 +260,8 @@ def backup(ctx: BackupContext) -> TierResult:
     summary = ctx.repo.backup_directory(root, tier_tags(ctx.session_id, TIER, "files", ctx.backup_type),
                                        ctx.session_time, parent=parent, excludes=EXCLUDES,
                                        force=ctx.backup_type == "full", progress=ctx.restic_progress("app data"))
-    nodes = snapshot_nodes(ctx.repo, summary.snapshot_id)
-    leaked = [n["path"] for n in nodes if is_biometric_template(n["path"])]
+    nodes = ctx.repo.list_nodes(summary.snapshot_id)
+    leaked = [n.path for n in nodes if is_biometric_template(n.path)]
     if leaked:
         outcome = _forget_leak(ctx.repo, summary.snapshot_id)
         raise OperationFailed(f"{label}, tier appdata: biometric template(s) reached the snapshot ({leaked[0]})"
