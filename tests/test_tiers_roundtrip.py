@@ -2,7 +2,6 @@
 import json
 import time
 
-import boto3  # noqa: F401  (the observers use it)
 import pika
 import redis
 

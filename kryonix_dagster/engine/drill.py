@@ -18,7 +18,7 @@ from .erasure import erase_scratch
 from .errors import KryonixError, one_line
 from .operation import tenant_operation
 from .manifest import STATUS_OK, SessionManifest, find_manifest
-from .naming import TenantNames, names_for, scratch_id, scratch_names_for, validate_tenant_id
+from .naming import TenantNames, names_for, scratch_names_for, validate_tenant_id
 from .restore import restore_tiers, validate_snapshot
 from .tenant_repository import open_repository
 from .tiers import TIERS
@@ -26,7 +26,6 @@ from .tiers.base import DrillContext, RestoreOutcome, TierSpec
 from .reporting import NullReporter, Reporter
 
 
-scratch_tenant_id = scratch_id  # the name tests and callers used
 
 
 @dataclass
@@ -59,17 +58,19 @@ def compare_tiers(settings: Settings, source: TenantNames, manifest: SessionMani
 
 
 def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", report: Reporter | None = None,
-              tiers: tuple[TierSpec, ...] = TIERS) -> DrillResult:
+              tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 0) -> DrillResult:
     """Restore into scratch names, judge every tier, erase the scratch: a failed drill is a
-    result (audited), not an exception. The lease is the scratch tenant's, so two drills of
-    one tenant run one after the other while the tenant's own sessions go on."""
+    result (audited), not an exception. It holds the scratch's lease and the tenant's (a
+    forget's prune or a repository check must not run under the drill's reads), waiting up to
+    `wait_seconds` for them."""
     validate_tenant_id(tenant_id)
     validate_snapshot(snapshot)
     report = report or NullReporter()
     scratch = scratch_names_for(settings, tenant_id)
     result = DrillResult(tenant_id, scratch.tenant_id, None, False)
     try:
-        with tenant_operation(settings, scratch.tenant_id, "drill", audit_tenant=tenant_id) as op:
+        with tenant_operation(settings, scratch.tenant_id, "drill", also_lease=(tenant_id,),
+                              wait_seconds=wait_seconds, audit_tenant=tenant_id) as op:
             try:
                 erase_scratch(settings, scratch)  # what a killed drill may have left
                 _drill(settings, tenant_id, snapshot, scratch, tiers, report, result)
@@ -95,7 +96,8 @@ def _drill(settings: Settings, tenant_id: str, snapshot: str, scratch: TenantNam
         raise KryonixError(f"tenant {tenant_id}: no restore point to drill")
     result.session_id = manifest.session_id
     source = names_for(settings, tenant_id)
-    outcomes = restore_tiers(settings, source, scratch, repo, manifest, drilled_tiers(manifest, tiers), report)
+    outcomes = restore_tiers(settings, source, scratch, repo, manifest, drilled_tiers(manifest, tiers), report,
+                             preflight=False)
     result.compared = compare_tiers(settings, source, manifest, scratch, outcomes, tiers)
     result.passed = all(v == "ok" for v in result.compared.values())
     if not result.passed:

@@ -288,6 +288,12 @@ class Restic:
                 errfile.seek(0)
                 raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
 
+    def read_through(self, snapshot_id: str) -> None:
+        """Read and authenticate every blob of a snapshot (`restic dump ID /`, discarded): a
+        damaged or missing pack fails here, before anything live is replaced."""
+        with open(os.devnull, "wb") as sink:
+            self.dump_to(snapshot_id, "/", sink)
+
     def dump_latest(self, path: str, tags: Sequence[str]) -> bytes | None:
         """A file of the newest snapshot carrying all `tags`, in one restic call; None if none."""
         proc = procs.run(["restic", "dump", "latest", path, "--tag", ",".join(tags)], capture_output=True, env=self.env())
@@ -329,8 +335,8 @@ class Restic:
         args = ["forget", "--group-by", group_by, *policy_args]
         if tags:
             args += ["--tag", ",".join(tags)]
-        if dry_run:
-            args.append("--dry-run")
+        if dry_run:  # a judgement only: no lock, so it never collides with a running session
+            args = ["--no-lock", *args, "--dry-run"]
         docs = self.run_json(args, "forget") or []
         groups = []
         for doc in docs:

@@ -32,8 +32,9 @@ def repository_bytes(settings: Settings, tenant_id: str) -> int | None:
 
 
 def count_session(settings: Settings, tenant_id: str, session_id: str, snapshots_written: int) -> None:
-    """After a session: one more restore point, without listing the repository (a restic call
-    costs ~0.5 s of key derivation); forget and verify recount from the repository itself."""
+    """After a session: one more restore point, without opening the repository with restic (a
+    restic call costs ~0.5 s of key derivation; its size is summed from the storage's listing);
+    forget and verify recount restore points from the repository itself."""
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO tenants.repository_stats AS s (cliente_id, restore_points, snapshots, repo_bytes, latest_session) "

@@ -106,11 +106,10 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
 
 def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", into: str | None = None,
                 services: tuple[str, ...] | None = None, schema: str | None = None,
-                report: Reporter | None = None, wait_seconds: float = 0,
-                source_lease_held: bool = False) -> RestoreResult:
-    """Restore under the leases of the target and of the source (unless the caller holds the
-    source's: `source_lease_held`, e.g. a drill). The manifest is read again once the leases are
-    held: what is restored is what the repository holds then, not before the wait."""
+                report: Reporter | None = None, wait_seconds: float = 0) -> RestoreResult:
+    """Restore under the leases of the target and of the source. The manifest is read again
+    once the leases are held: what is restored is what the repository holds then, not before
+    the wait."""
     report = report or NullReporter()
     validate_restore_args(tenant_id, into, services, schema, snapshot)
     target_id = into or tenant_id
@@ -122,7 +121,7 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     manifest = _manifest(repo, tenant_id, snapshot)  # refuse early, before waiting for leases
     _plan(manifest, services, schema, NullReporter())
     source, target = names_for(settings, tenant_id), names_for(settings, target_id)
-    also = () if source_lease_held or target_id == tenant_id else (tenant_id,)
+    also = () if target_id == tenant_id else (tenant_id,)
     result = RestoreResult(tenant_id, target_id, manifest.session_id, datetime.now(timezone.utc))
     with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also,
                           started_at=result.started_at) as op:
@@ -141,11 +140,18 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
 
 def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, repo: Restic,
                   manifest: SessionManifest, specs: list[TierSpec], report: Reporter, schema: str | None = None,
-                  before_each=lambda: None, outcomes: dict[str, RestoreOutcome] | None = None
-                  ) -> dict[str, RestoreOutcome]:
+                  before_each=lambda: None, outcomes: dict[str, RestoreOutcome] | None = None,
+                  preflight: bool = True) -> dict[str, RestoreOutcome]:
     """Each tier's restore verb, in order, from `source`'s restore point into `target`'s names
-    (a restore, or a drill's scratch names). A tier's failure names the tenant and the tier."""
+    (a restore, or a drill's scratch names). A tier's failure names the tenant and the tier.
+
+    Each tier verifies its own snapshot before it replaces anything; with several tiers,
+    `preflight` first reads every later tier's snapshots through (restic authenticates every
+    blob), so a damaged pack of the objects stops the restore before the database is swapped.
+    (A drill, whose target is scratch, skips it.)"""
     outcomes = {} if outcomes is None else outcomes
+    if preflight:
+        _read_through(repo, manifest, specs[1:], target.tenant_id, report)
     for spec in specs:
         report.info(f"restoring {spec.name} of session {manifest.session_id} into {target.tenant_id}")
         ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[spec.name], report, schema)
@@ -157,6 +163,17 @@ def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, 
         for warning in outcomes[spec.name].warnings:
             report.warn(warning)
     return outcomes
+
+
+def _read_through(repo: Restic, manifest: SessionManifest, specs: list[TierSpec], tenant_id: str,
+                  report: Reporter) -> None:
+    for spec in specs:
+        report.info(f"checking that {spec.name} of session {manifest.session_id} reads back whole")
+        for snapshot_id in manifest.tiers[spec.name].snapshots.values():
+            try:
+                repo.read_through(snapshot_id)
+            except KryonixError as exc:
+                raise type(exc)(_with_tier(f"{exc}; nothing was changed", tenant_id, spec.name)) from exc
 
 
 def _with_tier(message: str, tenant_id: str, tier_name: str) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from . import registry
 from .config import Settings
-from .errors import BadInput, KryonixError, OperationFailed, one_line
+from .errors import BadInput, OperationFailed, one_line
 from .repository_stats import refresh_repository_stats
 from .manifest import KIND_MANIFEST, KIND_TIER
 from .naming import validate_tenant_id
@@ -164,7 +164,7 @@ def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_s
     if not dry_run:
         try:
             refresh_repository_stats(settings, tenant_id, repo)
-        except KryonixError as exc:  # statistics only
+        except Exception as exc:  # statistics only: the forget itself is done
             log.warning("tenant %s: repository statistics not refreshed: %s", tenant_id, one_line(str(exc), 200))
     return decision
 

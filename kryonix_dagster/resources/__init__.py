@@ -138,8 +138,10 @@ class BackupEngineResource(ConfigurableResource):
 
     # --- backup
     def backup(self, tenant_id: str, backup_type: str, report: Reporter, gate: Gate | None = None,
-               tiers: tuple[TierSpec, ...] = TIERS) -> SessionResult:
-        return run_backup(self.settings(), tenant_id, backup_type, report, tiers=tiers, gate=gate)
+               tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 600) -> SessionResult:
+        """A scheduled session waits for a drill, check or forget of its tenant rather than failing."""
+        return run_backup(self.settings(), tenant_id, backup_type, report, wait_seconds=wait_seconds, tiers=tiers,
+                          gate=gate)
 
     # --- retention
     def forget(self, tenant_id: str, wait_seconds: float = 300) -> RetentionDecision:
@@ -153,8 +155,8 @@ class BackupEngineResource(ConfigurableResource):
         """restic check under the tenant's lease: waits for a running session rather than colliding with it."""
         return run_verify(self.settings(), tenant_id, subset=subset, wait_seconds=wait_seconds)
 
-    def drill(self, tenant_id: str, report: Reporter | None = None) -> DrillResult:
-        return run_drill(self.settings(), tenant_id, report=report)
+    def drill(self, tenant_id: str, report: Reporter | None = None, wait_seconds: float = 600) -> DrillResult:
+        return run_drill(self.settings(), tenant_id, report=report, wait_seconds=wait_seconds)
 
     # --- fleet
     def statuses(self) -> list[TenantStatus]:

@@ -382,7 +382,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
 def drill_compare(check: DrillContext) -> str:
     """Every object the session recorded, of the recorded size, in the scratch tenant's buckets, and no other."""
     want = {}
-    for key, (_etag, size) in check.recorded.checksums.get("objects", {}).items():
+    for key, (_etag, size, *_sha256) in check.recorded.checksums.get("objects", {}).items():
         bucket, _, obj = key.partition("/")
         if not check.source.owns_bucket(bucket):
             return f"object {key} of the manifest is not in a bucket of tenant {check.source.tenant_id}"
