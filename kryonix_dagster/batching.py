@@ -5,6 +5,8 @@ request runs of the batch jobs per batch of tenants; each tenant still gets its 
 events (materializations, check evaluations), and a failing tenant never stops the batch.
 The partitioned asset and checks stay available for one tenant at a time.
 """
+from typing import Callable
+
 from dagster import AssetCheckEvaluation, AssetKey, Config, Failure, MetadataValue, OpExecutionContext
 
 from .backup.metadata import RESTORE_POINT_ASSET
@@ -36,3 +38,17 @@ def finish_batch(context: OpExecutionContext, what: str, tenants: list[str], fai
             metadata={"failed_tenants": MetadataValue.json(failed), "total": len(tenants),
                       "succeeded": len(tenants) - len(failed)},
         )
+
+
+def check_batch(context: OpExecutionContext, check: str, engine: BackupEngineResource, config: TenantBatchConfig,
+                evaluate: Callable[[BackupEngineResource, str], dict]) -> None:
+    """One check over a batch of tenants: each result logged on its tenant's partition, the
+    op failing at the end (naming the tenants) when any of them failed."""
+    tenants = active_tenants(engine, config)
+    failed: dict[str, str] = {}
+    for tenant_id in tenants:
+        fields = evaluate(engine, tenant_id)
+        log_check(context, check, tenant_id, fields)
+        if not fields["passed"]:
+            failed[tenant_id] = fields["description"]
+    finish_batch(context, check, tenants, failed)

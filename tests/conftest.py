@@ -135,6 +135,15 @@ def cli(test_env):
     return run_cli
 
 
+@pytest.fixture
+def dagster_home(tmp_path) -> Path:
+    """An empty Dagster instance folder of the test's own (telemetry off)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
 @pytest.fixture(scope="session")
 def psql(test_env):
     """Run SQL through the psql binary: an independent path from the product's psycopg2."""

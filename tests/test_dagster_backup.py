@@ -72,13 +72,11 @@ def test_cli_backup_appears_in_the_dagster_instance(settings, tenant_factory, cl
         assert check.event.dagster_event.event_specific_data.passed is True
 
 
-def test_every_cli_session_of_a_tenant_is_a_materialization_with_its_check(settings, tenant_factory, cli, tmp_path):
+def test_every_cli_session_of_a_tenant_is_a_materialization_with_its_check(settings, tenant_factory, cli, dagster_home):
     """The second session of a tenant used to hit the UNIQUE index on asset_check_executions."""
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home = dagster_home
     sessions = []
     for _ in range(2):
         result = cli("backup", tid, "--json", env={"DAGSTER_HOME": str(home)})

@@ -81,13 +81,11 @@ def test_the_adapter_matches_the_pinned_dagster(tmp_path, monkeypatch):
         slots.free("run-b", "step-b")
 
 
-def test_the_demo_records_every_check_of_restore_point(settings, tenant_factory, cli, tmp_path):
+def test_the_demo_records_every_check_of_restore_point(settings, tenant_factory, cli, dagster_home):
     """make demo's last step: each backed-up tenant gets a result for every check in the instance."""
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home = dagster_home
     env = {"DAGSTER_HOME": str(home)}
     assert cli("backup", tid, env=env).returncode == 0
     other = json.loads(cli("status", "--json").stdout)
