@@ -210,17 +210,32 @@ def test_kill_between_renames_rolls_back_and_backup_keeps_the_data(settings, ten
     assert tree(root) == expected and not previous.exists() and not journal.exists()
 
 
-def test_kill_between_renames_rolls_forward_to_the_verified_folder(settings, tenant_factory):
+@pytest.mark.parametrize("with_journal", [True, False])
+def test_kill_between_renames_rolls_back_even_with_a_verified_folder(settings, tenant_factory, with_journal):
+    """Like PostgreSQL's swap: live missing + previous present → previous back, staging discarded,
+    so a killed full restore never leaves the old database beside the new files."""
     tid, root = app_tenant(settings, tenant_factory)
+    expected = tree(root)
     staging = root.parent / f".{root.name}.restoring-x1"
     shutil.copytree(root, staging, symlinks=True)
     write(staging / "config" / "restored.json", "from the snapshot")
-    expected = tree(staging)
-    previous, journal = _crash_state(root, staging.name)
+    previous, journal = _crash_state(root, staging.name if with_journal else None)
     os.replace(root, previous)
     assert appdata_tier.heal_interrupted_swap(names_for(settings, tid)) == [
-        "swap was interrupted: rolled forward to the restored folder"]
+        "swap was interrupted: rolled back to the previous folder",
+        f"removed the unfinished restore folder {staging.name}"]
     assert tree(root) == expected and not staging.exists() and not previous.exists() and not journal.exists()
+
+
+def test_finished_swap_leftover_previous_is_removed(settings, tenant_factory):
+    tid, root = app_tenant(settings, tenant_factory)
+    expected = tree(root)
+    previous, journal = _crash_state(root, None)
+    shutil.copytree(root, previous, symlinks=True)
+    write(previous / "config" / "old.json", "the replaced folder")
+    assert appdata_tier.heal_interrupted_swap(names_for(settings, tid)) == [
+        "removed the previous folder of a finished swap"]
+    assert tree(root) == expected and not previous.exists()
 
 
 def test_kill_before_the_swap_discards_staging_and_keeps_live(settings, tenant_factory):
@@ -258,26 +273,35 @@ def test_restored_folder_keeps_mode_and_owner(settings, cli, tenant_factory):
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 4321, 4322)
 
 
-# --- finding 32: an empty tier after files is a warning -----------------------------------------
+# --- finding 32: an empty tier after files is a warning, said once (by the session) -------------
 
-def test_empty_folder_after_files_warns(settings, tenant_factory):
+def session_warnings(cli, tid: str) -> tuple[dict, list[str]]:
+    """The app-data tier and the warnings of one backup, as `kryonix-backup backup --json` reports them."""
+    result = cli("backup", tid, "--json")
+    assert result.returncode == 0, result.stderr
+    session = json.loads(result.stdout)["sessions"][0]
+    return session["tiers"]["appdata"], session["warnings"]
+
+
+def test_empty_folder_after_files_warns(settings, cli, psql, tenant_factory):
     tid, root = app_tenant(settings, tenant_factory)
+    psql("postgres", f"CREATE DATABASE kryonix_cliente_{tid}")  # a whole session needs its critical tier
     backup_tier(settings, tid)
     shutil.rmtree(root)
-    empty = backup_tier(settings, tid, backup_type="incremental").tiers["appdata"]
-    assert empty.status == "empty"
-    warnings = empty.details["warnings"]
-    assert len(warnings) == 1 and "no folder" in warnings[0] and "3 file(s)" in warnings[0]
+    empty, warnings = session_warnings(cli, tid)
+    assert empty["status"] == "empty"
+    appdata = [w for w in warnings if "appdata" in w]
+    assert appdata == ["tier appdata: empty, the previous restore point had 3 item(s)"]  # said once
     root.mkdir()
-    none = backup_tier(settings, tid).tiers["appdata"]
-    assert none.status == "empty", none.error  # restic refuses an empty snapshot: not a failure
-    assert none.details["warnings"] == []  # the previous session was already empty
+    none, warnings = session_warnings(cli, tid)
+    assert none["status"] == "empty", none["error"]  # restic refuses an empty snapshot: not a failure
+    assert not [w for w in warnings if "appdata" in w]  # the previous session was already empty
     write(root / "media" / "a.bin", "a")
-    assert backup_tier(settings, tid).tiers["appdata"].details["warnings"] == []
+    assert not [w for w in session_warnings(cli, tid)[1] if "appdata" in w]
     (root / "media" / "a.bin").unlink()
-    only_dirs = backup_tier(settings, tid).tiers["appdata"]
-    assert only_dirs.status == "ok" and only_dirs.items == 0
-    assert "the folder has no files" in only_dirs.details["warnings"][0]
+    only_dirs, warnings = session_warnings(cli, tid)
+    assert only_dirs["status"] == "ok" and only_dirs["items"] == 0
+    assert [w for w in warnings if "appdata" in w] == ["tier appdata: empty, the previous restore point had 1 item(s)"]
 
 
 # --- objects: verify every byte before replacing ------------------------------------------------

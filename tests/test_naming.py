@@ -111,3 +111,48 @@ def test_only_names_built_as_scratch_count_as_scratch():
     assert not is_scratch(dataclasses.replace(s, scratch=False))
     with pytest.raises(BadInput):
         scratch_names("../../x", Path("/data/apps"))
+
+
+# Names of the restore machinery: staging vhost, app-data swap folders; derived here too.
+from kryonix_dagster.engine.naming import foreign_tenant_ids  # noqa: E402
+
+
+def test_restore_machinery_names_of_a_tenant():
+    n = names("42")
+    assert n.staging_vhost == "/cliente_42~restore"
+    assert n.previous_app_data_dir == Path("/data/apps/.cliente_42.previous")
+    assert n.app_data_journal == Path("/data/apps/.cliente_42.swap.json")
+    assert n.app_data_staging_prefix == ".cliente_42.restoring-"
+
+
+def test_restore_machinery_names_of_a_scratch_tenant():
+    token = scratch_token("42")
+    s = scratch("42")
+    assert s.staging_vhost == f"/drill_{token}~restore"
+    assert s.previous_app_data_dir == Path(f"/data/apps/.drill_{token}.previous")
+    assert s.app_data_journal == Path(f"/data/apps/.drill_{token}.swap.json")
+    assert s.app_data_staging_prefix == f".drill_{token}.restoring-"
+
+
+def test_restore_machinery_names_never_collide_between_tenants():
+    one, ten, drill = names("1"), names("10"), scratch("1")
+    for a, b in ((one, ten), (ten, one), (one, drill), (drill, one)):
+        assert a.staging_vhost not in (b.vhost, b.staging_vhost)
+        assert a.previous_app_data_dir not in (b.app_data_dir, b.previous_app_data_dir)
+        assert a.app_data_journal != b.app_data_journal
+        assert not b.app_data_staging_prefix.startswith(a.app_data_staging_prefix)
+        assert a.previous_app_data_dir.parent == a.app_data_dir.parent  # a rename, never a copy
+
+
+@pytest.mark.parametrize("name, found", [
+    ("kryonix_cliente_2_app", {"2"}), ("cliente-2-media", {"2"}), ("cliente:2:sess", {"2"}),
+    ("/cliente_2", {"2"}), ("app.cliente.2", {"2"}), ("cliente_2 and cliente-3", {"2", "3"}),
+    ("kryonix_cliente_1_app", set()), ("cliente_1", set()), ("guest", set()), ("cliente", set()),
+    ("cliente_10", {"10"}), ("clientes_2", set()), (f"drill-{'a' * 12}-x", set()),
+])
+def test_foreign_tenant_ids_finds_other_tenants_naming_forms(name, found):
+    assert foreign_tenant_ids(name, names("1")) == found
+
+
+def test_a_scratch_owner_owns_no_tenant_form():
+    assert foreign_tenant_ids("kryonix_cliente_1_app", scratch("1")) == {"1"}

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import pg
 from .config import Settings
 from .errors import OperationFailed
+from .fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,8 @@ def _create_master_key(settings: Settings, path: Path) -> None:
             return  # another process created it first; use theirs
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     log.info("created master key %s", path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def master_key(settings: Settings) -> bytes:

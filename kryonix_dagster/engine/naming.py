@@ -8,6 +8,11 @@ Restore drills restore into a scratch tenant whose names have their own prefixes
 (``kryonix_drill_{token}``, ``drill-{token}-*``, ``drill:{token}:*``, ``/drill_{token}``,
 ``drill_{token}/``): no tenant id yields a name that starts like that, and the scratch id
 ``drill-{token}`` is not a tenant id, so it can never be registered.
+
+The restore machinery's names are derived here as well: the scratch vhost a RabbitMQ restore
+tries definitions in (``<vhost>~restore``; ``~`` is in no tenant id) and the app-data swap's
+folders beside the live one (``.<folder>.previous``, ``.<folder>.restoring-*``), which start
+with a dot and so are never a tenant's folder.
 """
 from __future__ import annotations
 
@@ -19,6 +24,10 @@ from pathlib import Path
 from .errors import BadInput
 
 TENANT_ID_PATTERN = re.compile(r"[a-z0-9]{1,32}")
+# A tenant's naming form inside any name: `cliente` + a separator + an id, not followed by
+# another id character (`cliente_1` in `kryonix_cliente_1_app`, `cliente-1-media`, `cliente:1:`).
+_TENANT_FORM = re.compile(r"cliente[_:.-]([a-z0-9]{1,32})(?![a-z0-9])")
+_STAGING_VHOST_SUFFIX = "~restore"
 PLANS = ("basic", "pro", "enterprise")
 STATUSES = ("ativo", "inativo")
 BACKUP_TYPES = ("full", "incremental")
@@ -74,6 +83,26 @@ class TenantNames:
         return f"{self.database}__previous"
 
     @property
+    def staging_vhost(self) -> str:
+        """The scratch vhost a RabbitMQ restore loads definitions into first (`~` is in no tenant id)."""
+        return f"{self.vhost}{_STAGING_VHOST_SUFFIX}"
+
+    @property
+    def previous_app_data_dir(self) -> Path:
+        """The replaced app-data folder during a restore swap (same parent: a rename)."""
+        return self.app_data_dir.parent / f".{self.local_name}.previous"
+
+    @property
+    def app_data_journal(self) -> Path:
+        """The swap journal earlier versions wrote; only ever removed now."""
+        return self.app_data_dir.parent / f".{self.local_name}.swap.json"
+
+    @property
+    def app_data_staging_prefix(self) -> str:
+        """Name prefix of the folders an app-data restore builds beside the live one."""
+        return f".{self.local_name}.restoring-"
+
+    @property
     def local_name(self) -> str:
         """The tenant's name in local folders and staging files (`cliente_{id}`, a scratch's own)."""
         return self.app_data_dir.name
@@ -101,6 +130,12 @@ class TenantNames:
 
     def role(self, suffix: str) -> str:
         return f"{self.role_prefix}{suffix}"
+
+
+def foreign_tenant_ids(name: str, owner: TenantNames) -> set[str]:
+    """Ids of other tenants whose naming form (`cliente_ID`, `cliente-ID`, `cliente:ID`,
+    `cliente.ID`) the name carries; empty when it names no tenant but `owner`."""
+    return {found for found in _TENANT_FORM.findall(name) if found != owner.tenant_id}
 
 
 def tenant_names(tenant_id: str, app_data_root: Path, repo_root: str) -> TenantNames:

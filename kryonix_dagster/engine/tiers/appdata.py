@@ -13,14 +13,17 @@ stored a file the hashing did not see) is hashed again from the snapshot itself,
 Restore builds the folder beside the current one, verifies every file against the
 manifest, carries the device-local biometric templates over without ever following a
 symbolic link (a link where templates hang is refused), gives the folder its recorded
-mode and owner, and swaps by rename under a journal, so a kill at any moment is rolled
-forward or back by `heal_interrupted_swap`, which every backup and restore of the tenant
-runs first.
+mode and owner, and swaps by rename (live → previous, restored → live, previous removed), so
+a kill at any moment is undone or finished by `heal_interrupted_swap`, which every backup and
+restore of the tenant runs first: like the PostgreSQL tier's, it rolls back to previous while
+the live folder is missing.
+
+An empty tier (no folder, or no files) is status `empty`/0 items, not a failure; the session
+warns when the previous restore point had items.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import OperationFailed, one_line
+from ..fsutil import fsync_dir
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames
 from ..repository import Restic, SnapshotNode
@@ -204,19 +208,6 @@ def _folder_attributes(root: Path) -> dict:
     return {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
 
 
-def _empty_warning(ctx: BackupContext, what: str) -> list[str]:
-    """An empty tier after a session that had files is worth a warning, not silent success."""
-    try:
-        previous = ctx.previous
-    except Exception:  # the warning must never fail the tier
-        return []
-    before = previous.tiers.get(TIER) if previous else None
-    if before is None or not before.items:
-        return []
-    return [f"tenant {ctx.names.tenant_id}, tier appdata: {what}, but session {previous.session_id} "
-            f"backed up {before.items} file(s)"]
-
-
 def _forget_leak(repo: Restic, snapshot_id: str) -> str:
     """Forget the snapshot first (so nothing references the leaked data even if prune fails),
     waiting out a competing lock, then prune. Returns what could not be done."""
@@ -248,12 +239,11 @@ def backup(ctx: BackupContext) -> TierResult:
     if not root.is_dir():
         ctx.captured[TIER] = {"files": [], "root": None}
         return TierResult(TIER, STATUS_EMPTY, duration_seconds=watch.seconds,
-                          details={"folder": None, "healed": healed, "warnings": _empty_warning(ctx, "no folder")})
+                          details={"folder": None, "healed": healed})
     if not any(root.iterdir()):  # restic refuses an empty snapshot
         ctx.captured[TIER] = {"files": [], "root": str(root)}
         return TierResult(TIER, STATUS_EMPTY, duration_seconds=watch.seconds,
-                          details={"folder": _folder_attributes(root), "healed": healed,
-                                   "warnings": _empty_warning(ctx, "the folder is empty")})
+                          details={"folder": _folder_attributes(root), "healed": healed})
     hashed = _hash_live_tree(root)
     previous = ctx.previous_tier(TIER)
     parent = previous.snapshots.get("files") if previous else None
@@ -269,14 +259,13 @@ def backup(ctx: BackupContext) -> TierResult:
     files, reread = settle_inventory(ctx.repo, root, hashed, nodes, summary.snapshot_id,
                                      Path(ctx.settings.state_dir) / "scratch" / names.local_name, label)
     ctx.captured[TIER] = {"files": sorted(files), "root": str(root)}
-    warnings = [] if files else _empty_warning(ctx, "the folder has no files")
     return TierResult(
         TIER, STATUS_OK, snapshots={"files": summary.snapshot_id}, bytes_processed=summary.total_bytes_processed,
         bytes_added=summary.data_added, items=len(files), duration_seconds=watch.seconds,
         checksums={"files": files},
         details={"files": len(files), "files_new": summary.files_new, "files_changed": summary.files_changed,
                  "files_unmodified": summary.files_unmodified, "files_reread_from_snapshot": reread,
-                 "folder": _folder_attributes(root), "healed": healed, "warnings": warnings},
+                 "folder": _folder_attributes(root), "healed": healed},
     )
 
 
@@ -293,7 +282,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         raise OperationFailed(f"{label}, tier appdata: {target} is a symbolic link; the current folder was kept")
     target.parent.mkdir(parents=True, exist_ok=True)
     attributes = _restored_attributes(ctx, target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=ctx.target.app_data_staging_prefix, dir=target.parent))
     try:
         ctx.repo.restore(ctx.result.snapshots["files"], staging)
         expected = ctx.result.checksums.get("files", {})
@@ -304,7 +293,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
                                   f"backup ({', '.join(wrong)}); the current folder was kept")
         carry_templates(target, staging, outcome, label)
         _apply_attributes(staging, attributes, outcome)
-        swap_into_place(target, staging)
+        swap_into_place(ctx.target, staging)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -430,110 +419,57 @@ def _copy_file_nofollow(source: Path, dest: Path, st: os.stat_result) -> None:
         os.close(src)
 
 
-# --- the swap, journaled ----------------------------------------------------------------------
+# --- the swap ----------------------------------------------------------------------------------
 
-def _previous_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.previous"
-
-
-def _journal_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.swap.json"
-
-
-def _staging_prefix(target: Path) -> str:
-    return f".{target.name}.restoring-"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_journal(target: Path, staging: Path) -> None:
-    journal = _journal_path(target)
-    tmp = journal.with_name(journal.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o600)
-    try:
-        os.write(fd, json.dumps({"staging": staging.name, "previous": _previous_path(target).name}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, journal)
-    _fsync_dir(target.parent)
-
-
-def swap_into_place(target: Path, staging: Path) -> None:
-    """live → previous, staging → live, under a journal; `heal_interrupted_swap` finishes or undoes
-    it after a kill at any point. `staging` must be complete and verified."""
-    previous = _previous_path(target)
+def swap_into_place(names: TenantNames, staging: Path) -> None:
+    """live → previous, staging → live, previous removed last. A kill at any point leaves a state
+    `heal_interrupted_swap` undoes (live missing: previous back) or finishes (live present:
+    previous removed). `staging` must be complete and verified."""
+    target, previous = names.app_data_dir, names.previous_app_data_dir
     if os.path.lexists(previous):  # heal ran first: only a finished swap's leftover can be here
+        if not os.path.lexists(target):  # never remove the only copy
+            raise OperationFailed(f"tenant {names.tenant_id}, tier appdata: {target} is missing and {previous} "
+                                  f"holds its data; run the restore again to put it back")
         shutil.rmtree(previous)
-    _write_journal(target, staging)
     if os.path.lexists(target):
         os.replace(target, previous)
     os.replace(staging, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(previous, ignore_errors=True)
-    _journal_path(target).unlink()
-    _fsync_dir(target.parent)
-
-
-def _read_journal(journal: Path, target: Path) -> Path | None:
-    """The staging folder a journal names, or None if the journal is unreadable."""
-    try:
-        name = json.loads(journal.read_text()).get("staging", "")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(name, str) or "/" in name or not name.startswith(_staging_prefix(target)):
-        return None
-    return target.parent / name
+    fsync_dir(target.parent)
 
 
 def heal_interrupted_swap(names: TenantNames, report: Reporter | None = None) -> list[str]:
-    """Finish or undo a restore swap that a kill interrupted, and clear its leftovers.
-    `previous` is never deleted while the live folder is missing. Returns what was done."""
+    """Undo or finish a restore swap a kill interrupted, in the same direction as the PostgreSQL
+    tier's heal (so a killed full restore never leaves old data in one tier and new in another):
+
+    live missing, previous present → roll back: previous becomes the live folder again (it is
+      never deleted while the live folder is missing);
+    live and previous present → the swap finished, its cleanup did not: previous is removed;
+    any unfinished restore folder beside them is discarded, and so is a journal earlier
+    versions wrote. Returns what was done."""
     report = report or NullReporter()
-    target = names.app_data_dir
+    target, previous = names.app_data_dir, names.previous_app_data_dir
     parent = target.parent
     if not parent.is_dir():
         return []
-    previous, journal = _previous_path(target), _journal_path(target)
     actions: list[str] = []
-    if journal.exists():
-        staging = _read_journal(journal, target)
-        if os.path.lexists(target):
-            if staging is not None and staging.is_dir() and not os.path.lexists(previous):
-                actions.append("swap had not started: discarded the prepared folder")
-            else:
-                actions.append("swap had finished: removed the previous folder")
-            shutil.rmtree(previous, ignore_errors=True)
-        elif staging is not None and staging.is_dir():
-            os.replace(staging, target)
-            actions.append("swap was interrupted: rolled forward to the restored folder")
-            shutil.rmtree(previous, ignore_errors=True)
-        elif os.path.lexists(previous):
-            os.replace(previous, target)
-            actions.append("swap was interrupted: rolled back to the previous folder")
-        _fsync_dir(parent)
-        journal.unlink()
-    elif os.path.lexists(previous):
+    if os.path.lexists(previous):
         if os.path.lexists(target):
             shutil.rmtree(previous, ignore_errors=True)
             actions.append("removed the previous folder of a finished swap")
         else:
             os.replace(previous, target)
-            actions.append("live folder was missing: put the previous folder back")
-    for leftover in parent.glob(f"{_staging_prefix(target)}*"):
+            fsync_dir(parent)
+            actions.append("swap was interrupted: rolled back to the previous folder")
+    for leftover in sorted(parent.glob(f"{names.app_data_staging_prefix}*")):
         shutil.rmtree(leftover, ignore_errors=True)
         actions.append(f"removed the unfinished restore folder {leftover.name}")
-    stale_tmp = journal.with_name(journal.name + ".tmp")
-    if stale_tmp.exists():
-        stale_tmp.unlink()
+    journal = names.app_data_journal
+    for stale in (journal, journal.with_name(journal.name + ".tmp")):
+        stale.unlink(missing_ok=True)
     if actions:
-        _fsync_dir(parent)
+        fsync_dir(parent)
         for action in actions:
             report.warn(f"tenant {names.tenant_id}, tier appdata: {action}")
     return actions

@@ -24,7 +24,6 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -35,7 +34,7 @@ import pika.exceptions
 from .. import services
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_EMPTY, STATUS_OK, TierResult, tier_tags
-from ..naming import TenantNames
+from ..naming import TenantNames, foreign_tenant_ids
 from .base import BackupContext, DrillContext, RestoreContext, RestoreOutcome, TierSpec, verified_stream
 from ..reporting import Stopwatch
 
@@ -47,8 +46,6 @@ _DEFINITION_KEYS = ("exchanges", "queues", "bindings", "policies", "parameters")
 # vhost-scoped parameters kept: limits and operator policies. Others (shovels, federation
 # upstreams) carry URIs with credentials and may name other vhosts: never captured nor loaded.
 _PARAMETER_COMPONENTS = ("vhost-limits", "operator_policy")
-_FOREIGN_NAME = re.compile(r"cliente[_:.-]([a-z0-9]{1,32})(?![a-z0-9])")
-STAGING_SUFFIX = "~restore"  # `~` is not in tenant ids: never another tenant's vhost
 
 
 # --- header values are AMQP tables: keep their types through JSON -------------------------------
@@ -228,7 +225,7 @@ def _where(ctx: RestoreContext) -> str:
 
 def foreign_names(names: list[str], owner: TenantNames) -> list[str]:
     """Names that carry another tenant's naming form (`cliente_ID`, `cliente-ID`, `cliente:ID`)."""
-    return sorted({n for n in names for found in _FOREIGN_NAME.findall(n) if found != owner.tenant_id})
+    return sorted({n for n in names if foreign_tenant_ids(n, owner)})
 
 
 def parse_snapshot(ctx: RestoreContext, data: bytes) -> VhostSnapshot:
@@ -337,7 +334,7 @@ def grant_service_users(ctx: RestoreContext, api: services.RabbitMQApi, vhost: s
 def check_in_staging(ctx: RestoreContext, api: services.RabbitMQApi, snap: VhostSnapshot) -> None:
     """Load the definitions into `<vhost>~restore`: what the broker refuses fails here, while
     the live vhost is untouched. The scratch vhost is removed whatever happens."""
-    staging = ctx.target.vhost + STAGING_SUFFIX
+    staging = ctx.target.staging_vhost
     api.delete_vhost(staging)  # left by a killed restore
     try:
         create_vhost(api, staging, {})
