@@ -103,6 +103,9 @@ def test_awkward_keys_versions_and_incremental_objects(settings, cli, tenant_fac
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/x-kryonix", Metadata={"origem": "teste"},
                       Tagging="nivel=1")
     s3.put_object(Bucket=bucket, Key="a", Body=b"second version")
+    # the application's file table knows them (an unreferenced object is an orphan, as in the seed)
+    rows = ", ".join(f"('versionado', $k${key}$k$, 'text/x-kryonix', {len(key) * 3})" for key in awkward)
+    observe.psql(names.database, f"INSERT INTO portal.arquivos (bucket, object_key, content_type, tamanho) VALUES {rows}")
     latest_version = s3.head_object(Bucket=bucket, Key="a")["VersionId"]
     before = observe.bucket_state(s3, names.bucket_prefix)
     assert set(before[bucket]) == set(awkward)
