@@ -140,8 +140,9 @@ class Restic:
     """A restic repository opened with its password."""
 
     def __init__(self, repo: str, password: str, label: str, cache_dir: Path,
-                 access_key: str | None = None, secret_key: str | None = None):
+                 access_key: str | None = None, secret_key: str | None = None, key_hint: str | None = None):
         self.location = restic_location(repo)
+        self.key_hint = key_hint  # id of the key file restic tries first (RESTIC_KEY_HINT)
         self.label = label  # e.g. "tenant 42", used in every error message
         self._password = password
         self._cache_dir = cache_dir
@@ -162,6 +163,8 @@ class Restic:
             RESTIC_PROGRESS_FPS="0.5",
             TZ="UTC",
         )
+        if self.key_hint:
+            env["RESTIC_KEY_HINT"] = self.key_hint
         if self._access_key:
             env["AWS_ACCESS_KEY_ID"] = self._access_key
         if self._secret_key:
@@ -197,6 +200,12 @@ class Restic:
 
     def init(self) -> None:
         self.run(["init", "--repository-version", "2"], "init")
+
+    def current_key_id(self) -> str:
+        """Short id of the key file restic opened the repository with (the hinted one if it
+        opens with the password). Takes no lock."""
+        keys = self.run_json(["--no-lock", "key", "list"], "key list") or []
+        return next((k["id"] for k in keys if k.get("current")), "")
 
     def unlock(self) -> None:
         """Remove stale locks only (a killed session's); live ones stay."""

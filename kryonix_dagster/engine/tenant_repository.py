@@ -1,10 +1,30 @@
-"""Open a tenant's own restic repository with its own password from the key vault."""
+"""Open a tenant's own restic repository with its own password from the key vault.
+
+Each repository is opened through a key file with cheap scrypt parameters (restic_key.py):
+a new repository gets one right after `init`, an existing one is migrated on its next open.
+The migration never leaves a repository keyless and removes only key files it proved
+replaceable: the cheap key wraps the same master key as each removed one, and the stock
+restic binary opened the repository with it. The cheap key's id is remembered in a marker
+under the state folder, so later opens cost no restic process and no storage request.
+"""
 from __future__ import annotations
 
-from . import keys
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from . import keys, restic_key
 from .config import Settings
+from .errors import OperationFailed
 from .naming import names_for
 from .repository import Restic
+
+log = logging.getLogger(__name__)
 
 
 def open_repository(settings: Settings, tenant_id: str, create: bool = False) -> Restic | None:
@@ -18,6 +38,243 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False) ->
         cache_dir=settings.state_dir / "restic-cache",
         access_key=settings.repo_access_key, secret_key=settings.repo_secret_key,
     )
+    repo.key_hint = remembered_cheap_key(settings, repo.location)
     if create and not repo.exists():
         repo.init()
+        repo.key_hint = None
+    if repo.key_hint is None:
+        repo.key_hint = ensure_cheap_key(settings, repo, password)
     return repo
+
+
+# -- where a repository's key files live -------------------------------------------------------
+
+class KeyFolder(Protocol):
+    """A repository's `keys/` folder in its storage. Errors surface as OSError."""
+
+    def names(self) -> list[str]: ...
+    def read(self, name: str) -> bytes: ...
+    def write(self, name: str, raw: bytes) -> None: ...
+    def remove(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalKeyFolder:
+    root: Path  # the repository's folder
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "keys"
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir()) if self.folder.is_dir() else []
+
+    def read(self, name: str) -> bytes:
+        return (self.folder / name).read_bytes()
+
+    def write(self, name: str, raw: bytes) -> None:
+        """Atomic and durable, read-only like restic's own files; the temporary file sits
+        outside keys/ so restic never lists a partial key."""
+        tmp = self.root / f".kryonix-key-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "wb") as out:
+                out.write(raw)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.folder)
+
+    def remove(self, name: str) -> None:
+        (self.folder / name).unlink(missing_ok=True)
+        _fsync_dir(self.folder)
+
+
+@dataclass(frozen=True)
+class S3KeyFolder:
+    client: object
+    bucket: str
+    prefix: str  # the repository's prefix inside the bucket, "" for the bucket's root
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}keys/{name}"
+
+    def names(self) -> list[str]:
+        found = []
+        with _as_oserror():
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(""))
+            for page in pages:
+                found += [item["Key"].rsplit("/", 1)[-1] for item in page.get("Contents", [])]
+        return sorted(found)
+
+    def read(self, name: str) -> bytes:
+        with _as_oserror():
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+
+    def write(self, name: str, raw: bytes) -> None:
+        with _as_oserror():
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=raw)
+
+    def remove(self, name: str) -> None:
+        with _as_oserror():
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+
+class _as_oserror:
+    """boto3's errors as OSError, so callers handle one kind of storage failure."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+        if isinstance(exc, (BotoCoreError, ClientError)):
+            raise OSError(f"S3: {type(exc).__name__}: {exc}") from None
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def local_root(location: str) -> Path | None:
+    """The folder of a local repository; None for remote ones."""
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    return Path(location) if location.startswith("/") else None
+
+
+def key_folder(settings: Settings, location: str) -> KeyFolder | None:
+    """The keys/ folder of a file or S3 repository; None for backends we do not write to."""
+    root = local_root(location)
+    if root is not None:
+        return LocalKeyFolder(root)
+    if not location.startswith("s3:"):
+        return None
+    rest = location[len("s3:"):]
+    url = urlparse(rest if "://" in rest else f"https://{rest}")
+    bucket, _, prefix = url.path.lstrip("/").partition("/")
+    prefix = prefix.strip("/")
+    from .services import client_for
+    client = client_for(f"{url.scheme}://{url.netloc}", settings.repo_access_key, settings.repo_secret_key,
+                        settings.s3_region)
+    return S3KeyFolder(client, bucket, f"{prefix}/" if prefix else "")
+
+
+# -- the marker: which cheap key a repository opens with -----------------------------------------
+
+def _marker_path(settings: Settings, location: str) -> Path:
+    digest = hashlib.sha256(location.encode()).hexdigest()[:32]
+    return settings.state_dir / "restic-keys" / digest
+
+
+def remembered_cheap_key(settings: Settings, location: str) -> str | None:
+    """The cheap key this machine migrated the repository to, if still there. For a local
+    repository the key file's presence is checked (a recreated repository is inspected again);
+    for a remote one the marker is trusted: a stale hint only costs restic a key search."""
+    try:
+        name = _marker_path(settings, location).read_text().strip()
+    except OSError:
+        return None
+    root = local_root(location)
+    if not name or (root is not None and not (root / "keys" / name).is_file()):
+        return None
+    return name
+
+
+def _remember(settings: Settings, location: str, name: str) -> None:
+    path = _marker_path(settings, location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(name)
+    os.replace(tmp, path)
+
+
+# -- the migration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Opened:
+    key_file: restic_key.KeyFile
+    master: bytes
+
+
+def _open_with(key_file: restic_key.KeyFile, password: str) -> _Opened | None:
+    try:
+        return _Opened(key_file, restic_key.open_master_key(key_file, password))
+    except (restic_key.WrongPassword, restic_key.KeyFileError):
+        return None
+
+
+def _read_key_files(folder: KeyFolder) -> list[restic_key.KeyFile]:
+    found = []
+    for name in folder.names():
+        try:
+            key_file = restic_key.parse_key_file(folder.read(name))
+        except (restic_key.KeyFileError, FileNotFoundError):
+            continue  # not ours to judge: restic decides what to make of it
+        if key_file.name == name:
+            found.append(key_file)
+    return found
+
+
+def _restic_opens_with(repo: Restic, key_file: restic_key.KeyFile) -> bool:
+    """The stock restic binary opens the repository with this key file (hinted, then reported
+    as the current key by `key list`), and reads its config with it."""
+    repo.key_hint = key_file.name
+    try:
+        current = repo.current_key_id()
+    except OperationFailed:
+        return False
+    return bool(current) and key_file.name.startswith(current)
+
+
+def ensure_cheap_key(settings: Settings, repo: Restic, password: str) -> str | None:
+    """The id of a cheap key file that opens `repo` with `password`, after replacing every
+    expensive key file it wraps the same master key as; None if the repository has no key we
+    can open or its storage refused (the repository then stays as it was)."""
+    try:
+        folder = key_folder(settings, repo.location)
+        name = _migrate(folder, repo, password) if folder is not None else None
+    except OSError as exc:
+        log.warning("%s: could not give the repository a cheap key (%s)", repo.label, exc)
+        name = None
+    if name:
+        _remember(settings, repo.location, name)
+    repo.key_hint = name
+    return name
+
+
+def _migrate(folder: KeyFolder, repo: Restic, password: str) -> str | None:
+    files = _read_key_files(folder)
+    cheap = next(filter(None, (_open_with(f, password) for f in files if f.is_cheap)), None)
+    expensive = [f for f in files if not f.is_cheap]
+    if not expensive:
+        return cheap.key_file.name if cheap else None
+    ours = [opened for f in expensive if (opened := _open_with(f, password))]
+    if cheap is None and not ours:
+        return None  # not our password's repository: leave it alone
+    target = cheap or _write_cheap_key(folder, ours[0].master, password)
+    if not _restic_opens_with(repo, target.key_file):
+        log.warning("%s: restic did not open the repository with the new key %s; keeping the old keys",
+                    repo.label, target.key_file.name[:8])
+        if cheap is None:
+            folder.remove(target.key_file.name)
+        return None
+    for old in ours:  # proven replaceable: same master key, and restic opened with the cheap one
+        if restic_key.same_master_key(old.master, target.master):
+            folder.remove(old.key_file.name)
+    return target.key_file.name
+
+
+def _write_cheap_key(folder: KeyFolder, master: bytes, password: str) -> _Opened:
+    key_file = restic_key.new_key_file(master, password)
+    folder.write(key_file.name, key_file.raw)
+    return _Opened(key_file, master)
