@@ -58,6 +58,19 @@ def tenant_databases(db: str) -> str:
                                     f"WHERE datname LIKE '{db}%'")
 
 
+def with_database_acl(settings, tid: str, acl: list) -> str:
+    """A new restore point of `tid`: the latest one, its recorded database ACL replaced by `acl`."""
+    repo = open_repository(settings, tid)
+    manifest = find_manifest(repo, "latest")
+    result = manifest.tiers["postgresql"]
+    properties = dict(result.details["database_properties"], acl=acl)
+    tiers = dict(manifest.tiers)
+    tiers["postgresql"] = dataclasses.replace(result, details={**result.details, "database_properties": properties})
+    session = new_session_id()
+    write_manifest(repo, dataclasses.replace(manifest, session_id=session, tiers=tiers), datetime.now(timezone.utc))
+    return session
+
+
 def with_roles_file(settings, tid: str, roles: list[dict]) -> str:
     """A new restore point of `tid`: the latest one, its roles.json replaced by `roles`."""
     repo = open_repository(settings, tid)
@@ -150,3 +163,18 @@ def test_into_gives_no_database_grant_or_setting_to_another_tenants_role(setting
     assert f"kryonix_cliente_{target}_app:statement_timeout=5s" in grants, grants
     assert observe.psql("postgres", f"SELECT has_database_privilege('{foreign}', '{tgt_db}', 'CONNECT')") == "f"
     assert foreign in result.stderr  # the skipped grant is reported
+
+
+def test_a_recorded_database_privilege_is_never_run_as_sql(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=SCALE)
+    db, injected = f"kryonix_cliente_{tid}", f"kryonix_cliente_{tid}_injetado"
+    backup(cli, tid)
+    session = with_database_acl(settings, tid, [
+        ["PUBLIC", "CONNECT", False],
+        ["PUBLIC", f"CONNECT ON DATABASE {db} TO PUBLIC; CREATE ROLE {injected}; GRANT CONNECT", False]])
+    result = restore(cli, tid, "--snapshot", session)
+    assert result.returncode == 0, result.stderr
+    assert observe.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{injected}'") == "0"
+    assert observe.psql("postgres", f"SELECT has_database_privilege('public', '{db}', 'CONNECT')") == "t"
+    assert "not a database privilege" in result.stderr

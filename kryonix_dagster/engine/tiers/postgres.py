@@ -485,6 +485,9 @@ def _apply_database_properties(ctx: RestoreContext, database: str, props: dict, 
             _apply_acl(ctx, cur, database, props["acl"], outcome, recorded)
 
 
+_DATABASE_PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")
+
+
 def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: RestoreOutcome,
                recorded: bool = True) -> None:
     """Reach the recorded ACL from the database's default one by the fewest REVOKEs and GRANTs."""
@@ -494,6 +497,10 @@ def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: Rest
     current = {tuple(row) for row in cur.fetchall()}
     wanted = set()
     for role, privilege, grantable in acl:
+        if privilege not in _DATABASE_PRIVILEGES:  # spliced into GRANT as SQL: never a manifest's free text
+            outcome.warnings.append(f"database privilege {one_line(str(privilege), 60)!r} not restored: not a "
+                                    "database privilege")
+            continue
         local = _local_role(ctx, role, outcome, recorded)
         if local:
             wanted.add((local, privilege, grantable))
