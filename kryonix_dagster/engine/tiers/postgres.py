@@ -272,14 +272,38 @@ def _set_password_unlogged(conn, role: str, password_hash: str) -> None:
         cur.execute("COMMIT")
 
 
-def _restore_roles(ctx: RestoreContext, outcome: RestoreOutcome) -> None:
-    """Create the tenant's roles that are missing (renamed for --into). Existing roles are
-    left as they are; passwords are copied only back into the same tenant. Into another tenant,
-    only memberships in the source's own roles are given (renamed): never in roles the target
-    does not own."""
+def _snapshot_roles(ctx: RestoreContext) -> list[dict]:
+    """The restore point's roles.json, refused before anything is changed unless it is well formed
+    and every role it names is one of the source tenant's (a tampered snapshot could otherwise
+    create another tenant's roles, or any role, on the cluster)."""
     if "roles" not in ctx.result.snapshots:
-        return
-    roles = json.loads(ctx.repo.dump_bytes(ctx.result.snapshots["roles"], f"/{ROLES_FILE}"))
+        return []
+    where = f"tenant {ctx.source.tenant_id}, tier postgresql"
+    try:
+        roles = json.loads(ctx.repo.dump_bytes(ctx.result.snapshots["roles"], f"/{ROLES_FILE}"))
+    except ValueError:
+        raise OperationFailed(f"{where}: the restore point's {ROLES_FILE} is not JSON; nothing was changed") from None
+    if not isinstance(roles, list) or not all(_well_formed_role(role) for role in roles):
+        raise OperationFailed(f"{where}: the restore point's {ROLES_FILE} is malformed; nothing was changed")
+    foreign = [role["name"] for role in roles if not ctx.source.owns_role(role["name"])]
+    if foreign:
+        raise OperationFailed(f"{where}: the restore point names role(s) outside the tenant's names: "
+                              f"{one_line(', '.join(foreign), 300)}; nothing was changed")
+    return roles
+
+
+def _well_formed_role(role: object) -> bool:
+    return (isinstance(role, dict) and isinstance(role.get("name"), str)
+            and isinstance(role.get("connlimit", -1), int) and isinstance(role.get("password"), (str, type(None)))
+            and isinstance(role.get("member_of", []), list)
+            and all(isinstance(group, str) for group in role.get("member_of", [])))
+
+
+def _restore_roles(ctx: RestoreContext, roles: list[dict], outcome: RestoreOutcome) -> None:
+    """Create the tenant's roles that are missing (renamed for --into); `roles` passed
+    `_snapshot_roles`. Existing roles are left as they are; passwords are copied only back into
+    the same tenant. Only memberships in the source's own roles are given (renamed for --into):
+    never in a role the tenant does not own (pg_execute_server_program, another tenant's)."""
     created = []
     with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
         for role in roles:
@@ -302,11 +326,11 @@ def _restore_roles(ctx: RestoreContext, outcome: RestoreOutcome) -> None:
 
 def _grant_memberships(ctx: RestoreContext, cur, name: str, groups: list[str], outcome: RestoreOutcome) -> None:
     for group in groups:
+        if not ctx.source.owns_role(group):
+            outcome.warnings.append(f"role {name}: membership in {group} not given (not a role of tenant "
+                                    f"{ctx.source.tenant_id})")
+            continue
         if ctx.into_other:
-            if not ctx.source.owns_role(group):
-                outcome.warnings.append(f"role {name}: membership in {group} not given (not a role of tenant "
-                                        f"{ctx.target.tenant_id})")
-                continue
             group = rename_role(group, ctx.source, ctx.target)
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (group,))
         if cur.fetchone():
@@ -404,13 +428,21 @@ def _setting_values(name: str, value: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Literal(item) for item in items)
 
 
-def _local_role(ctx: RestoreContext, role: str | None, outcome: RestoreOutcome) -> str | None:
-    """A role named in the source's database properties, as the target knows it (None: skip)."""
+def _local_role(ctx: RestoreContext, role: str | None, outcome: RestoreOutcome, recorded: bool = True) -> str | None:
+    """A role named in the database properties, as the target knows it (None: skip). `recorded`:
+    the properties come from the restore point (not the target's own live ones). Recorded ones
+    into another tenant (or a drill's scratch names) keep only the source's roles (renamed),
+    PUBLIC and the cluster's admin: never a grant or setting for a third tenant's role."""
     if role is None or role == "PUBLIC":
         return role
-    if ctx.into_other and ctx.source.owns_role(role):
-        role = rename_role(role, ctx.source, ctx.target)
     with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        if recorded and ctx.into_other:
+            if ctx.source.owns_role(role):
+                role = rename_role(role, ctx.source, ctx.target)
+            elif not _is_cluster_admin(cur, role):
+                outcome.warnings.append(f"database property for role {role} not restored into tenant "
+                                        f"{ctx.target.tenant_id}: not a role of tenant {ctx.source.tenant_id}")
+                return None
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
         if cur.fetchone():
             return role
@@ -418,20 +450,28 @@ def _local_role(ctx: RestoreContext, role: str | None, outcome: RestoreOutcome) 
     return None
 
 
+def _is_cluster_admin(cur, role: str) -> bool:
+    """The bootstrap superuser or the role the product connects as (owner of the databases it creates)."""
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s AND (oid = 10 OR rolname = current_user)", (role,))
+    return cur.fetchone() is not None
+
+
 def _grantee(role: str) -> sql.Composable:
     return sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
 
 
-def _apply_database_properties(ctx: RestoreContext, database: str, props: dict, outcome: RestoreOutcome) -> None:
-    """Give `database` the owner, connection limit, ACL and settings recorded in `props`."""
+def _apply_database_properties(ctx: RestoreContext, database: str, props: dict, outcome: RestoreOutcome,
+                               recorded: bool = True) -> None:
+    """Give `database` the owner, connection limit, ACL and settings in `props` (`recorded`: the
+    restore point's, else the target's own live ones; see `_local_role`)."""
     db = sql.Identifier(database)
     with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
-        owner = _local_role(ctx, props.get("owner"), outcome)
+        owner = _local_role(ctx, props.get("owner"), outcome, recorded)
         if owner:
             cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, sql.Identifier(owner)))
         cur.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(int(props.get("connlimit", -1)))))
         for role, config in props.get("settings") or []:
-            target_role = _local_role(ctx, role, outcome)
+            target_role = _local_role(ctx, role, outcome, recorded)
             if role is not None and target_role is None:
                 continue
             for entry in config:
@@ -442,10 +482,14 @@ def _apply_database_properties(ctx: RestoreContext, database: str, props: dict, 
                 else:
                     cur.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(target_role), db) + setting)
         if props.get("acl") is not None:
-            _apply_acl(ctx, cur, database, props["acl"], outcome)
+            _apply_acl(ctx, cur, database, props["acl"], outcome, recorded)
 
 
-def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: RestoreOutcome) -> None:
+_DATABASE_PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")
+
+
+def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: RestoreOutcome,
+               recorded: bool = True) -> None:
     """Reach the recorded ACL from the database's default one by the fewest REVOKEs and GRANTs."""
     cur.execute("SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, "
                 "a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(coalesce(d.datacl, "
@@ -453,7 +497,11 @@ def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: Rest
     current = {tuple(row) for row in cur.fetchall()}
     wanted = set()
     for role, privilege, grantable in acl:
-        local = _local_role(ctx, role, outcome)
+        if privilege not in _DATABASE_PRIVILEGES:  # spliced into GRANT as SQL: never a manifest's free text
+            outcome.warnings.append(f"database privilege {one_line(str(privilege), 60)!r} not restored: not a "
+                                    "database privilege")
+            continue
+        local = _local_role(ctx, role, outcome, recorded)
         if local:
             wanted.add((local, privilege, grantable))
     db = sql.Identifier(database)
@@ -464,15 +512,16 @@ def _apply_acl(ctx: RestoreContext, cur, database: str, acl: list, outcome: Rest
             sql.SQL(privilege), db, _grantee(role)))
 
 
-def _properties_for(ctx: RestoreContext) -> dict | None:
-    """The properties the restored database gets: the recorded ones; into another tenant whose
-    database exists, that tenant's own (its owner, isolation and settings stay its own)."""
+def _properties_for(ctx: RestoreContext) -> tuple[dict | None, bool]:
+    """The properties the restored database gets, and whether they are the restore point's
+    (recorded): the recorded ones; into another tenant whose database exists, that tenant's own
+    (its owner, isolation and settings stay its own)."""
     if ctx.into_other:
         with pg.connection(ctx.settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
             own = database_properties(cur, ctx.target.database)
         if own is not None:
-            return own
-    return ctx.result.details.get("database_properties")
+            return own, False
+    return ctx.result.details.get("database_properties"), True
 
 
 # --- full restore: staging database, then a journaled swap ------------------------------------
@@ -482,7 +531,7 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
     staging = ctx.target.restoring_database
     previous = ctx.target.previous_database
     dsn = ctx.settings.pg_dsn
-    properties = _properties_for(ctx)
+    properties, recorded = _properties_for(ctx)
     pg.drop_database(dsn, staging)  # a leftover of an interrupted restore
     pg.create_database(dsn, staging)
     try:
@@ -499,7 +548,7 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
         tables = ctx.result.checksums.get("tables", {})
         _verify_tables(ctx, staging, tables)
         if properties:
-            _apply_database_properties(ctx, staging, properties, outcome)
+            _apply_database_properties(ctx, staging, properties, outcome, recorded)
         outcome.restored = sum(count for count, _ in tables.values())
         outcome.connections_terminated = _swap_in(ctx, staging, target, previous)
     except BaseException:
@@ -701,12 +750,13 @@ def quote_ident(name: str) -> str:
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=TIER)
+    roles = _snapshot_roles(ctx)  # a tampered role list is refused before anything is touched
     heal_interrupted_swap(ctx.settings, ctx.target, ctx.report)
     if _sweep_staged_dumps(ctx.settings, ctx.target):
         ctx.report.info(f"tenant {ctx.target.tenant_id}: removed dump files a killed restore left behind")
     if ctx.schema:
         _refuse_outside_dependents(ctx)
-    _restore_roles(ctx, outcome)
+    _restore_roles(ctx, roles, outcome)
     with _staged_dump(ctx) as dump:
         if ctx.schema:
             _restore_schema(ctx, dump, outcome)
