@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -101,6 +102,19 @@ class ForgetGroup:
 class CheckResult:
     ok: bool
     output: str
+
+    @property
+    def problems(self) -> list[str]:
+        """What `restic check` found, without its progress and step lines."""
+        lines = (part.strip() for line in self.output.splitlines() for part in line.split("\r"))
+        return [line for line in lines if line and not _CHECK_PROGRESS.match(line)
+                and not line.startswith(_CHECK_STEPS) and "returned error, retrying after" not in line]
+
+
+_CHECK_PROGRESS = re.compile(r"^\[\d+:\d+(:\d+)?\]")
+_CHECK_STEPS = ("using temporary cache", "create exclusive lock", "load indexes", "check all packs",
+                "check snapshots, trees and blobs", "read all data", "read group", "no errors were found",
+                "created new cache", "Fatal: repository contains errors")
 
 
 def parse_restic_time(text: str) -> datetime:

@@ -63,7 +63,8 @@ def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subs
         repo.unlock()  # stale locks of killed processes; no live one can exist under the lease
         check = repo.check(read_data=read_data, subset=subset)
         if not check.ok:
-            result.problems.append(f"restic check: {one_line(check.output, 600)}")
+            found = check.problems or [check.output]
+            result.problems.append(f"restic check: {one_line('; '.join(found), 600)}")
         try:
             _check_restore_points(repo, plan_for(tenant.plano if tenant else None)[0], result)
         except KryonixError as exc:
