@@ -105,7 +105,7 @@ def test_kill9_of_backups_at_seeded_moments_then_next_sessions_and_forget_heal(c
             faults.kill9(proc)
             exists, ttl = flag_state(settings, tid)
             assert not exists or ttl > 0, f"kill at {at:.2f}s left the flag without an expiry"
-        result = cli("backup", tid, "--wait", "60", "--json", env=env)
+        result = cli("backup", tid, "--wait", "60", "--json")  # the survivor keeps the default TTL
         session = json.loads(result.stdout)["sessions"][0] if result.stdout else {"error": result.stderr}
         if result.returncode != 0 or session.get("status") != "complete":
             failed_next.append(([round(at, 2) for at in pair], session.get("error")))
@@ -123,7 +123,7 @@ def test_kill9_of_backups_at_seeded_moments_then_next_sessions_and_forget_heal(c
         taken = faults.wait_for_lease(proc, tid)
         time.sleep(max(0.0, at - (time.monotonic() - taken)))
         faults.kill9(proc)
-    healed = cli("forget", tid, "--wait", "60", "--json", env=env)
+    healed = cli("forget", tid, "--wait", "60", "--json")
     assert healed.returncode == 0, healed.stdout[-1000:] + healed.stderr[-1000:]
     after = restore_points(cli, tid)
     assert sessions(after) == sessions(listed), "forget must keep every recent restore point"
@@ -150,7 +150,7 @@ def test_kill9_between_the_database_renames_then_next_restore_heals(cli, setting
         "after the kill neither the live database nor its previous copy exists"
 
     healer = faults.CatalogStepper(tid, kill_when_live_missing=False)
-    proc = faults.start_cli("restore", tid, "--yes", "--wait", "60", "--services", "postgresql", env=SHORT_LEASE)
+    proc = faults.start_cli("restore", tid, "--yes", "--wait", "60", "--services", "postgresql")
     healer.run(proc)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -175,7 +175,7 @@ def test_kill9_after_the_app_data_folder_moved_then_next_restore_heals(cli, sett
 
     report = tmp_path / "violations"
     env = {"H7_LIVE_DIR": str(live.resolve()), "H7_MARKER": str(report), "H7_MODE": "observe",
-           "H7_ONLY_COPY": str(moved_to), **SHORT_LEASE}
+           "H7_ONLY_COPY": str(moved_to)}
     with faults.BothMissingWatcher(live, moved_to) as watcher:
         proc = faults.start_cli("restore", tid, "--yes", "--wait", "60", "--services", "appdata", env=env,
                                 extra_pythonpath=hook)
@@ -194,7 +194,7 @@ def test_kill9_of_restores_at_seeded_moments_never_leaves_the_tenant_without_dat
     rows, files = pg_rows(db), faults.file_hashes(folder)
     args = ("restore", tid, "--yes", "--wait", "60", "--services", "postgresql,appdata")
     started = time.monotonic()
-    assert cli(*args, env=SHORT_LEASE).returncode == 0
+    assert cli(*args).returncode == 0
     duration = time.monotonic() - started
     gone = []
     for at in faults.stratified_points(rng, 3, duration):
@@ -205,7 +205,7 @@ def test_kill9_of_restores_at_seeded_moments_never_leaves_the_tenant_without_dat
             gone.append((round(at, 2), "database"))
         if not (folder.is_dir() or any(folder.parent.glob(f".{folder.name}.previous*"))):
             gone.append((round(at, 2), "app data"))
-        healed = cli(*args, env=SHORT_LEASE)
+        healed = cli(*args)  # only the killed processes take a short lease
         assert healed.returncode == 0, (at, healed.stderr)
         assert pg_rows(db) == rows and faults.file_hashes(folder) == files, at
     assert gone == [], f"kills left the tenant without its data: {gone}"

@@ -191,7 +191,7 @@ def test_a_frozen_session_past_its_lease_writes_no_restore_point(cli, settings, 
     finally:
         lock.close()
     # another session takes the tenant over and writes its restore point
-    survivor = cli("backup", tid, "--wait", "30", "--json", env=env)
+    survivor = cli("backup", tid, "--wait", "30", "--json")  # default TTL: only the frozen one is short
     assert survivor.returncode == 0, survivor.stderr
     frozen.send_signal(signal.SIGCONT)
     out, err = frozen.communicate(timeout=120)
