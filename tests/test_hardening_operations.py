@@ -134,19 +134,24 @@ def test_forget_refuses_an_unknown_plan_and_an_unregistered_tenant(settings, cli
     assert len(_snapshots(cli, tid)) == len(before)
 
 
+def write_redis_only_manifest(settings, tid: str, keys_snapshot: str) -> None:
+    """A restore point whose only tier is Redis, pointing at `keys_snapshot` (tampered or absent)."""
+    repo = open_repository(settings, tid, create=True)
+    when = datetime.now(timezone.utc)
+    sid = f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    doc = {"tenant_id": tid, "session_id": sid, "backup_type": "full", "started_at": when.isoformat(),
+           "finished_at": when.isoformat(), "status": "complete",
+           "tiers": {"redis": {"tier": "redis", "status": "ok", "snapshots": {"keys": keys_snapshot}}}}
+    repo.backup_bytes(json.dumps(doc).encode(), MANIFEST_FILE,
+                      [KIND_MANIFEST, f"session={sid}", "type=full", "status=complete", "consistent=yes"], when)
+
+
 # --- one frame: an audit failure never masks the operation's error (issue 9) -------------------
 
 def test_restore_whose_audit_fails_still_raises_its_own_error(own_registry, tenant_factory, caplog):
     tid = tenant_factory()
     registry.add_tenant(own_registry, tid, "Auditoria quebrada", "basic")
-    repo = open_repository(own_registry, tid, create=True)
-    when = datetime.now(timezone.utc)
-    sid = f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    doc = {"tenant_id": tid, "session_id": sid, "backup_type": "full", "started_at": when.isoformat(),
-           "finished_at": when.isoformat(), "status": "complete",
-           "tiers": {"redis": {"tier": "redis", "status": "ok", "snapshots": {"keys": "deadbeef" * 8}}}}
-    repo.backup_bytes(json.dumps(doc).encode(), MANIFEST_FILE,
-                      [KIND_MANIFEST, f"session={sid}", "type=full", "status=complete", "consistent=yes"], when)
+    write_redis_only_manifest(own_registry, tid, "deadbeef" * 8)
     observe.psql(own_registry.main_db, "ALTER TABLE tenants.backup_audit RENAME TO backup_audit_gone")
     with caplog.at_level(logging.ERROR), pytest.raises(KryonixError) as raised:
         run_restore(own_registry, tid, services=("redis",))
@@ -160,14 +165,7 @@ def test_restore_whose_audit_fails_still_raises_its_own_error(own_registry, tena
 def test_tampered_manifest_is_refused_in_one_line_before_any_tool(cli, settings, tenant_factory):
     tid = tenant_factory()
     registry.add_tenant(settings, tid, "Manifesto adulterado", "basic")
-    repo = open_repository(settings, tid, create=True)
-    when = datetime.now(timezone.utc)
-    sid = f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    doc = {"tenant_id": tid, "session_id": sid, "backup_type": "full", "started_at": when.isoformat(),
-           "finished_at": when.isoformat(), "status": "complete",
-           "tiers": {"redis": {"tier": "redis", "status": "ok", "snapshots": {"keys": "--repo=/tmp/elsewhere"}}}}
-    repo.backup_bytes(json.dumps(doc).encode(), MANIFEST_FILE,
-                      [KIND_MANIFEST, f"session={sid}", "type=full", "status=complete", "consistent=yes"], when)
+    write_redis_only_manifest(settings, tid, "--repo=/tmp/elsewhere")
     err = one_line_error(cli("restore", tid, "--yes"), 1)
     assert "field tiers.redis.snapshots.keys: String should match pattern" in err and tid in err
     assert audit(tid, "restore") == []  # refused before the leases: nothing was touched
