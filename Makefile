@@ -43,7 +43,7 @@ demo: install system-deps services s3
 	$(BIN)/kryonix-backup backup --all --type full
 	@# retention, freshness, integrity and a restore drill once per tenant, recorded in DAGSTER_HOME,
 	@# so the UI shows every check of restore_point with a result
-	$(BIN)/python -m kryonix_dagster.fleet.tenant_checks
+	$(BIN)/python -c "from kryonix_dagster.fleet.tenant_checks import main; raise SystemExit(main())"
 	$(BIN)/kryonix-backup status
 
 dev: install system-deps services s3

@@ -1,5 +1,5 @@
 """Every check of one tenant in one run (retention, freshness, integrity, restore drill), and
-`python -m kryonix_dagster.fleet.tenant_checks`: that run for every active tenant with a restore
+`main()` (what `make demo` calls): that run for every active tenant with a restore
 point, recorded in the instance DAGSTER_HOME names (what `make demo` runs so the operator's
 first look at the UI shows every check with a result)."""
 from __future__ import annotations
