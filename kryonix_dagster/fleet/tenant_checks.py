@@ -1,7 +1,7 @@
 """Every check of one tenant in one run (retention, freshness, integrity, restore drill), and
-`main()` (what `make demo` calls): that run for every active tenant with a restore
-point, recorded in the instance DAGSTER_HOME names (what `make demo` runs so the operator's
-first look at the UI shows every check with a result)."""
+`main()`: that run for every active tenant with a restore point, recorded in the instance
+DAGSTER_HOME names (what `make demo` calls, so the operator's first look at the UI shows every
+check with a result)."""
 from __future__ import annotations
 
 import sys
