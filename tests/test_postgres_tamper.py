@@ -127,6 +127,20 @@ def test_a_membership_in_a_group_the_tenant_does_not_own_is_not_restored(setting
     assert "pg_execute_server_program" in result.stderr  # the skipped membership is reported
 
 
+def test_cluster_wide_role_attributes_are_never_restored(settings, cli, tenant_factory):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=SCALE)
+    role = f"kryonix_cliente_{tid}_adm"
+    observe.psql("postgres", f"CREATE ROLE {role} LOGIN CREATEROLE CREATEDB BYPASSRLS")
+    backup(cli, tid)
+    observe.psql("postgres", f"DROP ROLE {role}")
+    result = restore(cli, tid)
+    assert result.returncode == 0, result.stderr
+    attributes = "rolcanlogin, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls"
+    assert observe.psql("postgres", f"SELECT {attributes} FROM pg_roles WHERE rolname = '{role}'") == "t|f|f|f|f"
+    assert "CREATEROLE, CREATEDB, BYPASSRLS" in result.stderr  # withheld, and said so
+
+
 # --- --into: the source's database ACL and role settings never reach roles of a third tenant -------
 
 def database_grants(db: str) -> str:

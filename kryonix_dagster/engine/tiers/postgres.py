@@ -39,6 +39,8 @@ DUMP_FILE = "database.pgdump"
 ROLES_FILE = "roles.json"
 CHUNK = 1 << 20
 _ROLE_ATTRS = ("rolinherit", "rolcreaterole", "rolcreatedb", "rolcanlogin", "rolreplication", "rolbypassrls")
+# Privileges beyond the tenant's names: a (tampered) restore point must not hand them out.
+_ROLE_ATTRS_NEVER_RESTORED = ("rolcreaterole", "rolcreatedb", "rolreplication", "rolbypassrls")
 _ROLE_SQL = {"rolinherit": "INHERIT", "rolcreaterole": "CREATEROLE", "rolcreatedb": "CREATEDB",
              "rolcanlogin": "LOGIN", "rolreplication": "REPLICATION", "rolbypassrls": "BYPASSRLS"}
 
@@ -311,7 +313,12 @@ def _restore_roles(ctx: RestoreContext, roles: list[dict], outcome: RestoreOutco
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
             if cur.fetchone():
                 continue
-            flags = [(_ROLE_SQL[a] if role.get(a) else "NO" + _ROLE_SQL[a]) for a in _ROLE_ATTRS]
+            flags = [(_ROLE_SQL[a] if role.get(a) and a not in _ROLE_ATTRS_NEVER_RESTORED else "NO" + _ROLE_SQL[a])
+                     for a in _ROLE_ATTRS]
+            withheld = [_ROLE_SQL[a] for a in _ROLE_ATTRS_NEVER_RESTORED if role.get(a)]
+            if withheld:
+                outcome.warnings.append(f"role {name} created without {', '.join(withheld)} (a restore point never "
+                                        "gives cluster-wide privileges: grant them again by hand if they were meant)")
             cur.execute(sql.SQL("CREATE ROLE {} " + " ".join(flags) + " CONNECTION LIMIT %s").format(
                 sql.Identifier(name)), (role.get("connlimit", -1),))
             if role.get("password") and not ctx.into_other:
