@@ -168,14 +168,19 @@ def test_same_tenant_restore_reports_regranted_access_and_keeps_newer_grants(set
 
 # --- item 10 / finding 14: nothing is deleted before the snapshot is known to load ---------------
 
-def test_definitions_the_broker_refuses_leave_the_vhost_as_it_was(settings, cli, tenant_factory):
+def backed_up_vhost(settings, cli, tenant_factory):
+    """A small tenant backed up: (id, vhost, its state and messages, the rabbitmq restore context, its stream)."""
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.02)
     vhost = names_for(settings, tid).vhost
     backup_session(cli, tid)
     before = observe.vhost_state(vhost), observe.vhost_messages(vhost)
     ctx = tier_context(settings, tid, "rabbitmq")
-    head, rest = rabbit_stream(ctx)
+    return tid, vhost, before, ctx, rabbit_stream(ctx)
+
+
+def test_definitions_the_broker_refuses_leave_the_vhost_as_it_was(settings, cli, tenant_factory):
+    tid, vhost, before, ctx, (head, rest) = backed_up_vhost(settings, cli, tenant_factory)
     head["definitions"]["exchanges"].append({"name": "quebrada", "type": "x-no-such-type", "durable": True,
                                              "auto_delete": False, "internal": False, "arguments": {}})
     bad = with_stream(ctx, "vhost", rabbitmq.STREAM_FILE, rabbit_bytes(head, rest))
@@ -187,13 +192,7 @@ def test_definitions_the_broker_refuses_leave_the_vhost_as_it_was(settings, cli,
 
 
 def test_snapshot_that_does_not_match_its_checksum_touches_nothing(settings, cli, tenant_factory):
-    tid = tenant_factory()
-    seed_tenant(settings, tid, scale=0.02)
-    vhost = names_for(settings, tid).vhost
-    backup_session(cli, tid)
-    before = observe.vhost_state(vhost), observe.vhost_messages(vhost)
-    ctx = tier_context(settings, tid, "rabbitmq")
-    head, rest = rabbit_stream(ctx)
+    tid, vhost, before, ctx, (head, rest) = backed_up_vhost(settings, cli, tenant_factory)
     bad = with_stream(ctx, "vhost", rabbitmq.STREAM_FILE, rabbit_bytes(head, rest[:1]), checksum="0" * 64)
     with pytest.raises(KryonixError) as failure:
         rabbitmq.restore(bad)
