@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import click
 from tabulate import tabulate
 
+from .cli_lgpd import lgpd
 from .engine import registry
 from .engine.config import Settings, load_settings
 from .engine.errors import BadInput, KryonixError, OperationFailed, one_line
@@ -64,6 +65,9 @@ def ready_settings() -> Settings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Per-tenant backup and disaster recovery for KRYONIX."""
+
+
+cli.add_command(lgpd)  # lgpd apply | report (cli_lgpd.py); lgpd erase attaches to the same group
 
 
 # --- tenants -------------------------------------------------------------------------------

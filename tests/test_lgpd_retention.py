@@ -1,0 +1,134 @@
+"""LGPD retention on real PostgreSQL: exactly the right rows anonymised or deleted, each change
+logged, dry runs change nothing, missing tables skipped and reported, the compliance report
+failing on an over-age row and passing after `lgpd apply`, and the Dagster wiring."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kryonix_dagster.cli import main
+from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.lgpd.report import tenant_compliance
+from kryonix_dagster.engine.lgpd.retention import apply
+from kryonix_dagster.engine.lgpd.rules import load_rules
+
+from .lgpd_world import (ANONYMISED, ANONYMISED_IDS, EXPECTED, KEPT_IDS, checksums, drop_lgpd_tenant,
+                         new_tenant_id, seed_lgpd_tenant)
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules()
+
+
+@pytest.fixture
+def lgpd_tenant(settings):
+    """make(drop=()) -> (tenant id, database) of a fresh seeded tenant, dropped afterwards."""
+    made: list[str] = []
+
+    def make(drop: tuple[str, ...] = ()) -> tuple[str, str]:
+        tid = new_tenant_id()
+        made.append(tid)
+        return tid, seed_lgpd_tenant(settings, tid, drop)
+
+    yield make
+    for tid in made:
+        drop_lgpd_tenant(settings, tid)
+
+
+def contacts(psql, database: str) -> dict[int, tuple[str, str, str]]:
+    rows = psql(database, "SELECT id, nome, email, telefone FROM crm.contatos ORDER BY id").splitlines()
+    return {int(r.split("|")[0]): tuple(r.split("|")[1:]) for r in rows}
+
+
+def ids(psql, database: str, table: str) -> set[int]:
+    return {int(x) for x in psql(database, f"SELECT id FROM {table}").split()}
+
+
+def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(settings, cli, psql, capsys, lgpd_tenant,
+                                                                           rules):
+    tid, db = lgpd_tenant()
+    before = checksums(psql, db)
+    original = contacts(psql, db)
+
+    report = cli("lgpd", "report", tid, "--json")
+    assert report.returncode == 1, report.stderr
+    doc = json.loads(report.stdout)
+    assert not doc["compliant"] and doc["overdue_rows"] == 6
+    assert {r["rule"]: r["rows"] for r in doc["rules"]} == EXPECTED
+    assert "not compliant" in report.stderr and tid in report.stderr
+
+    dry = cli("lgpd", "apply", tid, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert {r["rule"]: r["rows"] for r in json.loads(dry.stdout)["tenants"][0]["rules"]} == EXPECTED
+    assert checksums(psql, db) == before
+
+    done = cli("lgpd", "apply", tid, "--json")
+    assert done.returncode == 0, done.stderr
+    assert {r["rule"]: r["rows"] for r in json.loads(done.stdout)["tenants"][0]["rules"]} == EXPECTED
+    after = contacts(psql, db)
+    assert {i for i, row in after.items() if row == ANONYMISED} == ANONYMISED_IDS | {5}
+    assert all(after[i] == original[i] for i in KEPT_IDS | {5})
+    assert ids(psql, db, "analytics.eventos") == {203}
+    old_logs = ids(psql, db, "lgpd.log_processamento") & {101, 102, 103}
+    assert old_logs == {103}
+    logged = psql(db, "SELECT operacao, coalesce(contato_id::text, '-'), base_legal FROM lgpd.log_processamento "
+                      "WHERE id > 1000 AND processado_em > now() - interval '1 hour' ORDER BY 1, 2").splitlines()
+    assert logged == ["anonimizacao|1|obrigacao_legal", "anonimizacao|3|obrigacao_legal",
+                      "exclusao|-|obrigacao_legal", "exclusao|-|obrigacao_legal"]
+    audit = psql(settings.main_db, "SELECT success, details->'rules' FROM tenants.backup_audit "
+                                   f"WHERE cliente_id = '{tid}' AND operation = 'lgpd_retention'").splitlines()
+    assert len(audit) == 1 and audit[0].startswith("t|") and json.loads(audit[0][2:]) == EXPECTED
+    assert "Ana" not in psql(settings.main_db, f"SELECT details::text FROM tenants.backup_audit WHERE cliente_id = '{tid}'")
+
+    # idempotent: nothing is due any more, already-anonymised rows are not counted again
+    again = apply(settings, tid, rules)
+    assert again.total_rows == 0 and sum(r.logged for r in again.rules) == 0
+    code, out, err = run_main(capsys, "lgpd", "report", tid)
+    assert code == 0, out + err
+    assert tid in out and "NOT COMPLIANT" not in out
+    final = tenant_compliance(settings, tid, rules)
+    assert final.compliant and final.last_retention and final.last_retention.success
+    assert final.last_retention.rows == 0 and final.last_erasure is None and final.ledger_pending == 0
+
+
+def test_a_tenant_without_some_tables_is_skipped_and_reported(settings, psql, lgpd_tenant, rules):
+    tid, db = lgpd_tenant(drop=("analytics.eventos", "lgpd.log_processamento"))
+    result = apply(settings, tid, rules)
+    by_rule = {r.rule: r for r in result.rules}
+    assert by_rule["eventos_analytics"].skipped == "table analytics.eventos not in this tenant's database"
+    assert by_rule["logs_processamento"].skipped and not result.log_table
+    assert by_rule["contatos_inativos"].rows == 2 and by_rule["contatos_inativos"].logged == 0
+    assert {i for i, row in contacts(psql, db).items() if row == ANONYMISED} == ANONYMISED_IDS | {5}
+    report = tenant_compliance(settings, tid, rules)
+    assert report.compliant and sum(1 for r in report.rules if r.skipped) == 2
+
+
+def test_the_consent_guard_waits_when_the_consent_table_is_missing(settings, psql, lgpd_tenant, rules):
+    tid, db = lgpd_tenant(drop=("lgpd.consentimentos",))
+    before = checksums(psql, db, ("crm.contatos",))
+    result = apply(settings, tid, rules)
+    assert "consent table lgpd.consentimentos" in {r.rule: r for r in result.rules}["contatos_inativos"].skipped
+    assert checksums(psql, db, ("crm.contatos",)) == before
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The console script's entry point in-process (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys, lgpd_tenant):
+    tid, _ = lgpd_tenant()
+    out = cli("lgpd", "apply", new_tenant_id(), "--json")
+    assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False, out.stderr
+    assert "not registered" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    for args in (["apply", "Bad!"], ["apply"], ["apply", tid, "--all"], ["report", "Bad!"],
+                 ["report", new_tenant_id()]):
+        code, _, err = run_main(capsys, "lgpd", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+    with pytest.raises(BadInput):
+        apply(settings, new_tenant_id(), load_rules())
