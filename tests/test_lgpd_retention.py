@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from dagster import AssetKey, DagsterInstance, materialize
 
 from kryonix_dagster.cli import main
 from kryonix_dagster.engine.errors import BadInput
@@ -59,9 +60,9 @@ def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(setti
     assert {r["rule"]: r["rows"] for r in doc["rules"]} == EXPECTED
     assert "not compliant" in report.stderr and tid in report.stderr
 
-    dry = cli("lgpd", "apply", tid, "--dry-run", "--json")
-    assert dry.returncode == 0, dry.stderr
-    assert {r["rule"]: r["rows"] for r in json.loads(dry.stdout)["tenants"][0]["rules"]} == EXPECTED
+    code, out, err = run_main(capsys, "lgpd", "apply", tid, "--dry-run")
+    assert code == 0, err
+    assert "would anonymise 2 row(s) of crm.contatos" in out and "would delete 2 row(s) of analytics.eventos" in out
     assert checksums(psql, db) == before
 
     done = cli("lgpd", "apply", tid, "--json")
@@ -93,24 +94,25 @@ def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(setti
     assert final.last_retention.rows == 0 and final.last_erasure is None and final.ledger_pending == 0
 
 
-def test_a_tenant_without_some_tables_is_skipped_and_reported(settings, psql, lgpd_tenant, rules):
-    tid, db = lgpd_tenant(drop=("analytics.eventos", "lgpd.log_processamento"))
+def test_missing_tables_are_skipped_and_reported_and_the_consent_guard_waits(settings, psql, lgpd_tenant, rules):
+    tid, db = lgpd_tenant(drop=("analytics.eventos", "lgpd.log_processamento", "lgpd.consentimentos"))
+    before = checksums(psql, db, ("crm.contatos",))
+    skipped = {r.rule: r.skipped for r in apply(settings, tid, rules).rules}
+    assert skipped == {"eventos_analytics": "table analytics.eventos not in this tenant's database",
+                       "logs_processamento": "table lgpd.log_processamento not in this tenant's database",
+                       "contatos_inativos": "consent table lgpd.consentimentos not in this tenant's database"}
+    assert checksums(psql, db, ("crm.contatos",)) == before  # no consents to judge: nothing anonymised
+    report = tenant_compliance(settings, tid, rules)
+    assert report.compliant and all(r.skipped for r in report.rules)
+
+    # with an (empty) consent table the rule applies; no processing log to write to
+    psql(db, "CREATE TABLE lgpd.consentimentos (id bigserial PRIMARY KEY, contato_id bigint NOT NULL, "
+             "finalidade text NOT NULL, consentimento_dado boolean NOT NULL, registrado_em timestamptz NOT NULL)")
     result = apply(settings, tid, rules)
     by_rule = {r.rule: r for r in result.rules}
-    assert by_rule["eventos_analytics"].skipped == "table analytics.eventos not in this tenant's database"
-    assert by_rule["logs_processamento"].skipped and not result.log_table
-    assert by_rule["contatos_inativos"].rows == 2 and by_rule["contatos_inativos"].logged == 0
-    assert {i for i, row in contacts(psql, db).items() if row == ANONYMISED} == ANONYMISED_IDS | {5}
-    report = tenant_compliance(settings, tid, rules)
-    assert report.compliant and sum(1 for r in report.rules if r.skipped) == 2
-
-
-def test_the_consent_guard_waits_when_the_consent_table_is_missing(settings, psql, lgpd_tenant, rules):
-    tid, db = lgpd_tenant(drop=("lgpd.consentimentos",))
-    before = checksums(psql, db, ("crm.contatos",))
-    result = apply(settings, tid, rules)
-    assert "consent table lgpd.consentimentos" in {r.rule: r for r in result.rules}["contatos_inativos"].skipped
-    assert checksums(psql, db, ("crm.contatos",)) == before
+    assert by_rule["contatos_inativos"].rows == 3 and by_rule["contatos_inativos"].logged == 0
+    assert not result.log_table and by_rule["eventos_analytics"].skipped
+    assert {i for i, row in contacts(psql, db).items() if row == ANONYMISED} == {1, 2, 3, 5}
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -121,8 +123,8 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return exited.value.code, out.out, out.err
 
 
-def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys, lgpd_tenant):
-    tid, _ = lgpd_tenant()
+def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys):
+    tid = new_tenant_id()
     out = cli("lgpd", "apply", new_tenant_id(), "--json")
     assert out.returncode == 2 and json.loads(out.stdout)["ok"] is False, out.stderr
     assert "not registered" in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -132,3 +134,43 @@ def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys, lgpd_t
         assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
     with pytest.raises(BadInput):
         apply(settings, new_tenant_id(), load_rules())
+
+
+def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd_tenant, rules, monkeypatch):
+    """On a registry of the test's own (so the fleet report sees only this test's tenants): the
+    check fails on over-age rows, the asset applies the rules (rows per rule as metadata), the
+    check then passes, and the fleet report lists the tenant."""
+    from kryonix_dagster.definitions import defs  # first: the domains import each other in this order
+    from kryonix_dagster.lgpd import lgpd_compliance, lgpd_compliance_report, lgpd_retention
+    from kryonix_dagster.lgpd.checks import compliance_evaluation
+    from kryonix_dagster.partitions import KRYONIX_TENANTS
+    from kryonix_dagster.resources import resources_from_env
+
+    assert defs.resolve_job_def("lgpd_retention_job") and defs.resolve_schedule_def("lgpd_retention_schedule")
+    monkeypatch.setenv("KRYONIX_MAIN_DB", own_registry.main_db)
+    tid = new_tenant_id()
+    try:
+        db = seed_lgpd_tenant(own_registry, tid)
+        before = compliance_evaluation(tenant_compliance(own_registry, tid, rules))
+        assert not before["passed"] and before["metadata"]["overdue_rows"].value == 6
+        with DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
+            run = materialize([lgpd_retention, lgpd_compliance, lgpd_compliance_report], partition_key=tid,
+                              instance=instance, resources=resources_from_env(),
+                              selection=[lgpd_retention, lgpd_compliance])
+            assert run.success
+            meta = instance.get_latest_materialization_event(AssetKey("lgpd_retention")).asset_materialization
+            assert meta.partition == tid
+            assert {k: meta.metadata[f"rows_{k}"].value for k in EXPECTED} == EXPECTED
+            assert meta.metadata["rows_total"].value == 6 and meta.metadata["log_rows"].value == 4
+            [check] = run.get_asset_check_evaluations()
+            assert check.passed and check.metadata["overdue_rows"].value == 0
+            assert materialize([lgpd_compliance_report], instance=instance, resources=resources_from_env()).success
+            report = instance.get_latest_materialization_event(AssetKey("lgpd_compliance_report"))
+        fleet = report.asset_materialization.metadata
+        assert fleet["tenants"].value == 1 and fleet["non_compliant_tenants"].value == 0
+        assert tid in fleet["report"].value and "Ana" not in fleet["report"].value
+        assert json.loads(open(fleet["json"].value).read())["tenants"][0]["tenant"] == tid
+        assert psql(db, "SELECT count(*) FROM crm.contatos WHERE nome = 'ANONIMIZADO'") == "3"
+    finally:
+        drop_lgpd_tenant(own_registry, tid)

@@ -15,6 +15,9 @@ from ..engine.alerts import Alert, AlertChannels, deliver
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
 from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
+from ..engine.lgpd.report import FleetCompliance, TenantCompliance, fleet_compliance, tenant_compliance
+from ..engine.lgpd.retention import RetentionResult, apply as apply_lgpd_retention
+from ..engine.lgpd.rules import load_rules
 from ..engine.registry import Tenant
 from ..engine.retention import RetentionCheck, RetentionDecision, check_retention, run_forget
 from ..engine.reporting import Reporter
@@ -157,6 +160,18 @@ class BackupEngineResource(ConfigurableResource):
 
     def drill(self, tenant_id: str, report: Reporter | None = None, wait_seconds: float = 600) -> DrillResult:
         return run_drill(self.settings(), tenant_id, report=report, wait_seconds=wait_seconds)
+
+    # --- LGPD (rules from KRYONIX_LGPD_RULES or the packaged default, read on every call)
+    def lgpd_apply(self, tenant_id: str, dry_run: bool = False, wait_seconds: float = 300) -> RetentionResult:
+        """Waits for a running session or restore of the tenant rather than failing."""
+        return apply_lgpd_retention(self.settings(), tenant_id, load_rules(), dry_run=dry_run,
+                                    wait_seconds=wait_seconds)
+
+    def lgpd_compliance(self, tenant_id: str) -> TenantCompliance:
+        return tenant_compliance(self.settings(), tenant_id, load_rules())
+
+    def lgpd_fleet_compliance(self) -> FleetCompliance:
+        return fleet_compliance(self.settings(), load_rules())
 
     # --- fleet
     def statuses(self) -> list[TenantStatus]:

@@ -1,0 +1,43 @@
+"""LGPD assets: the per-tenant retention run and the fleet compliance report for reviewers."""
+import json
+
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from ..engine.errors import KryonixError, one_line
+from ..partitions import kryonix_tenants
+from ..resources import BackupEngineResource
+from .metadata import GROUP, LGPD_RETENTION_ASSET, retention_metadata
+
+
+@asset(name=LGPD_RETENTION_ASSET, partitions_def=kryonix_tenants, group_name=GROUP, kinds={"postgres"},
+       description="The LGPD retention rules applied to the tenant's live database (`kryonix-backup lgpd apply ID`): "
+                   "inactive contacts anonymised unless they consented, old processing logs and analytics events "
+                   "deleted. Rows per rule as numeric metadata; each change is in the tenant's lgpd.log_processamento.")
+def lgpd_retention(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
+    tenant_id = context.partition_key
+    try:
+        result = engine.lgpd_apply(tenant_id)
+    except KryonixError as exc:
+        raise Failure(description=one_line(str(exc)), metadata={"tenant": tenant_id}) from None
+    context.log.info(f"tenant {tenant_id}: {result.total_rows} row(s) past their period changed")
+    return MaterializeResult(metadata=retention_metadata(result))
+
+
+@asset(group_name=GROUP, kinds={"postgres", "json"},
+       description="LGPD compliance of every registered tenant (`kryonix-backup lgpd report`): personal data past "
+                   "its period, restore points past the plan, erasure-ledger entries not yet rewritten out of old "
+                   "restore points, last retention run, last erasure. Markdown here, JSON on disk for reviewers.")
+def lgpd_compliance_report(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
+    fleet = engine.lgpd_fleet_compliance()
+    path = engine.reports_dir() / "lgpd_compliance_report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fleet.to_json(), indent=2, default=str))
+    context.log.info(f"{len(fleet.tenants)} tenants, {len(fleet.non_compliant)} not compliant; report at {path}")
+    return MaterializeResult(metadata={
+        "tenants": MetadataValue.int(len(fleet.tenants)),
+        "non_compliant_tenants": MetadataValue.int(len(fleet.non_compliant)),
+        "overdue_rows": MetadataValue.int(sum(t.overdue_rows for t in fleet.tenants)),
+        "ledger_pending": MetadataValue.int(sum(t.ledger_pending for t in fleet.tenants)),
+        "report": MetadataValue.md(fleet.markdown()),
+        "json": MetadataValue.path(str(path)),
+    })
