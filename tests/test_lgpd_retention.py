@@ -4,9 +4,10 @@ failing on an over-age row and passing after `lgpd apply`, and the Dagster wirin
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
 
 from kryonix_dagster.cli import main
 from kryonix_dagster.engine.errors import BadInput
@@ -139,12 +140,14 @@ def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys):
 def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd_tenant, rules, monkeypatch):
     """On a registry of the test's own (so the fleet report sees only this test's tenants): the
     check fails on over-age rows, the asset applies the rules (rows per rule as metadata), the
-    check then passes, and the fleet report lists the tenant."""
+    check then passes, the daily schedule's batch run logs both per partition, and the fleet
+    report lists the tenant."""
     from kryonix_dagster.definitions import defs  # first: the domains import each other in this order
-    from kryonix_dagster.lgpd import lgpd_compliance, lgpd_compliance_report, lgpd_retention
+    from kryonix_dagster.lgpd import (lgpd_compliance, lgpd_compliance_report, lgpd_retention, lgpd_retention_job,
+                                      lgpd_retention_schedule)
     from kryonix_dagster.lgpd.checks import compliance_evaluation
     from kryonix_dagster.partitions import KRYONIX_TENANTS
-    from kryonix_dagster.resources import resources_from_env
+    from kryonix_dagster.resources import PostgresResource, resources_from_env
 
     assert defs.resolve_job_def("lgpd_retention_job") and defs.resolve_schedule_def("lgpd_retention_schedule")
     monkeypatch.setenv("KRYONIX_MAIN_DB", own_registry.main_db)
@@ -165,6 +168,22 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
             assert meta.metadata["rows_total"].value == 6 and meta.metadata["log_rows"].value == 4
             [check] = run.get_asset_check_evaluations()
             assert check.passed and check.metadata["overdue_rows"].value == 0
+            # the daily schedule requests the batch job for the registry's tenants; a batch run logs
+            # each tenant's materialization (nothing left to change) and check on its partition
+            when = datetime(2026, 12, 2, 7, 30, tzinfo=timezone.utc)
+            context = build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                             resources={"postgres": PostgresResource(main_db=own_registry.main_db)})
+            [request] = lgpd_retention_schedule(context)
+            assert request.run_config == {"ops": {"lgpd_retention_tenants": {"config": {"tenants": [tid]}}}}
+            batch = lgpd_retention_job.execute_in_process(run_config=request.run_config, instance=instance,
+                                                          resources=resources_from_env())
+            assert batch.success
+            [logged] = [e.event_specific_data.materialization for e in batch.all_events
+                        if e.event_type_value == "ASSET_MATERIALIZATION"]
+            assert logged.partition == tid and logged.metadata["rows_total"].value == 0
+            [evaluation] = [e.event_specific_data for e in batch.all_events
+                            if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+            assert evaluation.passed and evaluation.partition == tid
             assert materialize([lgpd_compliance_report], instance=instance, resources=resources_from_env()).success
             report = instance.get_latest_materialization_event(AssetKey("lgpd_compliance_report"))
         fleet = report.asset_materialization.metadata
