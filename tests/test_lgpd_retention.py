@@ -10,10 +10,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
 
 from kryonix_dagster.cli import main
-from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.errors import BadInput, OperationFailed
 from kryonix_dagster.engine.lgpd.report import tenant_compliance
 from kryonix_dagster.engine.lgpd.retention import apply
-from kryonix_dagster.engine.lgpd.rules import load_rules
+from kryonix_dagster.engine.lgpd.rules import RULES_FILE, LgpdRules, load_rules
 
 from .lgpd_world import (ANONYMISED, ANONYMISED_IDS, EXPECTED, KEPT_IDS, checksums, drop_lgpd_tenant,
                          new_tenant_id, seed_lgpd_tenant)
@@ -39,6 +39,12 @@ def lgpd_tenant(settings):
         drop_lgpd_tenant(settings, tid)
 
 
+def failing_last_rule() -> LgpdRules:
+    doc = json.loads(RULES_FILE.read_text())
+    doc["retention"][-1].update(action="anonymise", set={"tipo": None})  # tipo is NOT NULL
+    return LgpdRules.model_validate(doc)
+
+
 def contacts(psql, database: str) -> dict[int, tuple[str, str, str]]:
     rows = psql(database, "SELECT id, nome, email, telefone FROM crm.contatos ORDER BY id").splitlines()
     return {int(r.split("|")[0]): tuple(r.split("|")[1:]) for r in rows}
@@ -48,7 +54,7 @@ def ids(psql, database: str, table: str) -> set[int]:
     return {int(x) for x in psql(database, f"SELECT id FROM {table}").split()}
 
 
-def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(settings, cli, psql, capsys, lgpd_tenant,
+def test_report_fails_failure_and_dry_run_change_nothing_apply_fixes_exactly_and_logs(settings, cli, psql, capsys, lgpd_tenant,
                                                                            rules):
     tid, db = lgpd_tenant()
     before = checksums(psql, db)
@@ -60,6 +66,13 @@ def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(setti
     assert not doc["compliant"] and doc["overdue_rows"] == 6
     assert {r["rule"]: r["rows"] for r in doc["rules"]} == EXPECTED
     assert "not compliant" in report.stderr and tid in report.stderr
+
+    # a rule failing after others changed rows (NOT NULL column set to null): all rolled back
+    with pytest.raises(OperationFailed) as failed:
+        apply(settings, tid, failing_last_rule())
+    assert "rule eventos_analytics" in str(failed.value) and "nothing changed" in str(failed.value)
+    assert "Failing row" not in str(failed.value)  # PostgreSQL's DETAIL line quotes the row's values
+    assert checksums(psql, db) == before
 
     code, out, err = run_main(capsys, "lgpd", "apply", tid, "--dry-run")
     assert code == 0, err
@@ -80,8 +93,9 @@ def test_report_fails_dry_run_changes_nothing_apply_fixes_exactly_and_logs(setti
     assert logged == ["anonimizacao|1|obrigacao_legal", "anonimizacao|3|obrigacao_legal",
                       "exclusao|-|obrigacao_legal", "exclusao|-|obrigacao_legal"]
     audit = psql(settings.main_db, "SELECT success, details->'rules' FROM tenants.backup_audit "
-                                   f"WHERE cliente_id = '{tid}' AND operation = 'lgpd_retention'").splitlines()
-    assert len(audit) == 1 and audit[0].startswith("t|") and json.loads(audit[0][2:]) == EXPECTED
+                                   f"WHERE cliente_id = '{tid}' AND operation = 'lgpd_retention' ORDER BY id").splitlines()
+    assert len(audit) == 2 and audit[0].startswith("f|")
+    assert audit[1].startswith("t|") and json.loads(audit[1][2:]) == EXPECTED
     assert "Ana" not in psql(settings.main_db, f"SELECT details::text FROM tenants.backup_audit WHERE cliente_id = '{tid}'")
 
     # idempotent: nothing is due any more, already-anonymised rows are not counted again
