@@ -73,8 +73,9 @@ def seed_lgpd_tenant(settings, tenant_id: str, drop: tuple[str, ...] = ()) -> st
 
 def checksums(psql, database: str, tables: tuple[str, ...] = TABLES) -> dict[str, str]:
     """md5 of each table's rows in id order, read through psql (independent of the product)."""
-    return {t: psql(database, f"SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) FROM {t} x")
-            for t in tables}
+    query = " UNION ALL ".join(f"(SELECT '{t}', md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) FROM {t} x)"
+                               for t in tables)
+    return dict(line.split("|", 1) for line in psql(database, query).splitlines())
 
 
 def drop_lgpd_tenant(settings, tenant_id: str) -> None:

@@ -15,6 +15,7 @@ from kryonix_dagster.resources import PostgresResource
 from kryonix_dagster.backup import BACKUP_SCHEDULES
 from kryonix_dagster.drills import DRILL_SCHEDULES
 from kryonix_dagster.integrity import INTEGRITY_SCHEDULES
+from kryonix_dagster.lgpd import lgpd_retention_schedule
 from kryonix_dagster.retention import retention_schedule
 from kryonix_dagster.scheduling import BATCH_SIZE, batch_op_name, default_schedule_status
 
@@ -90,7 +91,7 @@ def test_retention_schedule_covers_every_tenant_and_skips_an_empty_fleet(fleet_r
 def test_each_run_request_configures_the_op_of_its_job(fleet_registry):
     """The op a request configures is derived from the job: a renamed op cannot drift."""
     own, _tenants = fleet_registry
-    for schedule in [*PLAN_SCHEDULES, retention_schedule]:
+    for schedule in [*PLAN_SCHEDULES, retention_schedule, lgpd_retention_schedule]:
         job_def = defs.resolve_job_def(schedule.job.name)
         for request in evaluate(schedule, own).run_requests:
             assert list(request.run_config["ops"]) == [batch_op_name(schedule.job)]

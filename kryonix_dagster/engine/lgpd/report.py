@@ -48,6 +48,7 @@ class TenantCompliance:
     restore_points_past_plan: int | None = 0  # None: could not be judged (see restore_points_error)
     restore_points_error: str | None = None
     ledger_pending: int = 0
+    database_error: str | None = None  # the live data could not be read (e.g. a restore swapping it)
     last_retention: LastRun | None = None
     last_erasure: LastRun | None = None
 
@@ -57,7 +58,8 @@ class TenantCompliance:
 
     @property
     def problems(self) -> list[str]:
-        found = [f"{r.rows} row(s) of {r.table} past {r.period} (rule {r.rule})" for r in self.rules if r.rows]
+        found = [f"live data not evaluated: {self.database_error}"] if self.database_error else []
+        found += [f"{r.rows} row(s) of {r.table} past {r.period} (rule {r.rule})" for r in self.rules if r.rows]
         if self.restore_points_past_plan is None:
             found.append(f"restore points not judged: {self.restore_points_error}")
         elif self.restore_points_past_plan:
@@ -119,7 +121,7 @@ def overdue(settings: Settings, tenant_id: str, rules: LgpdRules) -> tuple[bool,
                        for r in rules.retention]
     with pg.connection(settings.pg_dsn, database) as conn, conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
-        return True, evaluate(cur, rules)
+        return True, evaluate(cur, rules, tenant_id)
 
 
 def _last_run(cur, tenant_id: str, operations: tuple[str, ...]) -> LastRun | None:
@@ -154,8 +156,11 @@ def tenant_compliance(settings: Settings, tenant_id: str, rules: LgpdRules) -> T
     validate_tenant_id(tenant_id)
     if registry.get_tenant(settings, tenant_id) is None:
         raise BadInput(f"tenant {tenant_id} is not registered")
-    has_database, outcomes = overdue(settings, tenant_id, rules)
-    report = TenantCompliance(tenant_id, has_database, outcomes)
+    try:
+        has_database, outcomes = overdue(settings, tenant_id, rules)
+        report = TenantCompliance(tenant_id, has_database, outcomes)
+    except KryonixError as exc:  # one tenant's trouble never hides the rest of the fleet
+        report = TenantCompliance(tenant_id, True, database_error=one_line(str(exc), 200))
     try:
         report.restore_points_past_plan = len(check_retention(settings, tenant_id).over_retained)
     except KryonixError as exc:

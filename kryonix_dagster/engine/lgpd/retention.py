@@ -176,13 +176,23 @@ def apply_rule(cur, rule: RetentionRule, rules: LgpdRules, log_columns: set[str]
     return int(rows), int(logged)
 
 
-def evaluate(cur, rules: LgpdRules) -> list[RuleOutcome]:
+def rule_failed(tenant_id: str, rule: RetentionRule, exc: Exception) -> OperationFailed:
+    """The database's first line only: its DETAIL line can quote a row's (personal) values."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return OperationFailed(f"tenant {tenant_id}: LGPD rule {rule.name} ({rule.table}): {type(exc).__name__}: "
+                           f"{first}; nothing changed")
+
+
+def evaluate(cur, rules: LgpdRules, tenant_id: str) -> list[RuleOutcome]:
     """Rows each rule would change now, nothing changed (the dry run and the compliance report)."""
     outcomes = []
     for rule in rules.retention:
         outcome = RuleOutcome(rule.name, rule.table, rule.action, rule.period, skipped=skip_reason(cur, rule))
         if not outcome.skipped:
-            outcome.rows = count_due(cur, rule)
+            try:
+                outcome.rows = count_due(cur, rule)
+            except Exception as exc:
+                raise rule_failed(tenant_id, rule, exc) from None
         outcomes.append(outcome)
     return outcomes
 
@@ -200,7 +210,7 @@ def _run(settings: Settings, database: str, rules: LgpdRules, result: RetentionR
         log_columns = _log_columns(cur)
         result.log_table = bool(log_columns)
         if result.dry_run:
-            result.rules = evaluate(cur, rules)
+            result.rules = evaluate(cur, rules, result.tenant_id)
             return
         for rule in rules.retention:
             outcome = RuleOutcome(rule.name, rule.table, rule.action, rule.period, skipped=skip_reason(cur, rule))
@@ -208,9 +218,7 @@ def _run(settings: Settings, database: str, rules: LgpdRules, result: RetentionR
                 try:
                     outcome.rows, outcome.logged = apply_rule(cur, rule, rules, log_columns)
                 except Exception as exc:
-                    raise OperationFailed(f"tenant {result.tenant_id}: LGPD rule {rule.name} ({rule.table}): "
-                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                                          "; nothing changed") from None
+                    raise rule_failed(result.tenant_id, rule, exc) from None
             result.rules.append(outcome)
         before_commit()  # the connection context commits after this returns
 
