@@ -79,7 +79,9 @@ class TenantCompliance:
     def row(self) -> dict:
         """One line of the fleet table."""
         def when(run: LastRun | None) -> str:
-            return "-" if run is None else f"{run.at:%Y-%m-%d %H:%M}{'' if run.success else ' (failed)'}"
+            if run is None:
+                return "-"
+            return f"{run.at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC{'' if run.success else ' (failed)'}"
         return {"tenant": self.tenant_id, "compliant": "yes" if self.compliant else "NO",
                 "overdue_rows": self.overdue_rows,
                 "restore_points_past_plan": "?" if self.restore_points_past_plan is None else self.restore_points_past_plan,
