@@ -10,7 +10,8 @@ import pytest
 from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
 
 from kryonix_dagster.cli import main
-from kryonix_dagster.engine.errors import BadInput, OperationFailed
+from kryonix_dagster.engine.errors import BadInput, OperationFailed, TenantBusy
+from kryonix_dagster.engine.lease import Lease
 from kryonix_dagster.engine.lgpd.report import tenant_compliance
 from kryonix_dagster.engine.lgpd.retention import apply
 from kryonix_dagster.engine.lgpd.rules import RULES_FILE, LgpdRules, load_rules
@@ -109,7 +110,7 @@ def test_report_fails_failure_and_dry_run_change_nothing_apply_fixes_exactly_and
     assert final.last_retention.rows == 0 and final.last_erasure is None and final.ledger_pending == 0
 
 
-def test_missing_tables_are_skipped_and_reported_and_the_consent_guard_waits(settings, psql, lgpd_tenant, rules):
+def test_missing_tables_are_skipped_the_consent_guard_waits_and_the_lease_is_honoured(settings, psql, lgpd_tenant, rules):
     tid, db = lgpd_tenant(drop=("analytics.eventos", "lgpd.log_processamento", "lgpd.consentimentos"))
     before = checksums(psql, db, ("crm.contatos",))
     skipped = {r.rule: r.skipped for r in apply(settings, tid, rules).rules}
@@ -120,9 +121,14 @@ def test_missing_tables_are_skipped_and_reported_and_the_consent_guard_waits(set
     report = tenant_compliance(settings, tid, rules)
     assert report.compliant and all(r.skipped for r in report.rules)
 
-    # with an (empty) consent table the rule applies; no processing log to write to
+    # with an (empty) consent table the rule applies; no processing log to write to. While
+    # another operation (a session, a restore) holds the tenant's lease, only a dry run goes.
     psql(db, "CREATE TABLE lgpd.consentimentos (id bigserial PRIMARY KEY, contato_id bigint NOT NULL, "
              "finalidade text NOT NULL, consentimento_dado boolean NOT NULL, registrado_em timestamptz NOT NULL)")
+    with Lease(settings, tid, "20261202T000000Z-test00", "restore"):
+        with pytest.raises(TenantBusy):
+            apply(settings, tid, rules)
+        assert {r.rule: r.rows for r in apply(settings, tid, rules, dry_run=True).rules}["contatos_inativos"] == 3
     result = apply(settings, tid, rules)
     by_rule = {r.rule: r for r in result.rules}
     assert by_rule["contatos_inativos"].rows == 3 and by_rule["contatos_inativos"].logged == 0
