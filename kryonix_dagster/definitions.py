@@ -1,11 +1,11 @@
 """The one Definitions object of the project: it only gathers the domains and the resources.
 
 Each domain package keeps its assets, checks, jobs, schedules and sensors together:
-backup, retention, integrity, drills, fleet.
+backup, retention, integrity, drills, fleet, pitr.
 """
 from dagster import Definitions
 
-from . import backup, drills, fleet, integrity, retention
+from . import backup, drills, fleet, integrity, pitr, retention
 from .resources import resources_from_env
 
 defs = Definitions.merge(
@@ -14,5 +14,6 @@ defs = Definitions.merge(
     integrity.defs,
     drills.defs,
     fleet.defs,
+    pitr.defs,
     Definitions(resources=resources_from_env()),
 )

@@ -153,3 +153,67 @@ def test_kill_9_of_a_restore_then_the_next_run_sweeps_it_and_restores_into_anoth
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+def _archive_failures(world) -> int:
+    return int(world.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"))
+
+
+def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch):
+    from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, materialize
+
+    from kryonix_dagster.engine.pitr.archive import setup
+    from kryonix_dagster.fleet.freshness import stale_backups_sensor
+    from kryonix_dagster.pitr.assets import (archiving_evaluation, pitr_base_backup, wal_archiving_check,
+                                             window_covers_plans_check)
+    from kryonix_dagster.pitr.sensors import INCIDENT
+    from kryonix_dagster.resources import (AlertsResource, AppDataResource, BackupEngineResource,
+                                           BackupRepositoryResource, ObjectStorageResource, PostgresResource,
+                                           RabbitMQResource, RedisResource)
+
+    world = pitr_world
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    env = world.env
+    engine = BackupEngineResource(
+        postgres=PostgresResource(dsn=env["KRYONIX_PG_DSN"], main_db=env["KRYONIX_MAIN_DB"]),
+        object_storage=ObjectStorageResource(), redis=RedisResource(), rabbitmq=RabbitMQResource(),
+        repository=BackupRepositoryResource(repo=env["KRYONIX_REPO"], master_key_file=env["KRYONIX_MASTER_KEY_FILE"],
+                                            state_dir=env["KRYONIX_STATE_DIR"]),
+        app_data=AppDataResource(root=env["KRYONIX_APP_DATA_DIR"]))
+
+    def sensor_cursor(cursor: str | None) -> dict:
+        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": AlertsResource()}) as ctx:
+            stale_backups_sensor(ctx)
+            return json.loads(ctx.cursor)
+
+    assert archiving_evaluation(engine.pitr_status())["passed"] is True
+    failures = _archive_failures(world)
+    world.psql("postgres", "ALTER SYSTEM SET archive_command = 'false'")
+    world.psql("postgres", "SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 60
+        world.psql("postgres", "SELECT txid_current(), pg_switch_wal()")
+        while _archive_failures(world) == failures and time.monotonic() < deadline:
+            time.sleep(0.2)
+        broken = archiving_evaluation(engine.pitr_status())
+        assert broken["passed"] is False and broken["severity"] == AssetCheckSeverity.ERROR
+        assert "archiv" in broken["description"]
+        cursor = sensor_cursor(None)
+        assert INCIDENT in cursor
+    finally:
+        setup(world.settings)  # puts pgBackRest's archive_command back and checks that WAL arrives
+    assert archiving_evaluation(engine.pitr_status())["passed"] is True
+    assert INCIDENT not in sensor_cursor(json.dumps(cursor))
+    result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
+                         resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
+                         run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("pitr_base_backup")[0].metadata
+    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == 2
+    assert meta["window_earliest"].value.startswith(json.loads(world.extra["backup"])["stopped"][:19])
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["wal_archiving"].passed is True
+    # a young window does not reach back the 30 days enterprise promises: a warning, not silence
+    assert checks["window_covers_plans"].passed is False
+    assert checks["window_covers_plans"].severity == AssetCheckSeverity.WARN

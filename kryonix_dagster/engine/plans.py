@@ -49,6 +49,9 @@ PLANS: dict[str, Plan] = {
     "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4, pitr_days=30),
 }
 RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
+# pgBackRest base backups of the tenants' cluster: full weekly (Sunday), differential the other days.
+PITR_FULL_CRON = "0 1 * * 0"
+PITR_DIFF_CRON = "0 1 * * 1-6"
 # Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per
 # month is kept for five years on top of the plan's own rules.
 LEGAL_KEEP_WITHIN_MONTHLY = "5y"

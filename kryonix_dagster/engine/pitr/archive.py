@@ -247,3 +247,23 @@ def switch_and_wait(settings: Settings, timeout: float = 120) -> str:
                 raise OperationFailed(f"WAL segment {segment} was not archived within {timeout:.0f}s{why}; "
                                       "nothing was touched")
             time.sleep(0.2)
+
+
+def window_fields(settings: Settings) -> dict:
+    """The recoverable window for a restore point's metadata ({} when PITR is not set up or
+    pgBackRest cannot say): a bonus on top of the session, never a reason to fail it."""
+    try:
+        cfg = load_pitr_config(settings)
+        if not cfg.config_path.exists():
+            return {}
+        pgbr = PgBackRest(cfg.config_path, cfg.stanza, clusters.discover(settings).owner)
+        info = pgbr.info()
+        earliest = min((b.stopped for b in info.backups), default=None) if info else None
+        if earliest is None:
+            return {}
+        with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT last_archived_time FROM pg_stat_archiver")
+            latest = cur.fetchone()[0]
+        return {"pitr_earliest": _iso(earliest), "pitr_latest": _iso(latest or earliest)}
+    except Exception:  # noqa: BLE001 - see the docstring
+        return {}
