@@ -29,7 +29,7 @@ from .conftest import free_port, run_cli
 
 PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 # The tenants of the world; each test restores only its own (see the module docstring).
-ROLES = ("self", "witness", "into_target", "killed")
+ROLES = ("self", "witness", "into_target", "killed", "sessioned")
 
 
 def as_postgres(*cmd: str) -> list[str]:

@@ -217,3 +217,48 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
     # a young window does not reach back the 30 days enterprise promises: a warning, not silence
     assert checks["window_covers_plans"].passed is False
     assert checks["window_covers_plans"].severity == AssetCheckSeverity.WARN
+
+
+def test_a_moment_seconds_ago_with_the_other_tiers_from_the_restore_point_before_it(pitr_world, monkeypatch):
+    """A session (database + Redis) first; then a Redis change and rows 4 (before T) and 5 (after
+    T), T taken seconds before the restore: the database comes back with row 4 and without row 5,
+    Redis from the session, and the output names that session."""
+    import redis
+
+    from kryonix_dagster.engine.reporting import NullReporter
+    from kryonix_dagster.engine.session import run_backup
+    from kryonix_dagster.engine.tiers import postgres, redis_keys
+
+    world = pitr_world
+    for name, value in world.env.items():
+        monkeypatch.setenv(name, value)
+    tid = world.tenants["sessioned"]
+    client = redis.Redis.from_url(world.env["KRYONIX_REDIS_URL"])
+    key = f"cliente:{tid}:greeting"
+    try:
+        client.set(key, b"as in the session")
+        session = run_backup(world.settings, tid, "full", NullReporter(), tiers=(postgres.SPEC, redis_keys.SPEC))
+        assert session.manifest_snapshot, session.error
+        assert session.pg_restore_point.get("pitr_earliest")  # the restore point knows the window
+        client.set(key, b"changed after the session")
+        with world.cursor(f"kryonix_cliente_{tid}") as cur:
+            cur.execute("INSERT INTO app.orders VALUES (4, 'before T')")
+            cur.execute("SELECT clock_timestamp()")
+            moment = cur.fetchone()[0]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                cur.execute("SELECT clock_timestamp() > %s", (moment,))
+                if cur.fetchone()[0]:
+                    break
+            cur.execute("INSERT INTO app.orders VALUES (5, 'after T')")
+        result = world.cli("restore", tid, "--at", _iso(moment), "--yes", "--json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["other_tiers_from"]["session"] == session.session_id
+        assert world.rows(tid) == _rows(world, tid, 3) + ["4:before T"]
+        assert client.get(key) == b"as in the session"
+        assert "redis" in doc["tiers"] and "compliance" not in doc["tiers"]
+    finally:
+        for stale in client.scan_iter(match=f"cliente:{tid}:*"):
+            client.delete(stale)
+        client.close()
