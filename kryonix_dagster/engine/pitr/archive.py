@@ -35,8 +35,8 @@ def engine_for(settings: Settings, cfg: PitrConfig | None = None,
 
 def _require_setup(cfg: PitrConfig) -> None:
     if not cfg.config_path.exists():
-        raise OperationFailed(f"PITR is not set up for stanza {cfg.stanza} (no {cfg.config_path}): "
-                              "run `kryonix-backup pitr setup` first")
+        raise OperationFailed(f"point-in-time recovery is not configured (stanza {cfg.stanza}: no {cfg.config_path}): "
+                              "run `kryonix-backup pitr setup` first, or restore a restore point with --snapshot")
 
 
 # --- setup ---------------------------------------------------------------------------------
