@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kryonix_dagster.cli import main
+from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.pitr.restore_at import run_restore_at
 
 from .pitr_world import pitr_world_fixture
 
@@ -140,8 +142,8 @@ def test_kill_9_of_a_restore_then_the_next_run_sweeps_it_and_restores_into_anoth
     proc.wait(timeout=30)
     assert list(world.scratch_root.glob("*")), "the kill left nothing behind: the test proves nothing"
     assert world.rows(killed) == _rows(world, killed, 3)  # killed before any swap
-    unregistered = world.cli("restore", source, "--at", _iso(world.t_mid), "--into", source + "x", "--yes")
-    assert unregistered.returncode == 2 and "not registered" in unregistered.stderr
+    with pytest.raises(BadInput, match="not registered"):  # exit 2 in the CLI; checked before any lease
+        run_restore_at(world.settings, source, world.t_mid, into=source + "x")
     result = world.cli("restore", source, "--at", _iso(world.t_mid), "--into", target, "--yes", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
