@@ -100,8 +100,8 @@ def _start(data: Path, log: Path) -> None:
         assert proc.returncode == 0, log.read_text()[-2000:]
 
 
-@pytest.fixture(scope="module", name="pitr_world")
-def pitr_world_fixture():
+def new_cluster() -> tuple[Path, int]:
+    """initdb (as postgres) in a private folder on tmpfs, archive_mode off, started on a free port."""
     # tmpfs when there is one: pgBackRest syncs every file it restores, a disk under other
     # helpers' load made that the slowest step by far
     base = Path(tempfile.mkdtemp(prefix="kryonix-pitr-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -116,9 +116,20 @@ def pitr_world_fixture():
         conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
                    "fsync = off\nshared_buffers = 32MB\nmax_connections = 40\narchive_mode = off\n")
     _start(data, base / "postgres.log")
-    work = base / "pitr-work"
-    token = secrets.token_hex(4)
-    env = {
+    return base, port
+
+
+def remove_cluster(base: Path) -> None:
+    """Stop the cluster and any scratch cluster left under it, then remove everything."""
+    for data in (base / "data", *base.glob("pitr-work/scratch/*/data")):
+        with tempfile.TemporaryFile() as out:
+            subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"),
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def world_env(base: Path, port: int, token: str) -> dict[str, str]:
+    return {
         "KRYONIX_PG_DSN": f"postgresql://postgres@127.0.0.1:{port}/postgres",
         "KRYONIX_MAIN_DB": f"kryonix_pitr_main_{token}",
         "KRYONIX_REPO": f"file://{base / 'repos'}",
@@ -127,9 +138,16 @@ def pitr_world_fixture():
         "KRYONIX_STATE_DIR": str(base / "state"),
         "KRYONIX_PITR_STANZA": f"test-{token}",
         "KRYONIX_PITR_REPO": str(base / "pgbackrest"),
-        "KRYONIX_PITR_WORK_DIR": str(work),
+        "KRYONIX_PITR_WORK_DIR": str(base / "pitr-work"),
         "KRYONIX_REDIS_URL": "redis://127.0.0.1:6379/0",
     }
+
+
+@pytest.fixture(scope="module", name="pitr_world")
+def pitr_world_fixture():
+    base, port = new_cluster()
+    token = secrets.token_hex(4)
+    env = world_env(base, port, token)
     settings = load_settings({**os.environ, **env})
     world = None
     try:
@@ -162,11 +180,4 @@ def pitr_world_fixture():
         _write_rows(world, 3)
         yield world
     finally:
-        with tempfile.TemporaryFile() as out:
-            subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"),
-                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        for leftover in (work / "scratch").glob("*/data"):
-            with tempfile.TemporaryFile() as out:
-                subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(leftover), "-m", "immediate", "stop"),
-                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        shutil.rmtree(base, ignore_errors=True)
+        remove_cluster(base)
