@@ -90,10 +90,13 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
         raise OperationFailed(f"tenant {tenant_id}: {archive._iso(at)} is outside the {state.window.describe()}; "
                               "nothing was touched")
     with_db = services is None or pgtier.TIER in services
-    repo = open_repository(settings, tenant_id)
-    point = _restore_point_before(repo, at)
     others = _other_tiers(services)
-    manifest = read_manifest(repo, point) if point else None
+    repo = open_repository(settings, tenant_id) if others else None  # restic only when a tier needs it
+    point = _restore_point_before(repo, at)
+    try:
+        manifest = read_manifest(repo, point) if point else None
+    except ValueError as exc:  # tampered or foreign manifest: never handed to the tools
+        raise OperationFailed(f"tenant {tenant_id}: restore point {point.session_id}: {exc}; nothing was touched") from None
     todo = []
     for name in others:
         entry = manifest.tiers.get(name) if manifest else None

@@ -76,6 +76,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _stop(root: Path, owner: str, cluster: Cluster | None) -> None:
     data = root / "data"
     if (data / "postmaster.pid").exists():
@@ -99,6 +106,8 @@ def sweep(scratch_root: Path, owner: str, cluster: Cluster | None = None) -> int
             pid = int(marker.get("pid", 0))
         except (OSError, ValueError, TypeError):
             marker, pid = {}, 0
+            if _age_seconds(root) < 60:
+                continue  # being made right now by another restore: its marker comes next
         if pid and pid != os.getpid() and _alive(pid) and marker.get("host") == socket.gethostname():
             continue  # another restore's, still running
         _remove(root, owner, cluster)
