@@ -14,6 +14,10 @@ export KRYONIX_S3_ENDPOINT ?= http://127.0.0.1:9900
 export KRYONIX_S3_ACCESS_KEY ?= kryonix-demo
 export KRYONIX_S3_SECRET_KEY ?= kryonix-demo-secret
 export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
+# PITR: the pgBackRest repository and work folder (config, locks, scratch clusters) must be
+# reachable by the cluster's owner (postgres), which runs archive_command.
+export KRYONIX_PITR_REPO ?= $(KRYONIX_LOCAL_DIR)/pgbackrest
+export KRYONIX_PITR_WORK_DIR ?= $(KRYONIX_LOCAL_DIR)/pitr
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
 PYTEST_ARGS ?= -n 2
@@ -45,6 +49,10 @@ demo: install system-deps services s3
 	@# so the UI shows every check of restore_point with a result
 	$(BIN)/python -c "from kryonix_dagster.fleet.tenant_checks import main; raise SystemExit(main())"
 	$(BIN)/kryonix-backup status
+	@# point-in-time recovery live on the local cluster (restarts it once for archive_mode)
+	$(BIN)/kryonix-backup pitr setup --restart
+	$(BIN)/kryonix-backup pitr backup --type full
+	$(BIN)/kryonix-backup pitr status
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"

@@ -2,10 +2,12 @@
 import os
 import sys
 
-from . import bench_postgres, bench_tiers
+from . import bench_pitr, bench_postgres, bench_tiers
 
 SECTIONS = {
     "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "80"))),
+    "pitr": lambda: bench_pitr.run(float(os.environ.get("BENCH_PITR_SCALE", "80")),
+                                   int(os.environ.get("BENCH_PITR_PGBENCH_SECONDS", "30"))),
     "tiers": lambda: bench_tiers.run(
         objects=int(os.environ.get("BENCH_OBJECTS", "400")),
         object_size=int(os.environ.get("BENCH_OBJECT_SIZE", str(256 * 1024))),

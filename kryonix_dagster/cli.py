@@ -24,6 +24,7 @@ from .engine.config import Settings, load_settings
 from .engine.errors import BadInput, KryonixError, OperationFailed, one_line
 from .engine.migrations import migrate
 from .engine.naming import BACKUP_TYPES, PLANS, STATUSES, validate_tenant_id
+from .cli_pitr import pitr as pitr_commands
 from .progress import TerminalReporter, human_bytes
 
 PROG = "kryonix-backup"
@@ -298,10 +299,12 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
     if at is not None:
         if snapshot is not None:
             raise BadInput("give --snapshot or --at, not both")
-        parse_point_in_time(at)
-        raise OperationFailed(f"tenant {tenant_id}: point-in-time recovery is not configured (pgBackRest WAL "
-                              f"archiving is not built yet); restore a restore point with --snapshot instead "
-                              f"(see `{PROG} snapshots {tenant_id}`)")
+        if schema is not None:
+            raise BadInput("--at restores the whole database: give --snapshot with --schema")
+        moment = parse_point_in_time(at)
+        confirm_replacement(f"Replace tenant {target}'s current data with tenant {tenant_id}'s as of {at}?", yes)
+        restore_at(moment, tenant_id, into, wanted, wait_seconds, as_json)
+        return
     snapshot = "latest" if snapshot is None else snapshot
     what = f"schema {schema} of " if schema else ""
     confirm_replacement(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
@@ -315,6 +318,26 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
                        f"{outcome.connections_terminated} connection(s) terminated")
         click.echo(f"restored session {result.session_id} of tenant {tenant_id} into tenant {target} "
                    f"in {result.duration_seconds:.1f}s")
+
+
+def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_seconds: float,
+               as_json: bool) -> None:
+    """`restore --at`: the database as of `moment` (pgBackRest), other tiers from a restore point."""
+    from .engine.pitr.restore_at import run_restore_at
+
+    result = run_restore_at(ready_settings(), tenant_id, moment, into, wanted, TerminalReporter(), wait_seconds)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    for name, outcome in result.tiers.items():
+        click.echo(f"{name}: restored {outcome.restored} item(s) into tenant {result.target_id}, "
+                   f"{outcome.connections_terminated} connection(s) terminated")
+    for name, reason in result.skipped.items():
+        click.echo(f"{name}: skipped ({reason})")
+    source = (f"restore point {result.session_id} ({result.session_time.isoformat()})" if result.session_id
+              else "no restore point at or before --at")
+    click.echo(f"restored tenant {tenant_id}'s database as of {moment.isoformat()} into tenant "
+               f"{result.target_id} in {result.duration_seconds:.1f}s; other tiers from {source}")
 
 
 @cli.command()
@@ -441,6 +464,9 @@ def json_requested(argv: Sequence[str]) -> bool:
             command = command.commands[token]
     has_json = any(p.name == "as_json" for p in command.params)
     return has_json and "--json" in args
+
+
+cli.add_command(pitr_commands)  # issue 11: pitr setup|backup|status
 
 
 def fail(message: str, exit_code: int, as_json: bool, label: str = "error: ") -> None:

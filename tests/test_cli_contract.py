@@ -137,7 +137,7 @@ def test_restore_on_a_terminal_asks_and_no_touches_nothing(settings, cli, tenant
     assert observe.table_checksums(db) == at_backup
 
 
-# --- --at (point-in-time recovery is not built) -------------------------------------------------
+# --- --at (point-in-time recovery is not configured in this test world) --------------------------
 
 def test_at_is_refused_in_one_line_and_touches_nothing(settings, cli, tenant_factory):
     tid, db = backed_up_tenant(settings, cli, tenant_factory)

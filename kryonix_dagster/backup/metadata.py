@@ -1,6 +1,8 @@
 """Dagster metadata for people: numbers become plots, tables are Markdown, never a secret."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from dagster import AssetCheckSeverity, MetadataValue
 from tabulate import tabulate
 
@@ -54,7 +56,21 @@ def session_metadata(session: SessionResult) -> dict:
         "tiers": MetadataValue.md(markdown_table(rows, ["tier", "status", "bytes read", "bytes added", "seconds"])),
         "consistency_score": MetadataValue.float(float(session.consistency.get("score") or 0.0)),
         "consistent": session.consistent,
+        **pitr_window_metadata(session.pg_restore_point),
     }
+
+
+def pitr_window_metadata(point: dict) -> dict:
+    """The tenant's point-in-time recoverable window (pgBackRest), when PITR is set up."""
+    if not point.get("pitr_earliest"):
+        return {}
+    earliest, latest = point["pitr_earliest"], point["pitr_latest"]
+    hours = (_parse_iso(latest) - _parse_iso(earliest)).total_seconds() / 3600
+    return {"pitr_earliest": earliest, "pitr_latest": latest, "pitr_window_hours": MetadataValue.float(round(hours, 2))}
+
+
+def _parse_iso(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00"))
 
 
 def consistency_table(report: dict) -> str:

@@ -88,6 +88,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "pgBackRest repository passphrases (wrapped by the master key)",
+        """
+        CREATE TABLE tenants.pitr_keys (
+            stanza           text PRIMARY KEY,
+            master_key_id    text NOT NULL,
+            nonce            bytea NOT NULL,
+            wrapped_password bytea NOT NULL,
+            created_at       timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 

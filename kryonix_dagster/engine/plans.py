@@ -31,6 +31,7 @@ class Plan:
     drill_cron: str
     rpo_hours: float
     keep_within: str = "48h"
+    pitr_days: int = 0  # point-in-time recovery promise (pgBackRest's retention follows the longest)
 
     def forget_args(self) -> list[str]:
         """restic forget flags for this plan's restore points."""
@@ -43,11 +44,14 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4),
+    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8, pitr_days=0),
+    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8, pitr_days=7),
+    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4, pitr_days=30),
 }
 RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
+# pgBackRest base backups of the tenants' cluster: full weekly (Sunday), differential the other days.
+PITR_FULL_CRON = "0 1 * * 0"
+PITR_DIFF_CRON = "0 1 * * 1-6"
 # Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per
 # month is kept for five years on top of the plan's own rules.
 LEGAL_KEEP_WITHIN_MONTHLY = "5y"

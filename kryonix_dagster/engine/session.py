@@ -34,6 +34,7 @@ from .tenant_repository import open_repository
 from .tiers import PHASES, TIERS
 from .tiers.base import BackupContext, TierSpec
 from .reporting import NullReporter, Reporter, Stopwatch
+from .pitr.archive import window_fields as pitr_window_fields
 
 log = logging.getLogger(__name__)
 # Around each tier: a context manager per service (the Dagster layer gives per-service pools).
@@ -54,6 +55,7 @@ class SessionResult:
     duration_seconds: float = 0.0
     consistency: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    pg_restore_point: dict = field(default_factory=dict)  # name, lsn, time; the PITR window when set up
 
     @property
     def consistent(self) -> bool:
@@ -181,7 +183,7 @@ def _restore_point(settings: Settings, names: TenantNames, session_id: str, repo
         with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_create_restore_point(%s)::text, now()", (name,))
             lsn, at = cur.fetchone()
-        return {"name": name, "lsn": lsn, "time": at.isoformat()}
+        return {"name": name, "lsn": lsn, "time": at.isoformat(), **pitr_window_fields(settings)}
     except Exception as exc:  # PITR is a bonus on top of the logical backup, not a reason to fail it
         report.warn(f"no PostgreSQL restore point: {one_line(str(exc), 200)}")
         return {"name": None, "error": one_line(str(exc), 200)}
@@ -258,7 +260,7 @@ def _session(settings: Settings, tenant, names, op: Operation, result: SessionRe
     down = [s for s in needed if s in health and not health[s]["ok"]]
     for service in down:
         reporter.warn(f"service {service} is unhealthy: {health[service]['detail']}")
-    point = _restore_point(settings, names, session_id, reporter)
+    point = result.pg_restore_point = _restore_point(settings, names, session_id, reporter)
     repo = open_repository(settings, tenant_id, create=True)
     ctx = BackupContext(settings, tenant, names, repo, session_id, started, result.backup_type, reporter)
     result.tiers = _run_phases(ctx, tiers, gate or (lambda _service: contextlib.nullcontext()),

@@ -14,6 +14,7 @@ from ..engine.alerts import Alert
 from ..engine.fleet import TenantStatus
 from ..backup.metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
+from ..pitr.sensors import INCIDENT as ARCHIVING_INCIDENT, archiving_alerts
 from ..resources import AlertsResource, BackupEngineResource
 
 
@@ -60,7 +61,7 @@ def resolved_alert(status: TenantStatus) -> Alert:
 
 @sensor(name="stale_backups_sensor", minimum_interval_seconds=300, default_status=DefaultSensorStatus.RUNNING,
         description="Alerts once per tenant whose latest restore point is older than its plan's RPO, and again "
-                    "when it is resolved (webhook and e-mail).")
+                    "when it is resolved (webhook and e-mail); likewise when WAL archiving (PITR) stops.")
 def stale_backups_sensor(context: SensorEvaluationContext, engine: BackupEngineResource, alerts: AlertsResource):
     open_incidents: dict = json.loads(context.cursor) if context.cursor else {}
     statuses = {s.id: s for s in engine.statuses()}
@@ -70,12 +71,13 @@ def stale_backups_sensor(context: SensorEvaluationContext, engine: BackupEngineR
             if alerts.send(stale_alert(status)) or not alerts.channels().configured:
                 open_incidents[tenant_id] = {"since": status.last_session_at.isoformat() if status.last_session_at else None}
                 sent.append(f"stale {tenant_id}")
-    for tenant_id in sorted(open_incidents):
+    for tenant_id in sorted(set(open_incidents) - {ARCHIVING_INCIDENT}):
         status = statuses.get(tenant_id)
         if status is None or not status.stale:
             if status is None or alerts.send(resolved_alert(status)) or not alerts.channels().configured:
                 del open_incidents[tenant_id]
                 sent.append(f"resolved {tenant_id}")
+    sent += archiving_alerts(engine, alerts, open_incidents)  # issue 11: WAL archiving stopped
     context.update_cursor(json.dumps(open_incidents, sort_keys=True))
     if not sent:
         return SkipReason(f"{len(open_incidents)} open stale incident(s), nothing new")

@@ -19,6 +19,10 @@ from ..engine.lgpd.report import FleetCompliance, TenantCompliance, fleet_compli
 from ..engine.lgpd.retention import RetentionResult, apply as apply_lgpd_retention
 from ..engine.lgpd.rules import load_rules
 from ..engine.registry import Tenant
+from ..engine.pgbackrest import BaseBackup
+from ..engine.pitr import archive as pitr_archive
+from ..engine.pitr.archive import PitrStatus
+from ..engine.pitr.config import load_pitr_config
 from ..engine.retention import RetentionCheck, RetentionDecision, check_retention, run_forget
 from ..engine.reporting import Reporter
 from ..engine.session import Gate, SessionResult, run_backup
@@ -182,6 +186,17 @@ class BackupEngineResource(ConfigurableResource):
 
     def reports_dir(self) -> Path:
         return Path(self.settings().state_dir) / "reports"
+
+    # --- point-in-time recovery (pgBackRest)
+    def pitr_backup(self, backup_type: str, report: Reporter | None = None) -> BaseBackup:
+        return pitr_archive.base_backup(self.settings(), backup_type, report)
+
+    def pitr_status(self) -> PitrStatus | None:
+        """None when PITR is not set up (no pgBackRest config for the stanza)."""
+        settings = self.settings()
+        if not load_pitr_config(settings).config_path.exists():
+            return None
+        return pitr_archive.status(settings)
 
 
 class AlertsResource(ConfigurableResource):

@@ -1,0 +1,221 @@
+"""The pgBackRest wrapper: our own config file, commands as the cluster's owner, `--output=json`
+parsed into dataclasses here and nowhere else.
+
+The config file (written by `write_config`, mode 0600, owned by the cluster's owner) holds the
+repository's cipher passphrase: `archive_command` runs inside the postmaster, as its owner,
+and can only read a secret from a file. Its folder (`PitrConfig.work_dir`) also holds
+pgBackRest's lock and log folders and the scratch clusters of point-in-time restores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+from . import procs
+from .errors import OperationFailed, one_line
+
+PGBACKREST = "pgbackrest"
+
+
+@dataclass(frozen=True)
+class RepoLocation:
+    """Where the repository is: a local folder, or an S3 bucket and prefix."""
+
+    kind: str  # posix | s3
+    path: str
+    bucket: str | None = None
+    endpoint: str | None = None
+
+    @classmethod
+    def parse(cls, raw: str) -> "RepoLocation":
+        if raw.startswith("s3:"):
+            url = urlparse(raw[3:])
+            parts = url.path.strip("/").split("/", 1)
+            if not url.netloc or not parts[0]:
+                raise ValueError(f"KRYONIX_PITR_REPO {raw!r}: expected s3:https://host[:port]/bucket[/prefix]")
+            return cls("s3", "/" + (parts[1] if len(parts) > 1 else ""), parts[0], url.netloc)
+        return cls("posix", str(Path(raw.removeprefix("file://")).expanduser()))
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What goes into the config file; `cipher_pass` never leaves it."""
+
+    path: Path
+    stanza: str
+    pg_path: str
+    pg_port: int
+    pg_socket_dir: str | None
+    pg_user: str
+    repo: RepoLocation
+    cipher_pass: str = field(repr=False)
+    retention_full_days: int
+    work_dir: Path
+    s3_key: str | None = field(default=None, repr=False)
+    s3_key_secret: str | None = field(default=None, repr=False)
+
+    def text(self) -> str:
+        lines = ["[global]",
+                 f"repo1-path={self.repo.path}",
+                 "repo1-cipher-type=aes-256-cbc",
+                 f"repo1-cipher-pass={self.cipher_pass}",
+                 "repo1-retention-full-type=time",
+                 f"repo1-retention-full={max(1, self.retention_full_days)}",
+                 "start-fast=y", "archive-async=n", "compress-type=zst", "process-max=1",
+                 f"lock-path={self.work_dir / 'lock'}", f"log-path={self.work_dir / 'log'}",
+                 "log-level-file=off", "log-level-console=warn", "log-level-stderr=off"]
+        if self.repo.kind == "s3":
+            lines += ["repo1-type=s3", f"repo1-s3-bucket={self.repo.bucket}",
+                      f"repo1-s3-endpoint={self.repo.endpoint}", "repo1-s3-region=us-east-1",
+                      "repo1-s3-uri-style=path", f"repo1-s3-key={self.s3_key or ''}",
+                      f"repo1-s3-key-secret={self.s3_key_secret or ''}"]
+        lines += ["", f"[{self.stanza}]", f"pg1-path={self.pg_path}", f"pg1-port={self.pg_port}",
+                  f"pg1-user={self.pg_user}"]
+        if self.pg_socket_dir:
+            lines.append(f"pg1-socket-path={self.pg_socket_dir}")
+        return "\n".join(lines) + "\n"
+
+
+def owner_ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(user: str, cmd: Sequence[str]) -> list[str]:
+    """`cmd` run as `user` (runuser when we are root and `user` is someone else)."""
+    if os.geteuid() == 0 and user != "root":
+        return ["runuser", "-u", user, "--", *cmd]
+    return list(cmd)
+
+
+def write_config(config: ConfigFile, owner: str) -> None:
+    """Write the config file atomically, 0600, owned by the cluster's owner (who runs archive_command)."""
+    uid, gid = owner_ids(owner) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    for folder in (config.work_dir, config.work_dir / "lock", config.work_dir / "log", config.path.parent):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chown(folder, uid, gid)
+    if config.repo.kind == "posix":
+        repo = Path(config.repo.path)
+        repo.mkdir(parents=True, exist_ok=True, mode=0o750)
+        os.chown(repo, uid, gid)
+    tmp = config.path.with_name(f".{config.path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(config.text())
+    os.chown(tmp, uid, gid)
+    os.replace(tmp, config.path)
+
+
+# --- output of `pgbackrest info --output=json` -----------------------------------------------
+
+def _utc(epoch: int | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(int(epoch), timezone.utc)
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    label: str
+    type: str  # full | diff | incr
+    started: datetime
+    stopped: datetime
+    wal_start: str | None
+    wal_stop: str | None
+    size_bytes: int | None
+    repo_bytes: int | None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "BaseBackup":
+        info = raw.get("info", {})
+        return cls(raw["label"], raw["type"], _utc(raw["timestamp"]["start"]), _utc(raw["timestamp"]["stop"]),
+                   (raw.get("archive") or {}).get("start"), (raw.get("archive") or {}).get("stop"),
+                   info.get("size"), (info.get("repository") or {}).get("delta"))
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "type": self.type, "started": self.started.isoformat(),
+                "stopped": self.stopped.isoformat(), "wal_start": self.wal_start, "wal_stop": self.wal_stop,
+                "size_bytes": self.size_bytes, "repo_bytes": self.repo_bytes}
+
+
+@dataclass(frozen=True)
+class StanzaInfo:
+    name: str
+    status_code: int
+    status_message: str
+    backups: tuple[BaseBackup, ...]
+    wal_min: str | None
+    wal_max: str | None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "StanzaInfo":
+        archives = raw.get("archive") or []
+        return cls(raw["name"], int(raw.get("status", {}).get("code", 99)), raw.get("status", {}).get("message", ""),
+                   tuple(BaseBackup.from_json(b) for b in raw.get("backup") or []),
+                   min((a.get("min") for a in archives if a.get("min")), default=None),
+                   max((a.get("max") for a in archives if a.get("max")), default=None))
+
+
+@dataclass
+class PgBackRest:
+    """pgBackRest on one stanza, through our config file, as the cluster's owner."""
+
+    config_path: Path
+    stanza: str
+    owner: str
+
+    def command(self, verb: str, *args: str, stanza: bool = True) -> list[str]:
+        cmd = [PGBACKREST, f"--config={self.config_path}"]
+        if stanza:
+            cmd.append(f"--stanza={self.stanza}")
+        return as_user(self.owner, [*cmd, *args, verb])
+
+    def run(self, verb: str, *args: str, timeout: float | None = None) -> str:
+        proc = procs.run(self.command(verb, *args), capture_output=True, timeout=timeout,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("PGBACKREST_")})
+        if proc.returncode != 0:
+            raise OperationFailed(f"pgBackRest {verb} (stanza {self.stanza}) failed with exit code "
+                                  f"{proc.returncode}: {self._error(proc)}")
+        return proc.stdout.decode(errors="replace")
+
+    @staticmethod
+    def _error(proc: subprocess.CompletedProcess) -> str:
+        text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(errors="replace")
+        lines = [line for line in text.splitlines() if "ERROR" in line or "WARN" in line] or text.splitlines()[-3:]
+        return one_line(" ".join(lines), 400)
+
+    def info(self) -> StanzaInfo | None:
+        out = self.run("info", "--output=json")
+        try:
+            stanzas = json.loads(out)
+        except ValueError:
+            raise OperationFailed(f"pgBackRest info (stanza {self.stanza}): output is not JSON") from None
+        found = [StanzaInfo.from_json(s) for s in stanzas if s.get("name") == self.stanza]
+        return found[0] if found else None
+
+    def stanza_create(self) -> None:
+        self.run("stanza-create", timeout=300)
+
+    def check(self) -> None:
+        self.run("check", timeout=120)
+
+    def backup(self, backup_type: str) -> None:
+        self.run("backup", f"--type={backup_type}")
+
+    def expire(self) -> None:
+        self.run("expire", timeout=600)
+
+    def restore_database(self, data_dir: Path, database: str, target: datetime) -> None:
+        """Restore `database` only (the others come back zeroed) into `data_dir`, recovering to
+        `target` and promoting; archiving stays off in the copy."""
+        self.run("restore", f"--pg1-path={data_dir}", f"--db-include={database}", "--type=time",
+                 f"--target={target.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f')}+00",
+                 "--target-action=promote", "--archive-mode=off")
+
+    def archive_command(self) -> str:
+        return f"{PGBACKREST} --config={self.config_path} --stanza={self.stanza} archive-push %p"

@@ -1,0 +1,269 @@
+"""Set up WAL archiving, take base backups, and say how healthy archiving is and which window
+of time can be recovered."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from psycopg2 import sql
+
+from .. import pg, procs
+from ..config import Settings
+from ..errors import BadInput, OperationFailed
+from ..pgbackrest import BaseBackup, ConfigFile, PgBackRest, as_user, write_config
+from ..plans import PLANS
+from ..reporting import NullReporter, Reporter
+from . import cluster as clusters
+from .config import PitrConfig, load_pitr_config, repository_passphrase
+
+MAX_LAG_SECONDS = 300  # the archiving check's promise: WAL lag under 5 minutes
+BACKUP_TYPES = ("full", "diff", "incr")
+
+
+def longest_promise_days() -> int:
+    """pgBackRest's retention follows the longest PITR promise of the plan table."""
+    return max((plan.pitr_days for plan in PLANS.values()), default=0)
+
+
+def engine_for(settings: Settings, cfg: PitrConfig | None = None,
+               cluster: clusters.Cluster | None = None) -> tuple[PgBackRest, clusters.Cluster, PitrConfig]:
+    cfg = cfg or load_pitr_config(settings)
+    cluster = cluster or clusters.discover(settings)
+    return PgBackRest(cfg.config_path, cfg.stanza, cluster.owner), cluster, cfg
+
+
+def _require_setup(cfg: PitrConfig) -> None:
+    if not cfg.config_path.exists():
+        raise OperationFailed(f"point-in-time recovery is not configured (stanza {cfg.stanza}: no {cfg.config_path}): "
+                              "run `kryonix-backup pitr setup` first, or restore a restore point with --snapshot")
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+@dataclass
+class SetupResult:
+    stanza: str
+    archive_command_set: bool
+    restarted: bool
+    needs_restart: list[str] = field(default_factory=list)
+    checked: bool = False
+
+    def to_json(self) -> dict:
+        return {"stanza": self.stanza, "archive_command_set": self.archive_command_set, "restarted": self.restarted,
+                "needs_restart": self.needs_restart, "checked": self.checked}
+
+
+def _alter_system(settings: Settings, name: str, value: str) -> bool:
+    """ALTER SYSTEM SET name = value unless it already is; True when it changed."""
+    with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
+        if cur.fetchone()[0] == value:
+            return False
+        cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (value,))
+        cur.execute("SELECT pg_reload_conf()")
+    return True
+
+
+def _owner_can_read(owner: str, path) -> bool:
+    return procs.run(as_user(owner, ["test", "-r", str(path)])).returncode == 0
+
+
+def setup(settings: Settings, restart: bool = False, report: Reporter | None = None) -> SetupResult:
+    """Configure archiving through pgBackRest and create the stanza; idempotent. Exits 1 (via
+    OperationFailed) when archive_mode/wal_level need a restart that was not allowed."""
+    report = report or NullReporter()
+    pgbr, cluster, cfg = engine_for(settings)
+    if not cluster.local:
+        raise OperationFailed(f"PostgreSQL {pg.server_label(settings.pg_dsn)} is not on this machine (data directory "
+                              f"{cluster.data_dir} not found here): run `pitr setup` on the database host")
+    passphrase = repository_passphrase(settings, cfg.stanza, create=True)
+    write_config(ConfigFile(cfg.config_path, cfg.stanza, cluster.data_dir, cluster.port, cluster.socket_dir,
+                            cluster.superuser, cfg.repo, passphrase, longest_promise_days(), cfg.work_dir,
+                            settings.repo_access_key, settings.repo_secret_key), cluster.owner)
+    if not _owner_can_read(cluster.owner, cfg.config_path):
+        raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read {cfg.config_path}: set "
+                              "KRYONIX_PITR_WORK_DIR to a folder it can reach")
+    result = SetupResult(cfg.stanza, False, False)
+    result.archive_command_set = _alter_system(settings, "archive_command", pgbr.archive_command())
+    if cluster.wal_level == "minimal":
+        _alter_system(settings, "wal_level", "replica")
+    if cluster.archive_mode not in ("on", "always"):
+        _alter_system(settings, "archive_mode", "on")
+    report.info(f"creating stanza {cfg.stanza}")
+    pgbr.stanza_create()
+    result.needs_restart = clusters.pending_restart(settings, "archive_mode", "wal_level")
+    if result.needs_restart:
+        if not restart:
+            raise OperationFailed(f"archiving is configured but {', '.join(result.needs_restart)} needs a restart of "
+                                  f"PostgreSQL {pg.server_label(settings.pg_dsn)}: restart it, or run "
+                                  "`kryonix-backup pitr setup --restart`")
+        report.info(f"restarting PostgreSQL {pg.server_label(settings.pg_dsn)} for {', '.join(result.needs_restart)}")
+        clusters.restart(settings, cluster)
+        result.restarted = True
+        result.needs_restart = clusters.pending_restart(settings, "archive_mode", "wal_level")
+    report.info("checking that WAL reaches the repository")
+    pgbr.check()
+    result.checked = True
+    return result
+
+
+# --- base backups --------------------------------------------------------------------------
+
+def base_backup(settings: Settings, backup_type: str = "full", report: Reporter | None = None) -> BaseBackup:
+    if backup_type not in BACKUP_TYPES:
+        raise BadInput(f"invalid --type {backup_type!r}: expected one of {', '.join(BACKUP_TYPES)}")
+    report = report or NullReporter()
+    pgbr, _, cfg = engine_for(settings)
+    _require_setup(cfg)
+    report.info(f"pgBackRest {backup_type} backup of stanza {cfg.stanza}")
+    pgbr.backup(backup_type)
+    info = pgbr.info()
+    if info is None or not info.backups:
+        raise OperationFailed(f"pgBackRest backup of stanza {cfg.stanza} finished but `info` lists no backup")
+    return info.backups[-1]
+
+
+# --- status --------------------------------------------------------------------------------
+
+@dataclass
+class Archiving:
+    archive_mode: str
+    configured: bool  # archive_command is ours
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+    pending_segments: int
+    lag_seconds: float
+    problem: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.problem is None
+
+    def to_json(self) -> dict:
+        return {"healthy": self.healthy, "problem": self.problem, "archive_mode": self.archive_mode,
+                "configured": self.configured, "archived_count": self.archived_count,
+                "last_archived_wal": self.last_archived_wal, "last_archived_time": _iso(self.last_archived_time),
+                "failed_count": self.failed_count, "last_failed_wal": self.last_failed_wal,
+                "last_failed_time": _iso(self.last_failed_time), "pending_segments": self.pending_segments,
+                "lag_seconds": round(self.lag_seconds, 1)}
+
+
+@dataclass
+class Window:
+    earliest: datetime | None
+    latest: datetime | None
+
+    def covers(self, moment: datetime) -> bool:
+        return self.earliest is not None and self.earliest <= moment
+
+    def days(self, now: datetime | None = None) -> float:
+        if self.earliest is None:
+            return 0.0
+        return ((now or datetime.now(timezone.utc)) - self.earliest).total_seconds() / 86400
+
+    def describe(self) -> str:
+        if self.earliest is None:
+            return "no recoverable window yet (no base backup: run `kryonix-backup pitr backup`)"
+        return f"recoverable window {_iso(self.earliest)} .. {_iso(self.latest) or 'now'}"
+
+    def to_json(self) -> dict:
+        return {"earliest": _iso(self.earliest), "latest": _iso(self.latest)}
+
+
+@dataclass
+class PitrStatus:
+    stanza: str
+    repository: str
+    archiving: Archiving
+    backups: list[BaseBackup]
+    window: Window
+
+    def to_json(self) -> dict:
+        return {"stanza": self.stanza, "repository": self.repository, "archiving": self.archiving.to_json(),
+                "backups": [b.to_json() for b in self.backups], "window": self.window.to_json()}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def archiving(settings: Settings, expected_command: str | None) -> Archiving:
+    with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('archive_mode'), current_setting('archive_command'), archived_count, "
+                    "last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time, now() "
+                    "FROM pg_stat_archiver")
+        mode, command, archived, last_wal, last_time, failed, failed_wal, failed_time, now = cur.fetchone()
+        cur.execute("SELECT count(*), min(modification) FROM pg_ls_archive_statusdir() WHERE name LIKE '%%.ready'")
+        pending, oldest_pending = cur.fetchone()
+    lag = (now - oldest_pending).total_seconds() if oldest_pending else 0.0
+    state = Archiving(mode, expected_command is not None and command == expected_command, archived, last_wal,
+                      last_time, failed, failed_wal, failed_time, int(pending), max(0.0, lag))
+    if mode not in ("on", "always"):
+        state.problem = f"archive_mode is {mode}"
+    elif not state.configured:
+        state.problem = "archive_command is not pgBackRest's for this stanza (run `kryonix-backup pitr setup`)"
+    elif failed_time is not None and (last_time is None or failed_time > last_time):
+        state.problem = f"archiving is failing: {failed_wal} failed at {_iso(failed_time)}, {failed} failure(s)"
+    elif lag > MAX_LAG_SECONDS:
+        state.problem = f"WAL archive lag {lag:.0f}s is over {MAX_LAG_SECONDS}s ({pending} segment(s) waiting)"
+    return state
+
+
+def status(settings: Settings) -> PitrStatus:
+    pgbr, _, cfg = engine_for(settings)
+    configured = cfg.config_path.exists()
+    state = archiving(settings, pgbr.archive_command() if configured else None)
+    backups: list[BaseBackup] = []
+    if configured:
+        info = pgbr.info()
+        backups = list(info.backups) if info else []
+    earliest = min((b.stopped for b in backups), default=None)
+    latest = state.last_archived_time if earliest and state.last_archived_time else earliest
+    repository = cfg.repo.path if cfg.repo.kind == "posix" else f"s3 bucket {cfg.repo.bucket}{cfg.repo.path}"
+    return PitrStatus(cfg.stanza, repository, state, backups, Window(earliest, latest))
+
+
+def switch_and_wait(settings: Settings, timeout: float = 120) -> str:
+    """Write a commit, close the current WAL segment, and wait until the archiver has it: every
+    moment until now is then recoverable. Returns the segment's name."""
+    with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT txid_current()")  # a commit record after any target up to now
+        cur.execute("SELECT pg_walfile_name(pg_switch_wal())")
+        segment = cur.fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            cur.execute("SELECT last_archived_wal, last_failed_wal, last_failed_time > "
+                        "coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver")
+            last, failed_wal, failing = cur.fetchone()
+            if last is not None and last >= segment:
+                return segment
+            if time.monotonic() > deadline:
+                why = f" (archiving {failed_wal} is failing)" if failing else ""
+                raise OperationFailed(f"WAL segment {segment} was not archived within {timeout:.0f}s{why}; "
+                                      "nothing was touched")
+            time.sleep(0.2)
+
+
+def window_fields(settings: Settings) -> dict:
+    """The recoverable window for a restore point's metadata ({} when PITR is not set up or
+    pgBackRest cannot say): a bonus on top of the session, never a reason to fail it."""
+    try:
+        cfg = load_pitr_config(settings)
+        if not cfg.config_path.exists():
+            return {}
+        pgbr = PgBackRest(cfg.config_path, cfg.stanza, clusters.discover(settings).owner)
+        info = pgbr.info()
+        earliest = min((b.stopped for b in info.backups), default=None) if info else None
+        if earliest is None:
+            return {}
+        with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT last_archived_time FROM pg_stat_archiver")
+            latest = cur.fetchone()[0]
+        return {"pitr_earliest": _iso(earliest), "pitr_latest": _iso(latest or earliest)}
+    except Exception:  # noqa: BLE001 - see the docstring
+        return {}

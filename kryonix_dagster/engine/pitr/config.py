@@ -1,0 +1,78 @@
+"""PITR settings from the environment, and the repository passphrase in the key vault."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import keys, pg
+from ..config import Settings, _data_home
+from ..errors import BadInput, OperationFailed
+from ..pgbackrest import RepoLocation
+
+STANZA_DEFAULT = "kryonix"
+
+
+@dataclass(frozen=True)
+class PitrConfig:
+    stanza: str
+    repo: RepoLocation
+    work_dir: Path  # config file, pgBackRest's lock/log folders, scratch clusters; the cluster owner's
+
+    @property
+    def config_path(self) -> Path:
+        return self.work_dir / f"pgbackrest-{self.stanza}.conf"
+
+    @property
+    def scratch_root(self) -> Path:
+        return self.work_dir / "scratch"
+
+
+def load_pitr_config(settings: Settings, environ: dict[str, str] | None = None) -> PitrConfig:
+    env = os.environ if environ is None else environ
+    stanza = env.get("KRYONIX_PITR_STANZA") or STANZA_DEFAULT
+    if not stanza.replace("-", "").replace("_", "").isalnum() or len(stanza) > 64:
+        raise BadInput(f"invalid KRYONIX_PITR_STANZA {stanza!r}: letters, digits, - and _ only")
+    raw_repo = env.get("KRYONIX_PITR_REPO") or str(_data_home() / "pgbackrest")
+    try:
+        repo = RepoLocation.parse(raw_repo)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    work = env.get("KRYONIX_PITR_WORK_DIR") or str(Path(settings.state_dir) / "pitr")
+    return PitrConfig(stanza, repo, Path(work).expanduser())
+
+
+def _aad(stanza: str) -> bytes:
+    return f"pitr:{stanza}".encode()
+
+
+def repository_passphrase(settings: Settings, stanza: str, create: bool = False) -> str | None:
+    """The pgBackRest repository's cipher passphrase: random, generated once, stored wrapped by
+    the master key (AES-GCM, the stanza as associated data) in tenants.pitr_keys."""
+    key = keys.master_key(settings)
+    query = "SELECT nonce, wrapped_password, master_key_id FROM tenants.pitr_keys WHERE stanza = %s"
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(query, (stanza,))
+        row = cur.fetchone()
+        if row is None and create:
+            nonce = secrets.token_bytes(12)
+            wrapped = AESGCM(key).encrypt(nonce, secrets.token_urlsafe(48).encode(), _aad(stanza))
+            cur.execute("INSERT INTO tenants.pitr_keys (stanza, master_key_id, nonce, wrapped_password) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT (stanza) DO NOTHING",
+                        (stanza, keys._fingerprint(key), nonce, wrapped))
+            cur.execute(query, (stanza,))
+            row = cur.fetchone()
+    if row is None:
+        return None
+    nonce, wrapped, wrapped_by = row
+    if keys._fingerprint(key) != wrapped_by:
+        raise OperationFailed(f"PITR stanza {stanza}: its repository passphrase is wrapped by master key {wrapped_by}, "
+                              f"but KRYONIX_MASTER_KEY_FILE holds {keys._fingerprint(key)}")
+    try:
+        return AESGCM(key).decrypt(bytes(nonce), bytes(wrapped), _aad(stanza)).decode()
+    except InvalidTag:
+        raise OperationFailed(f"PITR stanza {stanza}: the wrapped repository passphrase failed authentication") from None

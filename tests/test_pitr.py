@@ -1,0 +1,266 @@
+"""Point-in-time recovery per tenant (issue 11), against a real cluster of the tests' own, real
+pgBackRest and real WAL archiving (tests/pitr_world.py)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+
+import pytest
+
+from kryonix_dagster.cli import main
+from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.pitr.restore_at import run_restore_at
+
+from .pitr_world import pitr_world_fixture
+
+__all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def _rows(world, tid: str, upto: int) -> list[str]:
+    return [f"{i}:{tid}-t{i}" for i in range(1, upto + 1)]
+
+
+def test_setup_says_restart_then_restarts_and_is_idempotent(pitr_world):
+    world = pitr_world
+    assert world.setup_without_restart.returncode == 1
+    assert "restart" in world.setup_without_restart.stderr
+    assert world.setup_with_restart.returncode == 0, world.setup_with_restart.stderr
+    again = world.cli("pitr", "setup", "--json")
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["restarted"] is False and doc["needs_restart"] == [] and doc["checked"] is True
+    assert world.psql("postgres", "SHOW archive_mode") == "on"
+    conf = (world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf")
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    passphrase = [line for line in conf.read_text().splitlines() if line.startswith("repo1-cipher-pass=")]
+    assert passphrase and len(passphrase[0]) > 40
+    secret = passphrase[0].split("=", 1)[1]
+    assert secret not in again.stdout + again.stderr
+    # the repository is encrypted: no plaintext backup.info header
+    info = next((world.base / "pgbackrest" / "backup").glob("*/backup.info"))
+    assert b"[backup:current]" not in info.read_bytes()
+
+
+def test_status_shows_healthy_archiving_and_the_window(pitr_world):
+    result = pitr_world.cli("pitr", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["archiving"]["healthy"] is True, doc["archiving"]
+    assert doc["archiving"]["last_archived_wal"]
+    assert [b["type"] for b in doc["backups"]] == ["full"]
+    earliest = datetime.fromisoformat(doc["window"]["earliest"].replace("Z", "+00:00"))
+    latest = datetime.fromisoformat(doc["window"]["latest"].replace("Z", "+00:00"))
+    assert earliest <= latest
+    assert earliest < pitr_world.t_mid
+
+
+def test_restore_at_between_t2_and_t3_leaves_the_other_tenant_alone(pitr_world):
+    world = pitr_world
+    tid, witness = world.tenants["self"], world.tenants["witness"]
+    assert world.rows(tid) == _rows(world, tid, 3)
+    result = world.cli("restore", tid, "--at", _iso(world.t_mid), "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["success"] is True and doc["into"] == tid
+    assert doc["other_tiers_from"]["session"] is None  # never backed up by a session
+    assert world.rows(tid) == _rows(world, tid, 2)
+    assert world.rows(witness) == _rows(world, witness, 3)
+    assert not list(world.scratch_root.glob("*"))
+
+
+def test_bad_timestamps_exit_2(pitr_world, capsys, monkeypatch):
+    """In-process (the console script's own entry point): nothing is reached before the refusal."""
+    world = pitr_world
+    tid = world.tenants["witness"]
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    future = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    for raw in ("yesterday", "2026-13-01T00:00:00Z", "2026-11-29T02:00:00", future):
+        with pytest.raises(SystemExit) as exit_:
+            main(["restore", tid, "--at", raw, "--yes"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (raw, err)
+        assert len(err.strip().splitlines()) == 1 and "--at" in err
+    assert world.rows(tid) == _rows(world, tid, 3)
+
+
+def test_before_the_window_is_refused_with_the_window(pitr_world):
+    world = pitr_world
+    tid = world.tenants["witness"]
+    backup = json.loads(world.extra["backup"])
+    before = datetime.fromisoformat(backup["started"]) - timedelta(minutes=5)
+    result = world.cli("restore", tid, "--at", _iso(before), "--yes", "--json")
+    assert result.returncode == 1, result.stderr
+    assert "outside the recoverable window" in result.stderr
+    assert backup["stopped"][:19] in result.stderr.replace("Z", "+00:00")
+    assert world.rows(tid) == _rows(world, tid, 3)
+
+
+def _postmaster_pids(root) -> list[int]:
+    pids = []
+    for pidfile in root.glob("*/data/postmaster.pid"):
+        try:
+            pids.append(int(pidfile.read_text().splitlines()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    except OSError:
+        return False
+
+
+def test_kill_9_of_a_restore_then_the_next_run_sweeps_it_and_restores_into_another_tenant(pitr_world):
+    """The killed restore leaves a running scratch cluster (and its tenant's lease, until the TTL);
+    the next restore (another source, --into another registered tenant) removes it and gives
+    the target the source's rows as of t_mid, while the source keeps its rows up to t3."""
+    world = pitr_world
+    killed, source, target = world.tenants["killed"], world.tenants["witness"], world.tenants["into_target"]
+    proc = world.popen_cli("restore", killed, "--at", _iso(world.t_mid), "--yes")
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while time.monotonic() < deadline and not pids and proc.poll() is None:
+        pids = [p for p in _postmaster_pids(world.scratch_root) if _alive(p)]
+        time.sleep(0.05)
+    assert pids, f"no scratch postmaster seen; the restore exited with {proc.poll()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list(world.scratch_root.glob("*")), "the kill left nothing behind: the test proves nothing"
+    assert world.rows(killed) == _rows(world, killed, 3)  # killed before any swap
+    with pytest.raises(BadInput, match="not registered"):  # exit 2 in the CLI; checked before any lease
+        run_restore_at(world.settings, source, world.t_mid, into=source + "x")
+    result = world.cli("restore", source, "--at", _iso(world.t_mid), "--into", target, "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["into"] == target and doc["tiers"]["postgresql"]["restored"] == 2
+    assert world.rows(target) == _rows(world, source, 2)
+    assert world.rows(source) == _rows(world, source, 3)
+    assert not list(world.scratch_root.glob("*"))
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _archive_failures(world) -> int:
+    return int(world.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"))
+
+
+def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch):
+    from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, materialize
+
+    from kryonix_dagster.engine.pitr.archive import setup
+    from kryonix_dagster.fleet.freshness import stale_backups_sensor
+    from kryonix_dagster.pitr.assets import (archiving_evaluation, pitr_base_backup, wal_archiving_check,
+                                             window_covers_plans_check)
+    from kryonix_dagster.pitr.sensors import INCIDENT
+    from kryonix_dagster.resources import (AlertsResource, AppDataResource, BackupEngineResource,
+                                           BackupRepositoryResource, ObjectStorageResource, PostgresResource,
+                                           RabbitMQResource, RedisResource)
+
+    world = pitr_world
+    for key, value in world.env.items():
+        monkeypatch.setenv(key, value)
+    env = world.env
+    engine = BackupEngineResource(
+        postgres=PostgresResource(dsn=env["KRYONIX_PG_DSN"], main_db=env["KRYONIX_MAIN_DB"]),
+        object_storage=ObjectStorageResource(), redis=RedisResource(), rabbitmq=RabbitMQResource(),
+        repository=BackupRepositoryResource(repo=env["KRYONIX_REPO"], master_key_file=env["KRYONIX_MASTER_KEY_FILE"],
+                                            state_dir=env["KRYONIX_STATE_DIR"]),
+        app_data=AppDataResource(root=env["KRYONIX_APP_DATA_DIR"]))
+
+    def sensor_cursor(cursor: str | None) -> dict:
+        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": AlertsResource()}) as ctx:
+            stale_backups_sensor(ctx)
+            return json.loads(ctx.cursor)
+
+    assert archiving_evaluation(engine.pitr_status())["passed"] is True
+    failures = _archive_failures(world)
+    world.psql("postgres", "ALTER SYSTEM SET archive_command = 'false'")
+    world.psql("postgres", "SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 60
+        world.psql("postgres", "SELECT txid_current(), pg_switch_wal()")
+        while _archive_failures(world) == failures and time.monotonic() < deadline:
+            time.sleep(0.2)
+        broken = archiving_evaluation(engine.pitr_status())
+        assert broken["passed"] is False and broken["severity"] == AssetCheckSeverity.ERROR
+        assert "archiv" in broken["description"]
+        cursor = sensor_cursor(None)
+        assert INCIDENT in cursor
+    finally:
+        setup(world.settings)  # puts pgBackRest's archive_command back and checks that WAL arrives
+    assert archiving_evaluation(engine.pitr_status())["passed"] is True
+    assert INCIDENT not in sensor_cursor(json.dumps(cursor))
+    result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
+                         resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
+                         run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("pitr_base_backup")[0].metadata
+    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == 2
+    assert meta["window_earliest"].value.startswith(json.loads(world.extra["backup"])["stopped"][:19])
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["wal_archiving"].passed is True
+    # a young window does not reach back the 30 days enterprise promises: a warning, not silence
+    assert checks["window_covers_plans"].passed is False
+    assert checks["window_covers_plans"].severity == AssetCheckSeverity.WARN
+
+
+def test_a_moment_seconds_ago_with_the_other_tiers_from_the_restore_point_before_it(pitr_world, monkeypatch):
+    """A session (database + Redis) first; then a Redis change and rows 4 (before T) and 5 (after
+    T), T taken seconds before the restore: the database comes back with row 4 and without row 5,
+    Redis from the session, and the output names that session."""
+    import redis
+
+    from kryonix_dagster.engine.reporting import NullReporter
+    from kryonix_dagster.engine.session import run_backup
+    from kryonix_dagster.engine.tiers import postgres, redis_keys
+
+    world = pitr_world
+    for name, value in world.env.items():
+        monkeypatch.setenv(name, value)
+    tid = world.tenants["sessioned"]
+    client = redis.Redis.from_url(world.env["KRYONIX_REDIS_URL"])
+    key = f"cliente:{tid}:greeting"
+    try:
+        client.set(key, b"as in the session")
+        session = run_backup(world.settings, tid, "full", NullReporter(), tiers=(postgres.SPEC, redis_keys.SPEC))
+        assert session.manifest_snapshot, session.error
+        assert session.pg_restore_point.get("pitr_earliest")  # the restore point knows the window
+        client.set(key, b"changed after the session")
+        with world.cursor(f"kryonix_cliente_{tid}") as cur:
+            cur.execute("INSERT INTO app.orders VALUES (4, 'before T')")
+            cur.execute("SELECT clock_timestamp()")
+            moment = cur.fetchone()[0]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                cur.execute("SELECT clock_timestamp() > %s", (moment,))
+                if cur.fetchone()[0]:
+                    break
+            cur.execute("INSERT INTO app.orders VALUES (5, 'after T')")
+        result = world.cli("restore", tid, "--at", _iso(moment), "--yes", "--json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["other_tiers_from"]["session"] == session.session_id
+        assert world.rows(tid) == _rows(world, tid, 3) + ["4:before T"]
+        assert client.get(key) == b"as in the session"
+        assert "redis" in doc["tiers"] and "compliance" not in doc["tiers"]
+    finally:
+        for stale in client.scan_iter(match=f"cliente:{tid}:*"):
+            client.delete(stale)
+        client.close()
