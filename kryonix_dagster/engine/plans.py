@@ -31,6 +31,7 @@ class Plan:
     drill_cron: str
     rpo_hours: float
     keep_within: str = "48h"
+    offsite_lag_hours: float = 24  # the newest restore point is in the off-site copy within this
 
     def forget_args(self) -> list[str]:
         """restic forget flags for this plan's restore points."""
@@ -43,9 +44,12 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8),
-    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4),
+    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8,
+                   offsite_lag_hours=24),
+    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8,
+                 offsite_lag_hours=12),
+    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4,
+                        offsite_lag_hours=6),
 }
 RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
 # Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per
