@@ -375,9 +375,11 @@ def status(as_json: bool) -> None:
              "stale": "STALE" if t["stale"] else "", "repo": human_bytes(t["repo_bytes"]) if t["repo_bytes"] else "-",
              "check": {True: "ok", False: "FAILED", None: "-"}[t["last_check_ok"]],
              "drill": {True: "ok", False: "FAILED", None: "-"}[t["last_drill_ok"]],
-             "points": t["restore_points"] if t["restore_points"] is not None else "-"}
+             "points": t["restore_points"] if t["restore_points"] is not None else "-",
+             "offsite_h": _offsite_cell(t.get("offsite"))}
             for t in report["tenants"]]
-    print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill"])
+    print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill",
+                       "offsite_h"])
     day = report["last_24h"]
     click.echo(f"\n{len(report['tenants'])} tenants, {len(report['stale'])} stale, storage {human_bytes(report['storage_bytes'])}; "
                f"last 24 h: {day['sessions']} sessions ({day['succeeded']} ok) for {day['tenants']} tenants, "
@@ -385,6 +387,13 @@ def status(as_json: bool) -> None:
     for t in report["tenants"]:
         for warning in t["last_warnings"]:
             click.echo(f"warning: tenant {t['id']}: {warning}")
+
+
+def _offsite_cell(lag: dict | None) -> str:
+    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy)."""
+    if not lag or lag["lag_hours"] is None:
+        return "-"
+    return f"{lag['lag_hours']:.1f}" + ("" if lag["ok"] else " LAGGING")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
