@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import pytest
 import requests
 
 from kryonix_dagster.engine import pg
@@ -139,3 +140,19 @@ def new_master_key_file(path: Path) -> Path:
     path.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(scope="session", name="dr_world")
+def dr_world_fixture(settings, tmp_path_factory):
+    """One world per test process, shared by test_offsite.py and test_runbook.py (their tests
+    compare relative counts, so any order works)."""
+    base = tmp_path_factory.mktemp("dr")
+    endpoint = start_endpoint(base)
+    world = None
+    try:
+        world = make_world(base, endpoint, "d" + secrets.token_hex(4))
+        yield world
+    finally:
+        if world is not None:
+            destroy_world(world)
+        endpoint.stop()
