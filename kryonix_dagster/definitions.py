@@ -1,11 +1,11 @@
 """The one Definitions object of the project: it only gathers the domains and the resources.
 
 Each domain package keeps its assets, checks, jobs, schedules and sensors together:
-backup, retention, integrity, drills, fleet, lgpd.
+backup, retention, integrity, drills, fleet, lgpd, offsite.
 """
 from dagster import Definitions
 
-from . import backup, drills, fleet, integrity, lgpd, retention
+from . import backup, drills, fleet, integrity, lgpd, offsite, retention
 from .resources import resources_from_env
 
 defs = Definitions.merge(
@@ -15,5 +15,6 @@ defs = Definitions.merge(
     drills.defs,
     fleet.defs,
     lgpd.defs,
+    offsite.defs,
     Definitions(resources=resources_from_env()),
 )
