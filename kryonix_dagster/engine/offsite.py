@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import locations, pg, registry
+from . import keys, locations, pg, registry
 from .config import Settings
 from .errors import BadInput
 from .key_stash import ensure_stashed
@@ -149,8 +149,9 @@ def selected(settings: Settings, tenant_ids: tuple[str, ...], all_: bool) -> lis
         validate_tenant_id(tid)
     if all_ == bool(tenant_ids):
         raise BadInput("give tenant ids or --all (not both)")
-    if all_:
-        return [t.id for t in registry.list_tenants(settings)]
+    if all_:  # every registered tenant that has been backed up (has a key in the vault)
+        backed_up = {w.tenant_id for w in keys.wrapped_keys(settings)}
+        return [t.id for t in registry.list_tenants(settings) if t.id in backed_up]
     missing = [tid for tid in tenant_ids if registry.get_tenant(settings, tid) is None]
     if missing:
         raise BadInput(f"tenant(s) not registered: {', '.join(missing)}")
