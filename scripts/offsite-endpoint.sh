@@ -23,7 +23,10 @@ case "${1:-start}" in
     if running; then echo "off-site endpoint already running (pid $(cat "$pidfile"))"; exit 0; fi
     command -v rclone >/dev/null || { echo "rclone is missing: apt-get install -y rclone" >&2; exit 1; }
     if [ -n "${OFFSITE_S3_ENDPOINT:-}" ]; then
-      target=":s3,provider=Other,env_auth=false,endpoint='${OFFSITE_S3_ENDPOINT}',access_key_id='${OFFSITE_S3_ACCESS_KEY}',secret_access_key='${OFFSITE_S3_SECRET_KEY}':${OFFSITE_S3_BUCKET}"
+      # credentials through rclone's environment, never on its command line (visible in ps)
+      export RCLONE_S3_PROVIDER=Other RCLONE_S3_ENV_AUTH=false RCLONE_S3_ENDPOINT="$OFFSITE_S3_ENDPOINT" \
+        RCLONE_S3_ACCESS_KEY_ID="$OFFSITE_S3_ACCESS_KEY" RCLONE_S3_SECRET_ACCESS_KEY="$OFFSITE_S3_SECRET_KEY"
+      target=":s3:${OFFSITE_S3_BUCKET}"
     else
       mkdir -p "$dir"; target=$dir
     fi

@@ -95,9 +95,21 @@ def stash(settings: Settings, tenant_id: str, where: Location) -> StashRecord | 
     if record is None:
         return None
     folder = vault_folder(settings, where)
-    if record.file_name not in folder.names():
+    if not _has(folder, record.file_name):
         folder.write(record.file_name, record.to_bytes())
     return record
+
+
+def _has(folder: KeyFolder, name: str) -> bool:
+    """One request for one file (a listing would grow with the fleet); a backend that does not
+    say "not found" precisely falls back to the listing."""
+    try:
+        folder.read(name)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return name in folder.names()
 
 
 def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
