@@ -9,7 +9,7 @@ import pytest
 
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.errors import BadInput
-from kryonix_dagster.engine.key_rotation import rotate_master
+from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
 
 from .offsite_world import new_master_key_file
 
@@ -65,3 +65,12 @@ def test_a_malformed_new_key_file_is_bad_input_and_changes_nothing(vault, tmp_pa
         with pytest.raises(BadInput):
             rotate_master(own, path)
     assert own.master_key_file.read_text() == before and not keys.pending_key_file(own).exists()
+
+
+def test_rotating_passwords_needs_the_copys_admin_path_when_a_copy_exists(vault):
+    own, passwords = vault
+    worker = own.with_overrides(repo_secondary="rest:http://127.0.0.1:9/", repo_secondary_admin=None)
+    tenant_id = next(iter(passwords))
+    with pytest.raises(BadInput, match="KRYONIX_REPO_SECONDARY_ADMIN"):
+        rotate_tenant(worker, tenant_id)
+    assert keys.repository_password(own, tenant_id) == passwords[tenant_id]  # nothing changed
