@@ -18,6 +18,11 @@ export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
 # reachable by the cluster's owner (postgres), which runs archive_command.
 export KRYONIX_PITR_REPO ?= $(KRYONIX_LOCAL_DIR)/pgbackrest
 export KRYONIX_PITR_WORK_DIR ?= $(KRYONIX_LOCAL_DIR)/pitr
+# The demo's off-site copy: an append-only endpoint on loopback in front of a local folder
+# (scripts/offsite-endpoint.sh); only the demo and dev targets get these, not `make test`.
+OFFSITE_PORT ?= 8765
+OFFSITE_ENV := KRYONIX_REPO_SECONDARY=$${KRYONIX_REPO_SECONDARY:-rest:http://127.0.0.1:$(OFFSITE_PORT)} \
+	KRYONIX_REPO_SECONDARY_ADMIN=$${KRYONIX_REPO_SECONDARY_ADMIN:-file://$(KRYONIX_LOCAL_DIR)/offsite}
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
 PYTEST_ARGS ?= -n 2
@@ -45,18 +50,24 @@ demo: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
 	$(BIN)/kryonix-backup backup --all --type full
+	@OFFSITE_PORT=$(OFFSITE_PORT) scripts/offsite-endpoint.sh start
+	$(OFFSITE_ENV) $(BIN)/kryonix-backup copy --all
+	@# a tenant's restore points in both locations
+	$(OFFSITE_ENV) $(BIN)/kryonix-backup snapshots demo1
+	$(OFFSITE_ENV) $(BIN)/kryonix-backup snapshots demo1 --from secondary
 	@# retention, freshness, integrity and a restore drill once per tenant, recorded in DAGSTER_HOME,
 	@# so the UI shows every check of restore_point with a result
 	$(BIN)/python -c "from kryonix_dagster.fleet.tenant_checks import main; raise SystemExit(main())"
-	$(BIN)/kryonix-backup status
 	@# point-in-time recovery live on the local cluster (restarts it once for archive_mode)
 	$(BIN)/kryonix-backup pitr setup --restart
 	$(BIN)/kryonix-backup pitr backup --type full
 	$(BIN)/kryonix-backup pitr status
+	$(OFFSITE_ENV) $(BIN)/kryonix-backup status
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
-	KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@OFFSITE_PORT=$(OFFSITE_PORT) scripts/offsite-endpoint.sh start
+	$(OFFSITE_ENV) KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install system-deps services
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ limits = {
     "kryonix_sessions": ${KRYONIX_POOL_SESSIONS:-8},
     "kryonix_repository": ${KRYONIX_POOL_REPOSITORY:-2},
     "kryonix_drills": ${KRYONIX_POOL_DRILLS:-1},
+    "kryonix_offsite": ${KRYONIX_POOL_OFFSITE:-2},
 }
 with DagsterInstance.get() as instance:
     slots = ConcurrencySlots.of(instance)

@@ -213,14 +213,16 @@ def _summary(sessions: list[dict]) -> dict:
 
 @cli.command()
 @click.argument("tenant_id")
+@click.option("--from", "from_", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              help="Which repository: the primary or the off-site copy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def snapshots(tenant_id: str, as_json: bool) -> None:
+def snapshots(tenant_id: str, from_: str, as_json: bool) -> None:
     """A tenant's restore points (sessions with a manifest), newest first."""
     from .engine.manifest import restore_points
     from .engine.tenant_repository import open_repository
 
     validate_tenant_id(tenant_id)
-    repo = open_repository(ready_settings(), tenant_id)
+    repo = open_repository(ready_settings(), tenant_id, repository=from_)
     points = [p.to_json() for p in restore_points(repo)] if repo else []
     if as_json:
         emit_json(points)
@@ -231,10 +233,12 @@ def snapshots(tenant_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("tenant_id")
 @click.option("--read-data", is_flag=True, help="Also read and verify every stored byte.")
+@click.option("--from", "from_", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              help="Which repository: the primary or the off-site copy.")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
               help="Seconds to wait for the tenant's lease (a running session).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def verify(tenant_id: str, read_data: bool, wait_seconds: float, as_json: bool) -> None:
+def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, as_json: bool) -> None:
     """Check a tenant's repository and that every restore point is whole."""
     from .engine.verify import run_verify
 
@@ -242,7 +246,7 @@ def verify(tenant_id: str, read_data: bool, wait_seconds: float, as_json: bool) 
     settings = ready_settings()
     task = f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else "")
     with TerminalReporter().activity(task):
-        result = run_verify(settings, tenant_id, read_data=read_data, wait_seconds=wait_seconds)
+        result = run_verify(settings, tenant_id, read_data=read_data, wait_seconds=wait_seconds, repository=from_)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -282,13 +286,15 @@ def confirm_replacement(question: str, yes: bool) -> None:
 @click.option("--snapshot", help="Session id (or manifest snapshot id) or latest (the default).")
 @click.option("--at", "at", metavar="ISO-8601", help="Point in time to recover the database to (needs PITR).")
 @click.option("--into", "into", help="Restore into this other (registered) tenant instead.")
+@click.option("--from", "from_", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              help="Which repository: the primary or the off-site copy.")
 @click.option("--services", help="Comma-separated tiers to restore (default: all in the session).")
 @click.option("--schema", help="Restore only this PostgreSQL schema.")
 @click.option("--yes", is_flag=True, help="Replace without asking (required when stdin is not a terminal).")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
               help="Seconds to wait for the source's and the target's leases.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | None, services: str | None,
+def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | None, from_: str, services: str | None,
             schema: str | None, yes: bool, wait_seconds: float, as_json: bool) -> None:
     """Replace a tenant's data (or --into another's) with a restore point."""
     from .engine.restore import parse_services, run_restore, validate_restore_args
@@ -309,7 +315,8 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
     what = f"schema {schema} of " if schema else ""
     confirm_replacement(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
                         yes)
-    result = run_restore(ready_settings(), tenant_id, snapshot, into, wanted, schema, TerminalReporter(), wait_seconds)
+    result = run_restore(ready_settings(), tenant_id, snapshot, into, wanted, schema, TerminalReporter(), wait_seconds,
+                         repository=from_)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -343,10 +350,12 @@ def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_
 @cli.command()
 @click.argument("tenant_id")
 @click.option("--dry-run", is_flag=True, help="Show what the plan keeps and removes; change nothing.")
+@click.option("--repo", "repo_kind", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              help="secondary: the off-site copy, through its admin path (KRYONIX_REPO_SECONDARY_ADMIN).")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
               help="Seconds to wait for the tenant's lease.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def forget(tenant_id: str, dry_run: bool, wait_seconds: float, as_json: bool) -> None:
+def forget(tenant_id: str, dry_run: bool, repo_kind: str, wait_seconds: float, as_json: bool) -> None:
     """Apply the tenant's plan retention (restic GFS) to every tier, then prune."""
     from .engine.retention import run_forget
 
@@ -354,7 +363,8 @@ def forget(tenant_id: str, dry_run: bool, wait_seconds: float, as_json: bool) ->
     settings = ready_settings()
     reporter = TerminalReporter()
     reporter.info(f"tenant {tenant_id}: applying retention" + (" (dry run)" if dry_run else " and pruning"))
-    decision = run_forget(settings, tenant_id, dry_run=dry_run, wait_seconds=wait_seconds)
+    decision = run_forget(settings, tenant_id, dry_run=dry_run, wait_seconds=wait_seconds,
+                          repository="secondary-admin" if repo_kind == "secondary" else "primary")
     if decision.warning:
         reporter.warn(decision.warning)
     if as_json:
@@ -388,9 +398,11 @@ def status(as_json: bool) -> None:
              "stale": "STALE" if t["stale"] else "", "repo": human_bytes(t["repo_bytes"]) if t["repo_bytes"] else "-",
              "check": {True: "ok", False: "FAILED", None: "-"}[t["last_check_ok"]],
              "drill": {True: "ok", False: "FAILED", None: "-"}[t["last_drill_ok"]],
-             "points": t["restore_points"] if t["restore_points"] is not None else "-"}
+             "points": t["restore_points"] if t["restore_points"] is not None else "-",
+             "offsite_h": _offsite_cell(t.get("offsite"))}
             for t in report["tenants"]]
-    print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill"])
+    print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill",
+                       "offsite_h"])
     day = report["last_24h"]
     click.echo(f"\n{len(report['tenants'])} tenants, {len(report['stale'])} stale, storage {human_bytes(report['storage_bytes'])}; "
                f"last 24 h: {day['sessions']} sessions ({day['succeeded']} ok) for {day['tenants']} tenants, "
@@ -398,6 +410,13 @@ def status(as_json: bool) -> None:
     for t in report["tenants"]:
         for warning in t["last_warnings"]:
             click.echo(f"warning: tenant {t['id']}: {warning}")
+
+
+def _offsite_cell(lag: dict | None) -> str:
+    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy)."""
+    if not lag or lag["lag_hours"] is None:
+        return "-"
+    return f"{lag['lag_hours']:.1f}" + ("" if lag["ok"] else " LAGGING")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -449,6 +468,11 @@ def refuse_foreign_repository_options(tenant_id: str, args: Sequence[str]) -> No
         if name in _REPOSITORY_OPTIONS or _REPOSITORY_SHORTHANDS & set(_shorthand_letters(arg)):
             raise BadInput(f"tenant {tenant_id}: restic option {name} is not allowed here: the escape hatch "
                            f"always runs on the tenant's own repository with its own key")
+
+
+from . import cli_offsite  # noqa: E402  (copy, keys)
+
+cli_offsite.register(cli)
 
 
 # --- entry point ---------------------------------------------------------------------------

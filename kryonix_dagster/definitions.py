@@ -1,11 +1,11 @@
 """The one Definitions object of the project: it only gathers the domains and the resources.
 
 Each domain package keeps its assets, checks, jobs, schedules and sensors together:
-backup, retention, integrity, drills, fleet, lgpd, pitr.
+backup, retention, integrity, drills, fleet, lgpd, pitr, offsite.
 """
 from dagster import Definitions
 
-from . import backup, drills, fleet, integrity, lgpd, pitr, retention
+from . import backup, drills, fleet, integrity, lgpd, offsite, pitr, retention
 from .resources import resources_from_env
 
 defs = Definitions.merge(
@@ -16,5 +16,6 @@ defs = Definitions.merge(
     fleet.defs,
     lgpd.defs,
     pitr.defs,
+    offsite.defs,
     Definitions(resources=resources_from_env()),
 )

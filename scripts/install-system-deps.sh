@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the battle-tested tools from Debian when missing: restic, pgBackRest, PostgreSQL client.
+# Install the battle-tested tools from Debian when missing: restic, pgBackRest, PostgreSQL client, rclone.
 set -euo pipefail
 missing=()
 command -v restic >/dev/null || missing+=(restic)
 command -v pgbackrest >/dev/null || missing+=(pgbackrest)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
 command -v psql >/dev/null || missing+=(postgresql-client)
+command -v rclone >/dev/null || missing+=(rclone)  # the off-site copy's append-only endpoint
+command -v curl >/dev/null || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing tools: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

@@ -39,6 +39,10 @@ def backup_tenants(context: OpExecutionContext, config: TenantBatchConfig, engin
         if not result.success:
             tiers = ", ".join(f"{name}: {t.error}" for name, t in result.tiers.items() if t.error)
             failed[tenant_id] = tiers or result.error or result.status
+        if result.restore_point and engine.offsite_configured():  # the new restore point off-site too
+            from ..offsite.jobs import copy_after_session
+            if error := copy_after_session(context, engine, tenant_id):
+                failed[tenant_id] = "; ".join(filter(None, (failed.get(tenant_id), error)))
     finish_batch(context, f"{config.backup_type} backup", tenants, failed)
 
 

@@ -36,6 +36,14 @@ class Settings:
     repo: str = field(default_factory=lambda: f"file://{_data_home() / 'repos'}")
     repo_access_key: str | None = field(default=None, repr=False)
     repo_secret_key: str | None = field(default=None, repr=False)
+    # The off-site copy (engine/offsite.py): where workers write (an append-only endpoint), and the
+    # admin path to the same storage (retention, key rotation) that workers are not given.
+    repo_secondary: str | None = None
+    repo_secondary_access_key: str | None = field(default=None, repr=False)
+    repo_secondary_secret_key: str | None = field(default=None, repr=False)
+    repo_secondary_admin: str | None = field(default=None, repr=False)
+    repo_secondary_admin_access_key: str | None = field(default=None, repr=False)
+    repo_secondary_admin_secret_key: str | None = field(default=None, repr=False)
     master_key_file: Path = field(default_factory=lambda: _config_home() / "master.key")
     app_data_dir: Path = field(default_factory=lambda: _data_home() / "appdata")
     state_dir: Path = field(default_factory=lambda: _data_home() / "state")
@@ -76,8 +84,18 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         repo=get("KRYONIX_REPO", defaults.repo).rstrip("/"),
         repo_access_key=get("KRYONIX_REPO_ACCESS_KEY", get("AWS_ACCESS_KEY_ID", None)),
         repo_secret_key=get("KRYONIX_REPO_SECRET_KEY", get("AWS_SECRET_ACCESS_KEY", None)),
+        repo_secondary=_strip(get("KRYONIX_REPO_SECONDARY", None)),
+        repo_secondary_access_key=get("KRYONIX_REPO_SECONDARY_ACCESS_KEY", None),
+        repo_secondary_secret_key=get("KRYONIX_REPO_SECONDARY_SECRET_KEY", None),
+        repo_secondary_admin=_strip(get("KRYONIX_REPO_SECONDARY_ADMIN", None)),
+        repo_secondary_admin_access_key=get("KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY", None),
+        repo_secondary_admin_secret_key=get("KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY", None),
         master_key_file=Path(get("KRYONIX_MASTER_KEY_FILE", defaults.master_key_file)),
         app_data_dir=Path(get("KRYONIX_APP_DATA_DIR", defaults.app_data_dir)),
         state_dir=Path(get("KRYONIX_STATE_DIR", defaults.state_dir)),
         lease_ttl_seconds=int(get("KRYONIX_LEASE_TTL_SECONDS", defaults.lease_ttl_seconds)),
     )
+
+
+def _strip(location: str | None) -> str | None:
+    return location.rstrip("/") if location else None

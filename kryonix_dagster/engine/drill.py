@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import locations
 from .config import Settings
 from .erasure import erase_scratch
 from .errors import KryonixError, one_line
@@ -58,7 +59,8 @@ def compare_tiers(settings: Settings, source: TenantNames, manifest: SessionMani
 
 
 def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", report: Reporter | None = None,
-              tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 0) -> DrillResult:
+              tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 0,
+              repository: str = locations.PRIMARY) -> DrillResult:
     """Restore into scratch names, judge every tier, erase the scratch: a failed drill is a
     result (audited), not an exception. It holds the scratch's lease and the tenant's (a
     forget's prune or a repository check must not run under the drill's reads), waiting up to
@@ -69,11 +71,12 @@ def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", repo
     scratch = scratch_names_for(settings, tenant_id)
     result = DrillResult(tenant_id, scratch.tenant_id, None, False)
     try:
-        with tenant_operation(settings, scratch.tenant_id, "drill", also_lease=(tenant_id,),
+        operation = "drill" if repository == locations.PRIMARY else "dr-drill"  # a DR drill: from the copy
+        with tenant_operation(settings, scratch.tenant_id, operation, also_lease=(tenant_id,),
                               wait_seconds=wait_seconds, audit_tenant=tenant_id) as op:
             try:
                 erase_scratch(settings, scratch)  # what a killed drill may have left
-                _drill(settings, tenant_id, snapshot, scratch, tiers, report, result)
+                _drill(settings, tenant_id, snapshot, scratch, tiers, report, result, repository)
             except KryonixError as exc:
                 result.error = one_line(str(exc))
             finally:
@@ -89,8 +92,8 @@ def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", repo
 
 
 def _drill(settings: Settings, tenant_id: str, snapshot: str, scratch: TenantNames, tiers: tuple[TierSpec, ...],
-           report: Reporter, result: DrillResult) -> None:
-    repo = open_repository(settings, tenant_id)
+           report: Reporter, result: DrillResult, repository: str = locations.PRIMARY) -> None:
+    repo = open_repository(settings, tenant_id, repository=repository)
     manifest = find_manifest(repo, snapshot) if repo else None
     if manifest is None:
         raise KryonixError(f"tenant {tenant_id}: no restore point to drill")

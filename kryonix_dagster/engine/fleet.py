@@ -99,9 +99,14 @@ def totals_last_24h(settings: Settings, now: datetime | None = None) -> dict:
 
 def fleet_status(settings: Settings, now: datetime | None = None) -> dict:
     statuses = tenant_statuses(settings, now)
+    lags = {}
+    if settings.repo_secondary:  # the off-site copy's lag, from the main database too
+        from .offsite import offsite_lags
+        lags = {lag.tenant_id: lag.to_json() for lag in offsite_lags(settings, now=now)}
     return {
         "generated_at": (now or datetime.now(timezone.utc)).isoformat(),
-        "tenants": [s.to_json() for s in statuses],
+        "tenants": [{**s.to_json(), "offsite": lags.get(s.id)} for s in statuses],
+        "offsite_lagging": sorted(tid for tid, lag in lags.items() if not lag["ok"]),
         "stale": [s.id for s in statuses if s.stale],
         "storage_bytes": sum(s.repo_bytes or 0 for s in statuses),
         "last_24h": totals_last_24h(settings, now),

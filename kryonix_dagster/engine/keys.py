@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -83,6 +84,77 @@ def master_key(settings: Settings) -> bytes:
     return _read_master_key(path)
 
 
+def fingerprint(key: bytes) -> str:
+    """The public id of a master key (recorded beside every password it wraps)."""
+    return _fingerprint(key)
+
+
+def read_key_file(path: Path) -> bytes:
+    return _read_master_key(Path(path))
+
+
+def pending_key_file(settings: Settings) -> Path:
+    """The next master key while `keys rotate-master` re-wraps the passwords (key_rotation.py)."""
+    path = Path(settings.master_key_file)
+    return path.with_name(path.name + ".next")
+
+
+def known_master_keys(settings: Settings) -> dict[str, bytes]:
+    """Fingerprint → key: the master key, plus the next one while a rotation is under way, so
+    a rotation killed mid-way leaves every tenant's password readable."""
+    key = master_key(settings)
+    found = {_fingerprint(key): key}
+    pending = pending_key_file(settings)
+    if pending.exists():
+        next_key = _read_master_key(pending)
+        found[_fingerprint(next_key)] = next_key
+    return found
+
+
+def wrap(key: bytes, tenant_id: str, password: str) -> tuple[bytes, bytes]:
+    """(nonce, wrapped password) under `key`, bound to the tenant id."""
+    nonce = secrets.token_bytes(12)
+    return nonce, AESGCM(key).encrypt(nonce, password.encode(), tenant_id.encode())
+
+
+def unwrap(settings: Settings, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> str:
+    """A wrapped password, with whichever known master key wrapped it."""
+    known = known_master_keys(settings)
+    return _unwrap(known.get(wrapped_by, master_key(settings)), tenant_id, nonce, wrapped, wrapped_by)
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    tenant_id: str
+    master_key_id: str
+    nonce: bytes = field(repr=False)
+    wrapped: bytes = field(repr=False)
+
+
+def wrapped_key(settings: Settings, tenant_id: str) -> WrappedKey | None:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT master_key_id, nonce, wrapped_password FROM tenants.backup_keys WHERE cliente_id = %s",
+                    (tenant_id,))
+        row = cur.fetchone()
+    return WrappedKey(tenant_id, row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+
+def wrapped_keys(settings: Settings) -> list[WrappedKey]:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT cliente_id, master_key_id, nonce, wrapped_password FROM tenants.backup_keys ORDER BY 1")
+        return [WrappedKey(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in cur.fetchall()]
+
+
+def store_wrapped(settings: Settings, record: WrappedKey, replace_existing: bool = True) -> None:
+    """Write one tenant's wrapped password (one committed row: a kill leaves the old or the new)."""
+    conflict = ("DO UPDATE SET master_key_id = EXCLUDED.master_key_id, nonce = EXCLUDED.nonce, "
+                "wrapped_password = EXCLUDED.wrapped_password") if replace_existing else "DO NOTHING"
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO tenants.backup_keys (cliente_id, master_key_id, nonce, wrapped_password) "
+                    f"VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) {conflict}",
+                    (record.tenant_id, record.master_key_id, record.nonce, record.wrapped))
+
+
 def _unwrap(key: bytes, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> str:
     if _fingerprint(key) != wrapped_by:
         raise OperationFailed(
@@ -121,4 +193,6 @@ def repository_password(settings: Settings, tenant_id: str, create: bool = False
     if row is None:
         return None
     nonce, wrapped, wrapped_by = row
+    if wrapped_by != _fingerprint(key):  # re-wrapped by a rotation under way (known_master_keys)
+        return unwrap(settings, tenant_id, bytes(nonce), bytes(wrapped), wrapped_by)
     return _unwrap(key, tenant_id, bytes(nonce), bytes(wrapped), wrapped_by)

@@ -133,7 +133,28 @@ def restore_points(repo: Restic) -> list[RestorePoint]:
 
 
 def read_manifest(repo: Restic, point: RestorePoint) -> SessionManifest:
-    return SessionManifest.from_json(repo.dump_bytes(point.manifest_snapshot, f"/{MANIFEST_FILE}"))
+    return _as_stored(repo, SessionManifest.from_json(repo.dump_bytes(point.manifest_snapshot, f"/{MANIFEST_FILE}")))
+
+
+def copy_ids(snapshots: list[Snapshot]) -> dict[str, str]:
+    """In a `restic copy` target: the source's snapshot id (also short) → the copy's id."""
+    found: dict[str, str] = {}
+    for snap in snapshots:
+        if snap.original:
+            found[snap.original] = found[snap.original[:8]] = snap.id
+    return found
+
+
+def _as_stored(repo: Restic, manifest: SessionManifest) -> SessionManifest:
+    """A manifest names the primary's snapshot ids; read from the off-site copy, where `restic
+    copy` gave every snapshot a new id (keeping the source's in `original`), its ids are
+    translated to the copy's. An id with no copy is left as it is (verify reports it missing)."""
+    if not getattr(repo, "is_copy", False):
+        return manifest
+    ids = copy_ids(repo.snapshots())
+    for result in manifest.tiers.values():
+        result.snapshots = {part: ids.get(sid, ids.get(sid[:8], sid)) for part, sid in result.snapshots.items()}
+    return manifest
 
 
 def find_manifest(repo: Restic, snapshot: str) -> SessionManifest | None:
@@ -145,7 +166,7 @@ def find_manifest(repo: Restic, snapshot: str) -> SessionManifest | None:
     else:
         matches = [s for s in repo.snapshots([KIND_MANIFEST]) if s.id.startswith(snapshot)]
         raw = repo.dump_bytes(matches[0].id, f"/{MANIFEST_FILE}") if len(matches) == 1 else None
-    return SessionManifest.from_json(raw) if raw is not None else None
+    return _as_stored(repo, SessionManifest.from_json(raw)) if raw is not None else None
 
 
 def write_manifest(repo: Restic, manifest: SessionManifest, time: datetime) -> str:

@@ -101,6 +101,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "off-site copy state per tenant",
+        """
+        CREATE TABLE tenants.offsite_copies (
+            cliente_id        text PRIMARY KEY,
+            latest_session    text,
+            latest_session_at timestamptz,
+            restore_points    integer NOT NULL DEFAULT 0,
+            copied_at         timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 

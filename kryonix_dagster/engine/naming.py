@@ -148,8 +148,28 @@ def tenant_names(tenant_id: str, app_data_root: Path, repo_root: str) -> TenantN
         redis_prefix=f"cliente:{tid}:",
         vhost=f"/cliente_{tid}",
         app_data_dir=Path(app_data_root) / f"cliente_{tid}",
-        repository=f"{repo_root.rstrip('/')}/cliente_{tid}",
+        repository=repository_in(repo_root, tid),
     )
+
+
+def repository_in(repo_root: str, tenant_id: str) -> str:
+    """A tenant's repository under a repository root (the primary's, or the off-site copy's)."""
+    return f"{repo_root.rstrip('/')}/cliente_{validate_tenant_id(tenant_id)}"
+
+
+# Beside the tenants' repositories (outside restic's layout): the key vault's stash of wrapped
+# passwords (engine/key_stash.py), one file per tenant and version, `<id>-<hash>.json`.
+VAULT_FOLDER = "kryonix-vault"
+
+
+def vault_file_name(tenant_id: str, digest: str) -> str:
+    return f"{validate_tenant_id(tenant_id)}-{digest}.json"
+
+
+def vault_file_tenant(name: str) -> str | None:
+    """The tenant id of a stash file name, None for anything else."""
+    match = re.fullmatch(r"([a-z0-9]{1,32})-[0-9a-f]{16}\.json", name)
+    return match.group(1) if match else None
 
 
 def names_for(settings, tenant_id: str) -> TenantNames:

@@ -32,6 +32,7 @@ class Plan:
     rpo_hours: float
     keep_within: str = "48h"
     pitr_days: int = 0  # point-in-time recovery promise (pgBackRest's retention follows the longest)
+    offsite_lag_hours: float = 24  # the newest restore point is in the off-site copy within this
 
     def forget_args(self) -> list[str]:
         """restic forget flags for this plan's restore points."""
@@ -44,9 +45,12 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8, pitr_days=0),
-    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8, pitr_days=7),
-    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4, pitr_days=30),
+    "basic": Plan("basic", 7, 4, 3, 0, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8,
+                   pitr_days=0, offsite_lag_hours=24),
+    "pro": Plan("pro", 30, 12, 12, 2, "0 */6 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * 0", rpo_hours=8,
+                 pitr_days=7, offsite_lag_hours=12),
+    "enterprise": Plan("enterprise", 60, 24, 24, 5, "0 */3 * * *", "0 2 * * *", "30 6 * * *", "0 5 * * *", rpo_hours=4,
+                        pitr_days=30, offsite_lag_hours=6),
 }
 RETENTION_CRON = "0 4 * * *"  # seed: retention daily at 04:00, all tenants
 # pgBackRest base backups of the tenants' cluster: full weekly (Sunday), differential the other days.

@@ -64,6 +64,7 @@ class Snapshot:
     tags: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     hostname: str = ""
+    original: str | None = None  # in a `restic copy` target: the source snapshot's id
 
     @classmethod
     def from_json(cls, doc: dict) -> "Snapshot":
@@ -74,6 +75,7 @@ class Snapshot:
             tags=tuple(doc.get("tags") or ()),
             paths=tuple(doc.get("paths") or ()),
             hostname=doc.get("hostname", ""),
+            original=doc.get("original"),
         )
 
     def tag(self, key: str) -> str | None:
@@ -158,6 +160,7 @@ class Restic:
         self.location = restic_location(repo)
         self.key_hint = key_hint  # id of the key file restic tries first (RESTIC_KEY_HINT)
         self.label = label  # e.g. "tenant 42", used in every error message
+        self.is_copy = False  # the off-site copy: manifests name the primary's snapshot ids (manifest.py)
         self._password = password
         self._cache_dir = cache_dir
         self._access_key = access_key
@@ -167,6 +170,10 @@ class Restic:
         return f"Restic({self.label}, {self.location})"
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def credentials(self) -> tuple[str | None, str | None]:
+        return self._access_key, self._secret_key
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "AWS_"))}
@@ -214,6 +221,29 @@ class Restic:
 
     def init(self) -> None:
         self.run(["init", "--repository-version", "2"], "init")
+
+    def init_copy_of(self, source: "Restic") -> None:
+        """A new repository with `source`'s chunker parameters (and the same password), so
+        `restic copy` from it deduplicates."""
+        self._run_with_source(source, ["init", "--repository-version", "2", "--copy-chunker-params"], "init")
+
+    def copy_from(self, source: "Restic", snapshot_ids: Sequence[str]) -> None:
+        """`restic copy` of the given snapshots of `source` into this repository; snapshots already
+        here are skipped by restic itself."""
+        if snapshot_ids:
+            self._run_with_source(source, ["copy", *snapshot_ids], "copy")
+
+    def _run_with_source(self, source: "Restic", args: list[str], action: str) -> None:
+        env = self.env()
+        env.update(RESTIC_FROM_REPOSITORY=source.location, RESTIC_FROM_PASSWORD=source._password)
+        if source.key_hint:
+            env["RESTIC_FROM_KEY_HINT"] = source.key_hint
+        for name, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), source.credentials):
+            if value and name not in env:  # restic 0.14 has one set of S3 credentials for both
+                env[name] = value
+        proc = procs.run(["restic", *args], capture_output=True, env=env)
+        if proc.returncode != 0:
+            raise self._fail(action, proc.stderr.decode(errors="replace"))
 
     def current_key_id(self) -> str:
         """Short id of the key file restic opened the repository with (the hinted one if it

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import registry
+from . import locations, registry
 from .config import Settings
 from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
@@ -106,7 +106,8 @@ def _plan(manifest: SessionManifest, services: tuple[str, ...] | None, schema: s
 
 def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", into: str | None = None,
                 services: tuple[str, ...] | None = None, schema: str | None = None,
-                report: Reporter | None = None, wait_seconds: float = 0) -> RestoreResult:
+                report: Reporter | None = None, wait_seconds: float = 0,
+                repository: str = locations.PRIMARY) -> RestoreResult:
     """Restore under the leases of the target and of the source. The manifest is read again
     once the leases are held: what is restored is what the repository holds then, not before
     the wait."""
@@ -115,7 +116,7 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     target_id = into or tenant_id
     if into and registry.get_tenant(settings, into) is None:
         raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
-    repo = open_repository(settings, tenant_id)
+    repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
     manifest = _manifest(repo, tenant_id, snapshot)  # refuse early, before waiting for leases

@@ -26,6 +26,7 @@ from .naming import validate_tenant_id
 from .plans import LEGAL_KEEP_WITHIN_MONTHLY, PLANS, Plan, plan_for
 from .repository import Restic, Snapshot
 from .operation import tenant_operation
+from . import locations
 from .tenant_repository import open_repository
 from .tiers.compliance import TIER as COMPLIANCE
 
@@ -142,13 +143,15 @@ def retention_plan(tenant_id: str, plano: str | None, dry_run: bool) -> tuple[Pl
     return plan_for(plano)
 
 
-def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_seconds: float = 0) -> RetentionDecision:
-    """Apply the tenant's plan, under its lease, with an audit row on every path (dry runs excepted)."""
+def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_seconds: float = 0,
+               repository: str = locations.PRIMARY) -> RetentionDecision:
+    """Apply the tenant's plan, under its lease, with an audit row on every path (dry runs excepted).
+    `repository=SECONDARY_ADMIN`: the off-site copy, through its admin path (workers cannot delete there)."""
     validate_tenant_id(tenant_id)
     tenant = registry.get_tenant(settings, tenant_id)
     if tenant is None:
         raise BadInput(f"tenant {tenant_id} is not registered: forget applies a registered tenant's plan")
-    repo = open_repository(settings, tenant_id)
+    repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
     with tenant_operation(settings, tenant_id, "forget", wait_seconds=wait_seconds, audit_row=not dry_run) as op:
@@ -161,7 +164,7 @@ def run_forget(settings: Settings, tenant_id: str, dry_run: bool = False, wait_s
             op.ensure_lease()
             repo.forget_ids(decision.remove_ids)
             repo.prune()
-    if not dry_run:
+    if not dry_run and repository == locations.PRIMARY:
         try:
             refresh_repository_stats(settings, tenant_id, repo)
         except Exception as exc:  # statistics only: the forget itself is done

@@ -21,29 +21,46 @@ from urllib.parse import urlparse
 from . import keys, restic_key
 from .config import Settings
 from .errors import OperationFailed
-from .naming import names_for
+from . import locations
+from .naming import names_for, repository_in
 from .repository import Restic
 
 log = logging.getLogger(__name__)
 
 
-def open_repository(settings: Settings, tenant_id: str, create: bool = False) -> Restic | None:
-    """The tenant's repository; None when it has never been backed up (unless `create`)."""
+def open_repository(settings: Settings, tenant_id: str, create: bool = False,
+                    repository: str = locations.PRIMARY) -> Restic | None:
+    """The tenant's repository (the primary, or the off-site copy: `repository`); None when it
+    has never been backed up (unless `create`). A new primary repository's wrapped password is
+    stashed beside it (key_stash.py); a new copy is initialised with the primary's chunker
+    parameters, so copies deduplicate."""
     names = names_for(settings, tenant_id)
-    password = keys.repository_password(settings, tenant_id, create=create)
+    where = locations.location(settings, repository)
+    password = keys.repository_password(settings, tenant_id, create=create and not where.is_copy)
     if password is None:
         return None
     repo = Restic(
-        names.repository, password, label=f"tenant {tenant_id}",
+        repository_in(where.root, tenant_id) if where.is_copy else names.repository, password,
+        label=f"tenant {tenant_id}" + (f" ({where.kind})" if where.is_copy else ""),
         cache_dir=settings.state_dir / "restic-cache",
-        access_key=settings.repo_access_key, secret_key=settings.repo_secret_key,
+        access_key=where.access_key, secret_key=where.secret_key,
     )
+    repo.is_copy = where.is_copy
     repo.key_hint = remembered_cheap_key(settings, repo.location)
     if create and not repo.exists():
-        repo.init()
+        if where.is_copy:
+            source = open_repository(settings, tenant_id)
+            if source is None:
+                raise OperationFailed(f"tenant {tenant_id}: no primary repository to copy from")
+            repo.init_copy_of(source)
+        else:
+            repo.init()
         repo.key_hint = None
     if repo.key_hint is None:
         repo.key_hint = ensure_cheap_key(settings, repo, password)
+    if create:
+        from .key_stash import ensure_stashed
+        ensure_stashed(settings, tenant_id, where)
     return repo
 
 
@@ -152,11 +169,54 @@ def local_root(location: str) -> Path | None:
     return Path(location) if location.startswith("/") else None
 
 
-def key_folder(settings: Settings, location: str) -> KeyFolder | None:
-    """The keys/ folder of a file or S3 repository; None for backends we do not write to."""
+@dataclass(frozen=True)
+class RestKeyFolder:
+    """The keys/ folder of a repository behind restic's REST protocol (`rclone serve restic`).
+    Behind an append-only endpoint, `write` of an existing name and `remove` are refused."""
+
+    url: str  # the repository's URL, without `rest:`
+
+    def _url(self, name: str = "") -> str:
+        return f"{self.url.rstrip('/')}/keys/{name}"
+
+    def _call(self, method: str, name: str = "", **kwargs):
+        import requests
+        try:
+            response = requests.request(method, self._url(name), timeout=30, **kwargs)
+        except requests.RequestException as exc:
+            raise OSError(f"REST: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            raise FileNotFoundError(name)
+        if response.status_code >= 300:
+            raise OSError(f"REST: {method} keys/{name}: HTTP {response.status_code}")
+        return response
+
+    def names(self) -> list[str]:
+        try:
+            docs = self._call("GET", headers={"Accept": "application/vnd.x.restic.rest.v2"}).json()
+        except FileNotFoundError:
+            return []
+        return sorted(doc["name"] if isinstance(doc, dict) else doc for doc in docs or [])
+
+    def read(self, name: str) -> bytes:
+        return self._call("GET", name).content
+
+    def write(self, name: str, raw: bytes) -> None:
+        self._call("POST", name, data=raw)
+
+    def remove(self, name: str) -> None:
+        self._call("DELETE", name)
+
+
+def key_folder(settings: Settings, location: str, access_key: str | None = None,
+               secret_key: str | None = None) -> KeyFolder | None:
+    """The keys/ folder of a file, S3 or REST repository (credentials: the primary's unless
+    given); None for backends we do not write to."""
     root = local_root(location)
     if root is not None:
         return LocalKeyFolder(root)
+    if location.startswith("rest:"):
+        return RestKeyFolder(location[len("rest:"):])
     if not location.startswith("s3:"):
         return None
     rest = location[len("s3:"):]
@@ -164,8 +224,8 @@ def key_folder(settings: Settings, location: str) -> KeyFolder | None:
     bucket, _, prefix = url.path.lstrip("/").partition("/")
     prefix = prefix.strip("/")
     from .services import client_for
-    client = client_for(f"{url.scheme}://{url.netloc}", settings.repo_access_key, settings.repo_secret_key,
-                        settings.s3_region)
+    client = client_for(f"{url.scheme}://{url.netloc}", access_key or settings.repo_access_key,
+                        secret_key or settings.repo_secret_key, settings.s3_region)
     return S3KeyFolder(client, bucket, f"{prefix}/" if prefix else "")
 
 
@@ -241,7 +301,7 @@ def ensure_cheap_key(settings: Settings, repo: Restic, password: str) -> str | N
     expensive key file it wraps the same master key as; None if the repository has no key we
     can open or its storage refused (the repository then stays as it was)."""
     try:
-        folder = key_folder(settings, repo.location)
+        folder = key_folder(settings, repo.location, *repo.credentials)
         name = _migrate(folder, repo, password) if folder is not None else None
     except OSError as exc:
         log.warning("%s: could not give the repository a cheap key (%s)", repo.label, exc)
@@ -270,7 +330,10 @@ def _migrate(folder: KeyFolder, repo: Restic, password: str) -> str | None:
         return None
     for old in ours:  # proven replaceable: same master key, and restic opened with the cheap one
         if restic_key.same_master_key(old.master, target.master):
-            folder.remove(old.key_file.name)
+            try:
+                folder.remove(old.key_file.name)
+            except OSError as exc:  # an append-only endpoint: the hint still makes restic try the cheap key first
+                log.info("%s: expensive key %s stays (%s)", repo.label, old.key_file.name[:8], exc)
     return target.key_file.name
 
 

@@ -21,6 +21,7 @@ from .operation import tenant_operation
 from .plans import Plan, plan_for
 from .repository import Restic
 from .retention import legal_hold_ids
+from . import locations
 from .tenant_repository import open_repository
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ def rotating_subset(now: datetime) -> str:
 
 
 def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subset: str | None = None,
-               wait_seconds: float = 0) -> VerifyResult:
+               wait_seconds: float = 0, repository: str = locations.PRIMARY) -> VerifyResult:
     """Under the tenant's lease: `restic check` takes an exclusive lock, which must never meet a
     session's backup or a forget of the same tenant."""
     validate_tenant_id(tenant_id)
-    repo = open_repository(settings, tenant_id)
+    repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
     tenant = registry.get_tenant(settings, tenant_id)
@@ -76,7 +77,8 @@ def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subs
                                 "unfinished_sessions": result.unfinished_sessions,
                                 "legal_hold_sessions": result.legal_hold_sessions}}
     try:
-        refresh_repository_stats(settings, tenant_id, repo)
+        if repository == locations.PRIMARY:
+            refresh_repository_stats(settings, tenant_id, repo)
     except Exception as exc:  # statistics only: the verdict stands
         log.warning("tenant %s: repository statistics not refreshed: %s", tenant_id, type(exc).__name__)
     return result

@@ -14,6 +14,8 @@ from ..engine import registry
 from ..engine.alerts import Alert, AlertChannels, deliver
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
+from ..engine.locations import SECONDARY
+from ..engine.offsite import CopyResult, OffsiteLag, offsite_lags, run_copy
 from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
 from ..engine.lgpd.report import FleetCompliance, TenantCompliance, fleet_compliance, tenant_compliance
 from ..engine.lgpd.retention import RetentionResult, apply as apply_lgpd_retention
@@ -79,6 +81,10 @@ class BackupRepositoryResource(ConfigurableResource):
     secret_key: str | None = None
     master_key_file: str | None = None
     state_dir: str | None = None
+    # the off-site copy, through its append-only endpoint (workers never get its admin path)
+    secondary: str | None = None
+    secondary_access_key: str | None = None
+    secondary_secret_key: str | None = None
 
 
 class AppDataResource(ConfigurableResource):
@@ -115,6 +121,9 @@ def engine_settings(
         repo=repository.repo,
         repo_access_key=repository.access_key,
         repo_secret_key=repository.secret_key,
+        repo_secondary=repository.secondary,
+        repo_secondary_access_key=repository.secondary_access_key,
+        repo_secondary_secret_key=repository.secondary_secret_key,
         master_key_file=Path(repository.master_key_file) if repository.master_key_file else None,
         state_dir=Path(repository.state_dir) if repository.state_dir else None,
         app_data_dir=Path(app_data.root) if app_data.root else None,
@@ -176,6 +185,23 @@ class BackupEngineResource(ConfigurableResource):
 
     def lgpd_fleet_compliance(self) -> FleetCompliance:
         return fleet_compliance(self.settings(), load_rules())
+
+    # --- off-site copy
+    def offsite_configured(self) -> bool:
+        return bool(self.settings().repo_secondary)
+
+    def copy(self, tenant_id: str, report: Reporter | None = None, wait_seconds: float = 600) -> CopyResult:
+        """Waits for a running session or forget of the tenant rather than failing."""
+        return run_copy(self.settings(), tenant_id, wait_seconds=wait_seconds, report=report)
+
+    def offsite_lag(self, tenant_id: str) -> OffsiteLag | None:
+        lags = offsite_lags(self.settings(), tenant_id)
+        return lags[0] if lags else None
+
+    def dr_drill(self, tenant_id: str, report: Reporter | None = None, wait_seconds: float = 600) -> DrillResult:
+        """A restore drill from the off-site copy into the tenant's scratch names."""
+        return run_drill(self.settings(), tenant_id, report=report, wait_seconds=wait_seconds,
+                         repository=SECONDARY)
 
     # --- fleet
     def statuses(self) -> list[TenantStatus]:
@@ -262,6 +288,9 @@ def _service_resources() -> dict[str, ConfigurableResource]:
             secret_key=env_or_default("KRYONIX_REPO_SECRET_KEY"),
             master_key_file=env_or_default("KRYONIX_MASTER_KEY_FILE"),
             state_dir=env_or_default("KRYONIX_STATE_DIR"),
+            secondary=env_or_default("KRYONIX_REPO_SECONDARY"),
+            secondary_access_key=env_or_default("KRYONIX_REPO_SECONDARY_ACCESS_KEY"),
+            secondary_secret_key=env_or_default("KRYONIX_REPO_SECONDARY_SECRET_KEY"),
         ),
         "app_data": AppDataResource(root=env_or_default("KRYONIX_APP_DATA_DIR")),
     }

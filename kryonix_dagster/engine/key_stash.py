@@ -1,0 +1,152 @@
+"""The key vault's stash: each tenant's WRAPPED repository password, also kept beside its
+repositories (primary and off-site copy), outside restic's own layout, so `keys recover` can
+rebuild `tenants.backup_keys` after the main database is lost.
+
+A stash file is useless without the master key: it holds what `tenants.backup_keys` holds
+(AES-GCM under the master key, bound to the tenant id), plus the registry's name and plan.
+Files are only ever added, named `<id>-<hash of the content>.json` under
+`<repository root>/kryonix-vault/keys/`, so they also go through an append-only endpoint;
+where deletion is allowed (the primary, the copy's admin path) a key rotation removes the
+versions it superseded.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import keys, registry
+from .config import Settings
+from .locations import Location
+from .naming import VAULT_FOLDER, vault_file_name, vault_file_tenant
+from .tenant_repository import KeyFolder, LocalKeyFolder, key_folder
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StashRecord:
+    tenant_id: str
+    name: str
+    plan: str
+    master_key_id: str
+    nonce: bytes = field(repr=False)
+    wrapped: bytes = field(repr=False)
+    created: str = ""
+
+    @property
+    def digest(self) -> str:
+        body = json.dumps([self.tenant_id, self.name, self.plan, self.master_key_id,
+                           self.nonce.hex(), self.wrapped.hex()]).encode()
+        return hashlib.sha256(body).hexdigest()[:16]
+
+    @property
+    def file_name(self) -> str:
+        return vault_file_name(self.tenant_id, self.digest)
+
+    @property
+    def wrapped_key(self) -> keys.WrappedKey:
+        return keys.WrappedKey(self.tenant_id, self.master_key_id, self.nonce, self.wrapped)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT, "tenant": self.tenant_id, "name": self.name, "plan": self.plan,
+            "master_key_id": self.master_key_id, "nonce": base64.b64encode(self.nonce).decode(),
+            "wrapped_password": base64.b64encode(self.wrapped).decode(), "created": self.created,
+        }, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "StashRecord":
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"unknown stash format {doc.get('format')!r}")
+        return cls(doc["tenant"], doc["name"], doc["plan"], doc["master_key_id"],
+                   base64.b64decode(doc["nonce"]), base64.b64decode(doc["wrapped_password"]), doc.get("created", ""))
+
+
+def vault_folder(settings: Settings, where: Location) -> KeyFolder:
+    folder = key_folder(settings, f"{where.root}/{VAULT_FOLDER}", where.access_key, where.secret_key)
+    if folder is None:
+        raise OSError(f"the {where.kind} repository location cannot hold the key vault's stash")
+    if isinstance(folder, LocalKeyFolder):
+        Path(folder.folder).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def current_record(settings: Settings, tenant_id: str) -> StashRecord | None:
+    """What the main database says now, as a stash record."""
+    wrapped = keys.wrapped_key(settings, tenant_id)
+    if wrapped is None:
+        return None
+    tenant = registry.get_tenant(settings, tenant_id)
+    return StashRecord(tenant_id, tenant.nome if tenant else tenant_id, tenant.plano if tenant else "basic",
+                       wrapped.master_key_id, wrapped.nonce, wrapped.wrapped,
+                       datetime.now(timezone.utc).isoformat())
+
+
+def stash(settings: Settings, tenant_id: str, where: Location) -> StashRecord | None:
+    """Add the tenant's current record at `where` unless that very version is there."""
+    record = current_record(settings, tenant_id)
+    if record is None:
+        return None
+    folder = vault_folder(settings, where)
+    if not _has(folder, record.file_name):
+        folder.write(record.file_name, record.to_bytes())
+    return record
+
+
+def _has(folder: KeyFolder, name: str) -> bool:
+    """One request for one file (a listing would grow with the fleet); a backend that does not
+    say "not found" precisely falls back to the listing."""
+    try:
+        folder.read(name)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return name in folder.names()
+
+
+def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
+    """`stash`, never failing the caller (a session, a copy): a missing stash is a warning."""
+    try:
+        stash(settings, tenant_id, where)
+    except OSError as exc:
+        log.warning("tenant %s: wrapped password not stashed beside the %s repository: %s",
+                    tenant_id, where.kind, exc)
+
+
+def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecord]]:
+    """Every tenant's stashed records at `where`, newest first; unreadable files are skipped."""
+    folder = vault_folder(settings, where)
+    found: dict[str, list[StashRecord]] = {}
+    for name in folder.names():
+        tenant_id = vault_file_tenant(name)
+        if tenant_id is None:
+            continue
+        try:
+            record = StashRecord.from_bytes(folder.read(name))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("key vault stash %s unreadable: %s", name, type(exc).__name__)
+            continue
+        if record.tenant_id == tenant_id and record.file_name == name:
+            found.setdefault(tenant_id, []).append(record)
+    for records in found.values():
+        records.sort(key=lambda r: r.created, reverse=True)
+    return found
+
+
+def prune(settings: Settings, tenant_id: str, where: Location, keep: StashRecord) -> int:
+    """Remove the tenant's superseded stash files (after a rotation); returns how many."""
+    folder = vault_folder(settings, where)
+    removed = 0
+    for name in folder.names():
+        if vault_file_tenant(name) == tenant_id and name != keep.file_name:
+            folder.remove(name)
+            removed += 1
+    return removed

@@ -1,0 +1,76 @@
+"""Master-key rotation on the key vault alone (no repository needed): killed mid-way it leaves
+every tenant readable, run again it finishes; a wrong key file is bad input."""
+from __future__ import annotations
+
+import base64
+import secrets
+
+import pytest
+
+from kryonix_dagster.engine import keys
+from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
+
+from .offsite_world import new_master_key_file
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def vault(own_registry, tmp_path):
+    own = own_registry.with_overrides(master_key_file=tmp_path / "keys" / "master.key",
+                                      repo=f"file://{tmp_path / 'repos'}", repo_secondary=None,
+                                      repo_secondary_admin=None)
+    tenants = [f"k{secrets.token_hex(3)}{n}" for n in range(3)]
+    passwords = {tid: keys.repository_password(own, tid, create=True) for tid in tenants}
+    return own, passwords
+
+
+def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vault, tmp_path):
+    own, passwords = vault
+    old_key = own.master_key_file.read_text()
+    new_key = new_master_key_file(tmp_path / "new.key")
+    first = sorted(passwords)[0]  # rows are re-wrapped in id order
+
+    def kill_after_first(tenant_id: str) -> None:
+        if tenant_id == first:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        rotate_master(own, new_key, after_each=kill_after_first)
+    wrapped_by = {w.tenant_id: w.master_key_id for w in keys.wrapped_keys(own)}
+    assert len(set(wrapped_by.values())) == 2  # mixed: one re-wrapped, the others not yet
+    assert own.master_key_file.read_text() == old_key
+    assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
+    other = new_master_key_file(tmp_path / "other.key")
+    with pytest.raises(BadInput, match="under way"):
+        rotate_master(own, other)  # a second, different rotation is refused until this one ends
+    done = rotate_master(own, new_key)
+    assert sorted(done.rewrapped + done.already) == sorted(passwords)
+    assert own.master_key_file.read_text() == new_key.read_text()
+    assert not keys.pending_key_file(own).exists()
+    assert {w.master_key_id for w in keys.wrapped_keys(own)} == {done.new_key_id}
+    assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
+    assert (own.master_key_file.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_malformed_new_key_file_is_bad_input_and_changes_nothing(vault, tmp_path):
+    own, passwords = vault
+    before = own.master_key_file.read_text()
+    short = tmp_path / "short.key"
+    short.write_text(base64.b64encode(b"x" * 16).decode())
+    for path in (short, tmp_path / "missing.key"):
+        with pytest.raises(BadInput):
+            rotate_master(own, path)
+    assert own.master_key_file.read_text() == before and not keys.pending_key_file(own).exists()
+
+
+def test_rotating_passwords_needs_the_copys_admin_path_when_a_copy_exists(vault):
+    own, passwords = vault
+    worker = own.with_overrides(repo_secondary="rest:http://127.0.0.1:9/", repo_secondary_admin=None)
+    tenant_id = next(iter(passwords))
+    with pytest.raises(BadInput, match="KRYONIX_REPO_SECONDARY_ADMIN"):
+        rotate_tenant(worker, tenant_id)
+    assert keys.repository_password(own, tenant_id) == passwords[tenant_id]  # nothing changed

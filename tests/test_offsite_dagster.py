@@ -1,0 +1,64 @@
+"""The off-site domain in Dagster: the copy asset and its lag check on the shared off-site
+world, the DR drill job's RTO metadata, and the pure selection/lag rules."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from kryonix_dagster.engine.offsite import lag_of
+from kryonix_dagster.offsite import dr_drill_job, offsite_copy, offsite_lag_check
+from kryonix_dagster.offsite.jobs import DR_SHARE, dr_drill_tenants_for
+from kryonix_dagster.partitions import KRYONIX_TENANTS
+from kryonix_dagster.resources import resources_from_env
+
+pytest_plugins = ["tests.offsite_world"]  # the world shared with the other off-site modules, set up once
+
+
+@pytest.fixture
+def world_env(dr_world, monkeypatch):
+    for name, value in dr_world.env.items():
+        monkeypatch.setenv(name, value)
+    return dr_world
+
+
+def test_offsite_copy_materializes_with_its_lag_check_and_the_dr_drill_records_rto(world_env):
+    tid = world_env.tenant_id
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
+        result = materialize([offsite_copy, offsite_lag_check], partition_key=tid, instance=instance,
+                             resources=resources_from_env())
+        assert result.success
+        meta = instance.get_latest_materialization_event(AssetKey("offsite_copy")).asset_materialization.metadata
+        assert meta["restore_points_offsite"].value >= 1 and meta["duration_seconds"].value > 0
+        check = next(e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
+        evaluation = check.event_specific_data
+        assert evaluation.passed and evaluation.metadata["lag_hours"].value == 0.0
+        drill = dr_drill_job.execute_in_process(
+            instance=instance, resources=resources_from_env(),
+            run_config={"ops": {"dr_drill_tenants": {"config": {"tenants": [tid]}}}})
+        assert drill.success
+        point = instance.get_latest_materialization_event(AssetKey("dr_drill")).asset_materialization
+        assert point.partition == tid and point.metadata["passed"].value
+        assert point.metadata["rto_seconds"].value > 0
+
+
+def test_offsite_lag_against_the_plan_limit():
+    now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+    newest = (now - timedelta(hours=7)).strftime("%Y%m%dT%H%M%SZ") + "-abcdef"
+    older = (now - timedelta(hours=30)).strftime("%Y%m%dT%H%M%SZ") + "-123456"
+    assert lag_of("a", "basic", newest, newest, now).lag_hours == 0 and lag_of("a", "basic", newest, newest, now).ok
+    behind = lag_of("a", "enterprise", newest, older, now)
+    assert round(behind.lag_hours) == 7 and not behind.ok  # enterprise: 6 h
+    assert lag_of("a", "basic", newest, older, now).ok  # basic: 24 h
+    assert lag_of("a", "basic", None, None, now).lag_hours is None
+
+
+def test_dr_drill_selection_takes_every_enterprise_tenant_and_rotates_the_others():
+    tenants = [(f"t{n}", "enterprise" if n < 3 else "basic") for n in range(40)]
+    weeks = [datetime(2026, 1, 5, tzinfo=timezone.utc) + timedelta(weeks=w) for w in range(DR_SHARE)]
+    chosen = [set(dr_drill_tenants_for(tenants, when)) for when in weeks]
+    for picked in chosen:
+        assert {"t0", "t1", "t2"} <= picked and len(picked) < len(tenants)
+    assert set().union(*chosen) == {tid for tid, _ in tenants}  # everyone within DR_SHARE weeks

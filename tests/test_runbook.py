@@ -1,0 +1,138 @@
+"""docs/runbook.md, executed: one test per scenario, the runbook's commands in its order, on
+real services, with the off-site copy behind the real append-only endpoint. (Scenario 6, the
+PostgreSQL cluster lost, comes with the PITR work.)"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kryonix_dagster.engine import keys, pg
+from kryonix_dagster.engine.naming import repository_in
+from kryonix_dagster.engine.repository import restic_location
+
+from . import faults, observe
+from .offsite_world import new_master_key_file
+
+RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+
+pytest_plugins = ["tests.offsite_world"]  # the world shared with the other off-site module, set up once
+
+
+@pytest.fixture
+def world(dr_world):
+    if not hasattr(dr_world, "checksums"):
+        dr_world.checksums = observe.table_checksums(f"kryonix_cliente_{dr_world.tenant_id}")
+    return dr_world
+
+
+def damage(world) -> None:
+    observe.psql(f"kryonix_cliente_{world.tenant_id}", "UPDATE crm.contatos SET nome = 'ALTERADO'; DROP TABLE financeiro.faturas;")
+    assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") != world.checksums
+
+
+def ok(result) -> None:
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def primary_dir(world) -> Path:
+    return Path(restic_location(repository_in(world.settings.repo, world.tenant_id)))
+
+
+def test_the_runbook_names_every_scenario():
+    text = RUNBOOK.read_text()
+    for heading in ("A tenant's data is lost", "primary repository storage is lost", "main database is lost",
+                    "master key leaked", "worker was killed mid-session", "PostgreSQL cluster is lost"):
+        assert heading in text
+
+
+def test_1_a_tenants_data_lost_restore(world):
+    damage(world)
+    session = world.cli_json("snapshots", world.tenant_id)[0]["session"]
+    ok(world.cli("restore", world.tenant_id, "--snapshot", session, "--services", "postgresql", "--yes"))
+    assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
+
+
+def test_2_primary_storage_lost_restore_from_the_secondary(world):
+    damage(world)
+    lost = primary_dir(world).with_name(primary_dir(world).name + ".lost")
+    primary_dir(world).rename(lost)
+    try:
+        gone = world.cli("snapshots", world.tenant_id)
+        assert gone.returncode == 1 and "Is there a repository" in gone.stderr  # the primary is gone
+        assert world.cli_json("snapshots", world.tenant_id, "--from", "secondary", env=world.worker_env)
+        ok(world.cli("restore", world.tenant_id, "--from", "secondary", "--yes", env=world.worker_env))
+        assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
+    finally:
+        shutil.rmtree(primary_dir(world), ignore_errors=True)
+        lost.rename(primary_dir(world))
+
+
+def test_3_main_database_lost_keys_recover_then_restore(world):
+    empty = {"KRYONIX_MAIN_DB": f"{world.settings.main_db}_lost{secrets.token_hex(2)}"}
+    try:
+        recovered = world.cli_json("keys", "recover", "--from", "secondary", env=empty)
+        assert [t["tenant_id"] for t in recovered["recovered"]] == [world.tenant_id]
+        listed = world.cli_json("tenants", "list", env=empty)
+        assert [(t["id"], t["plano"], t["status"]) for t in listed] == [(world.tenant_id, "basic", "ativo")]
+        points = world.cli_json("snapshots", world.tenant_id, env=empty)
+        assert len(points) == recovered["recovered"][0]["restore_points"] >= 1
+        damage(world)
+        ok(world.cli("restore", world.tenant_id, "--services", "postgresql", "--yes", env=empty))
+        assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
+    finally:
+        pg.drop_database(world.settings.pg_dsn, empty["KRYONIX_MAIN_DB"])
+
+
+def opens_with(location: str, password: str) -> bool:
+    env = dict(os.environ, RESTIC_REPOSITORY=location, RESTIC_PASSWORD=password)
+    return subprocess.run(["restic", "--no-cache", "--no-lock", "cat", "config"], env=env,
+                          capture_output=True, timeout=120).returncode == 0
+
+
+def test_4_master_key_leaked_rotate_master_then_every_password(world, tmp_path):
+    leaked_password = keys.repository_password(world.settings, world.tenant_id)
+    admin_copy = restic_location(repository_in(world.settings.repo_secondary_admin, world.tenant_id))
+    assert opens_with(str(primary_dir(world)), leaked_password) and opens_with(admin_copy, leaked_password)
+    new_key = new_master_key_file(tmp_path / "new.key")
+    rotated = world.cli_json("keys", "rotate-master", "--new-key-file", str(new_key))
+    assert rotated["rewrapped"] == [world.tenant_id]
+    assert Path(world.settings.master_key_file).read_text() == new_key.read_text()
+    assert not keys.pending_key_file(world.settings).exists()
+    passwords = world.cli_json("keys", "rotate", "--all")
+    assert passwords["failed"] == [] and passwords["rotated"][0]["repositories"] == ["primary", "secondary-admin"]
+    fresh = keys.repository_password(world.settings, world.tenant_id)
+    assert fresh != leaked_password
+    for location in (str(primary_dir(world)), admin_copy):
+        assert not opens_with(location, leaked_password)  # the leaked key's passwords open nothing
+        assert opens_with(location, fresh)
+    assert len(world.cli_json("snapshots", world.tenant_id, "--from", "secondary", env=world.worker_env)) >= 1
+    assert len(world.cli_json("snapshots", world.tenant_id)) >= 1
+
+
+def test_5_worker_killed_mid_session_next_run_fine(world):
+    short = {"KRYONIX_LEASE_TTL_SECONDS": "3"}
+    before = world.cli_json("snapshots", world.tenant_id)
+    snapshots = primary_dir(world) / "snapshots"
+    count = len(list(snapshots.iterdir()))
+    proc = faults.start_cli("backup", world.tenant_id, env={**world.env, **short})
+    deadline = time.monotonic() + 120
+    while len(list(snapshots.iterdir())) == count:  # the first tier snapshot of the session
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no tier snapshot appeared"
+        time.sleep(0.05)
+    faults.kill9(proc)
+    assert world.cli_json("snapshots", world.tenant_id) == before  # no half-visible restore point
+    after = world.cli_json("backup", world.tenant_id, "--wait", "60", env=short)
+    assert after["sessions"][0]["success"], after
+    points = world.cli_json("snapshots", world.tenant_id)
+    assert len(points) == len(before) + 1
+    copied = world.cli_json("copy", world.tenant_id)
+    assert copied["copies"][0]["copied_sessions"] == [after["sessions"][0]["session"]]
+    secondary = world.cli_json("snapshots", world.tenant_id, "--from", "secondary", env=world.worker_env)
+    assert [p["session"] for p in secondary] == [p["session"] for p in points]
