@@ -9,7 +9,9 @@ import pytest
 
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
+from kryonix_dagster.engine.pitr.config import repository_passphrase
 
 from .offsite_world import new_master_key_file
 
@@ -33,6 +35,7 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     old_key = own.master_key_file.read_text()
     new_key = new_master_key_file(tmp_path / "new.key")
     first = sorted(passwords)[0]  # rows are re-wrapped in id order
+    passphrase = repository_passphrase(own, "rotstanza", create=True)  # pgBackRest's, wrapped alike
 
     def kill_after_first(tenant_id: str) -> None:
         if tenant_id == first:
@@ -44,6 +47,7 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     assert len(set(wrapped_by.values())) == 2  # mixed: one re-wrapped, the others not yet
     assert own.master_key_file.read_text() == old_key
     assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
+    assert repository_passphrase(own, "rotstanza") == passphrase
     other = new_master_key_file(tmp_path / "other.key")
     with pytest.raises(BadInput, match="under way"):
         rotate_master(own, other)  # a second, different rotation is refused until this one ends
@@ -54,6 +58,10 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     assert {w.master_key_id for w in keys.wrapped_keys(own)} == {done.new_key_id}
     assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
     assert (own.master_key_file.stat().st_mode & 0o777) == 0o600
+    assert done.pitr_stanzas == ["rotstanza"] and repository_passphrase(own, "rotstanza") == passphrase
+    with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT master_key_id FROM tenants.pitr_keys")
+        assert cur.fetchall() == [(done.new_key_id,)]
 
 
 def test_a_malformed_new_key_file_is_bad_input_and_changes_nothing(vault, tmp_path):

@@ -1,6 +1,7 @@
 """Key rotation: a new master key for the vault, and new repository passwords per tenant.
 
-`rotate_master` re-wraps every tenant's password under a new master key. The new key is first
+`rotate_master` re-wraps every tenant's password (and the PITR repository's passphrase) under a
+new master key. The new key is first
 put beside the old one (`<master key file>.next`); each row is re-wrapped in its own
 transaction and records which key wrapped it, and both keys are known to the vault until the
 last row is done, so a rotation killed mid-way leaves every tenant readable, and running it
@@ -28,6 +29,7 @@ from .errors import BadInput, OperationFailed
 from .fsutil import fsync_dir
 from .naming import repository_in, validate_tenant_id
 from .operation import tenant_operation
+from .pitr import config as pitr_config
 from .repository import Restic, restic_location
 from .tenant_repository import KeyFolder, _read_key_files, _remember, key_folder
 
@@ -40,6 +42,7 @@ class MasterRotation:
     new_key_id: str
     rewrapped: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    pitr_stanzas: list[str] = field(default_factory=list)  # pgBackRest repository passphrases re-wrapped
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -104,6 +107,7 @@ def rotate_master(settings: Settings, new_key_file: Path,
         keys.store_wrapped(settings, keys.WrappedKey(row.tenant_id, new_id, nonce, wrapped))
         result.rewrapped.append(row.tenant_id)
         after_each(row.tenant_id)
+    result.pitr_stanzas = pitr_config.rewrap_passphrases(settings, new)  # pgBackRest's passphrase too
     for tenant_id in result.rewrapped:
         _restash(settings, tenant_id)
     os.replace(pending, settings.master_key_file)  # the new key is the master key, atomically

@@ -69,10 +69,36 @@ def repository_passphrase(settings: Settings, stanza: str, create: bool = False)
     if row is None:
         return None
     nonce, wrapped, wrapped_by = row
-    if keys._fingerprint(key) != wrapped_by:
+    return _unwrap(settings, stanza, bytes(nonce), bytes(wrapped), wrapped_by)
+
+
+def _unwrap(settings: Settings, stanza: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> str:
+    """With whichever known master key wrapped it (the pending one too, mid-rotation)."""
+    key = keys.known_master_keys(settings).get(wrapped_by)
+    if key is None:
         raise OperationFailed(f"PITR stanza {stanza}: its repository passphrase is wrapped by master key {wrapped_by}, "
-                              f"but KRYONIX_MASTER_KEY_FILE holds {keys._fingerprint(key)}")
+                              f"but KRYONIX_MASTER_KEY_FILE holds {keys._fingerprint(keys.master_key(settings))}")
     try:
-        return AESGCM(key).decrypt(bytes(nonce), bytes(wrapped), _aad(stanza)).decode()
+        return AESGCM(key).decrypt(nonce, wrapped, _aad(stanza)).decode()
     except InvalidTag:
         raise OperationFailed(f"PITR stanza {stanza}: the wrapped repository passphrase failed authentication") from None
+
+
+def rewrap_passphrases(settings: Settings, new_key: bytes) -> list[str]:
+    """Every stanza's passphrase re-wrapped under `new_key` (keys rotate-master), each row in its
+    own transaction; rows already wrapped by it are left alone, so a resumed rotation finishes."""
+    new_id = keys._fingerprint(new_key)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT stanza, nonce, wrapped_password, master_key_id FROM tenants.pitr_keys "
+                    "WHERE master_key_id <> %s ORDER BY stanza", (new_id,))
+        rows = cur.fetchall()
+    done = []
+    for stanza, nonce, wrapped, wrapped_by in rows:
+        passphrase = _unwrap(settings, stanza, bytes(nonce), bytes(wrapped), wrapped_by)
+        fresh = secrets.token_bytes(12)
+        sealed = AESGCM(new_key).encrypt(fresh, passphrase.encode(), _aad(stanza))
+        with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE tenants.pitr_keys SET master_key_id = %s, nonce = %s, wrapped_password = %s "
+                        "WHERE stanza = %s", (new_id, fresh, sealed, stanza))
+        done.append(stanza)
+    return done
