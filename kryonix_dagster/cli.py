@@ -311,6 +311,7 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
                        f"{outcome.connections_terminated} connection(s) terminated")
         click.echo(f"restored session {result.session_id} of tenant {tenant_id} into tenant {target} "
                    f"in {result.duration_seconds:.1f}s")
+        click.echo(f"lgpd: the erasure ledger re-erased {result.lgpd.get('subjects_reerased', 0)} subject(s)")
 
 
 @cli.command()
@@ -437,6 +438,10 @@ def json_requested(argv: Sequence[str]) -> bool:
             command = command.commands[token]
     has_json = any(p.name == "as_json" for p in command.params)
     return has_json and "--json" in args
+
+
+from .cli_erasure import lgpd_erasure, offboard as _offboard  # noqa: E402
+tenants.add_command(_offboard); cli.add_command(lgpd_erasure)  # noqa: E702
 
 
 def fail(message: str, exit_code: int, as_json: bool, label: str = "error: ") -> None:

@@ -557,6 +557,7 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
         if properties:
             _apply_database_properties(ctx, staging, properties, outcome, recorded)
         outcome.restored = sum(count for count, _ in tables.values())
+        outcome.details.update(ctx.reapply(TIER, staging))  # the erasure ledger, before the data goes live
         outcome.connections_terminated = _swap_in(ctx, staging, target, previous)
     except BaseException:
         pg.drop_database(dsn, staging)
@@ -743,6 +744,7 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
         outcome.connections_terminated = pg.terminate_connections(dsn, target)
         ctx.report.info(f"terminated {outcome.connections_terminated} connection(s) to {target}")
         _run_psql_script(ctx, target, script(), True, outcome)
+        outcome.details.update(ctx.reapply(TIER, target))  # the erasure ledger, right after the schema's transaction
     outcome.restored = sum(count for count, _ in tables.values())
     outcome.details["schema"] = schema
 

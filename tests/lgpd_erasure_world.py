@@ -1,0 +1,95 @@
+"""One small tenant with a person in every service, backed up ONCE, shared by the erasure tests.
+
+Person 7 (`contato7@exemplo.com.br`) is the one erased; person 8 is the control who must stay
+intact. Both have rows in every table the rules name, a cached Redis key, an object under
+`contatos/{id}/` in the media bucket and a folder under the app data's `contatos/{id}`.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from kryonix_dagster.demo import seed_tenant
+from kryonix_dagster.engine import registry, services
+from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.session import run_backup
+
+from . import observe
+from .helpers import purge_tenant
+
+ERASED, KEPT = 7, 8
+EMAIL = f"contato{ERASED}@exemplo.com.br"
+PHONE_KEPT = "+55119" + f"{KEPT:08d}"
+PERSON_TABLES = ("whatsapp.mensagens", "agendamento.agendamentos", "marketing.envios", "analytics.eventos",
+                 "lgpd.consentimentos")
+
+
+@dataclass
+class World:
+    settings: object
+    tenant: str  # backed up once, then person 7 erased
+    into: str  # a registered tenant to restore --into
+    session: str
+    outputs: list[str] = field(default_factory=list)  # every CLI stdout/stderr, for the secrecy check
+
+    def run(self, cli, *args) -> object:
+        result = cli(*args)
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+
+def add_person_files(settings, tenant_id: str) -> None:
+    names = names_for(settings, tenant_id)
+    client = services.s3_client(settings)
+    for person in (ERASED, KEPT):
+        client.put_object(Bucket=names.bucket("media"), Key=f"contatos/{person}/foto.jpg", Body=f"foto {person}".encode())
+        folder = names.app_data_dir / "contatos" / str(person)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ficha.txt").write_text(f"ficha do contato {person}\n")
+    keys = ", ".join(f"('media', 'contatos/{p}/foto.jpg', 'image/jpeg', {len(f'foto {p}')})" for p in (ERASED, KEPT))
+    observe.psql(names.database, f"INSERT INTO portal.arquivos (bucket, object_key, content_type, tamanho) VALUES {keys}")
+
+
+def person_counts(settings, tenant_id: str, person: int) -> dict:
+    """Where the person is, through independent clients (psql, redis, boto3, the file system)."""
+    names = names_for(settings, tenant_id)
+    db = names.database
+    counts = {t: int(observe.psql(db, f"SELECT count(*) FROM {t} WHERE contato_id = {person}")) for t in PERSON_TABLES}
+    counts["crm.contatos(identifiable)"] = int(observe.psql(
+        db, f"SELECT count(*) FROM crm.contatos WHERE id = {person} AND email <> 'anonimizado@exemplo.com'"))
+    counts["lgpd.log_processamento"] = int(observe.psql(
+        db, f"SELECT count(*) FROM lgpd.log_processamento WHERE contato_id = {person}"))
+    counts["financeiro.faturas(kept)"] = int(observe.psql(
+        db, f"SELECT count(*) FROM financeiro.faturas WHERE contato_id = {person}"))
+    r = redis.Redis.from_url(settings.redis_url)
+    counts["redis"] = r.exists(f"{names.redis_prefix}contato:{person}")
+    s3 = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
+    listed = s3.list_objects_v2(Bucket=names.bucket("media"), Prefix=f"contatos/{person}/")
+    counts["objects"] = listed.get("KeyCount", 0)
+    counts["appdata"] = int((names.app_data_dir / "contatos" / str(person)).exists())
+    return counts
+
+
+def absent(counts: dict) -> bool:
+    return all(v == 0 for k, v in counts.items() if k != "financeiro.faturas(kept)")
+
+
+@pytest.fixture(scope="module")
+def world(settings):
+    stem = "e" + secrets.token_hex(4)
+    tenant, into = f"{stem}a", f"{stem}b"
+    for tid in (tenant, into):
+        purge_tenant(settings, tid)
+    try:
+        seed_tenant(settings, tenant, scale=0.05)
+        add_person_files(settings, tenant)
+        registry.ensure_tenant(settings, into, "Into", "basic")
+        session = run_backup(settings, tenant, "full")
+        assert session.success, session.error
+        yield World(settings, tenant, into, session.session_id)
+    finally:
+        for tid in (tenant, into):
+            purge_tenant(settings, tid)
