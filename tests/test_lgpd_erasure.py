@@ -4,12 +4,26 @@ logged or stored. Tests run in file order on one module world (one backup)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
-from kryonix_dagster.engine import pg
+import redis
+
+from kryonix_dagster.engine import keys, pg, registry
+from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.session import run_backup
+from kryonix_dagster.engine.tiers import TIERS
 from kryonix_dagster.engine.drill import run_drill
 from kryonix_dagster.engine.lgpd import ledger
 
-from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts, world  # noqa: F401
+from . import lgpd_erasure_world, observe
+from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
+
+world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
+SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
 
 
 def test_erase_removes_the_person_everywhere_and_certifies(world, cli):
@@ -55,7 +69,8 @@ def test_bad_subject_is_refused_without_echoing_it(world, cli):
 
 def test_restore_in_place_of_an_older_point_reapplies_the_ledger(world, cli):
     kept = person_counts(world.settings, world.tenant, KEPT)
-    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--yes", "--json")
+    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--services", SERVICES, "--yes",
+                       "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["lgpd"]["subjects_reerased"] == 1
@@ -64,7 +79,8 @@ def test_restore_in_place_of_an_older_point_reapplies_the_ledger(world, cli):
 
 
 def test_restore_into_another_tenant_applies_the_source_ledger(world, cli):
-    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--into", world.into, "--yes")
+    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--into", world.into,
+                       "--services", SERVICES, "--yes")
     assert result.returncode == 0, result.stderr
     assert "re-erased 1 subject(s)" in result.stdout
     assert absent(person_counts(world.settings, world.into, ERASED))
@@ -89,3 +105,88 @@ def test_the_value_is_never_in_outputs_audit_or_ledger(world):
     assert "lgpd_erase" in audit
     assert EMAIL not in audit and PHONE_KEPT not in audit
     assert EMAIL not in stored and "contato7" not in stored
+
+
+def restic_dump_all(world, tenant_id: str) -> bytes:
+    """Every snapshot of the tenant's repository through the restic binary itself (tar of `/`)."""
+    env = dict(os.environ, RESTIC_PASSWORD=keys.repository_password(world.settings, tenant_id),
+               RESTIC_REPOSITORY=restic_location(names_for(world.settings, tenant_id).repository), RESTIC_CACHE_DIR="/tmp/restic-test-cache")
+    listed = subprocess.run(["restic", "snapshots", "--json", "--no-lock"], env=env, capture_output=True, check=True)
+    dumped = b""
+    for snap in json.loads(listed.stdout):
+        out = subprocess.run(["restic", "dump", "--no-lock", snap["id"], "/"], env=env, capture_output=True, check=True)
+        dumped += out.stdout
+    return dumped
+
+
+def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
+    assert EMAIL.encode() in restic_dump_all(world, world.tenant)  # the old restore point holds the person
+    result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes",
+                       "--json")
+    assert result.returncode == 0, result.stderr
+    cert = json.loads(result.stdout)
+    assert [p["session"] for p in cert["rewritten_restore_points"]] == [world.session]
+    assert set(cert["rewritten_restore_points"][0]["tiers"]) >= {"postgresql", "redis", "object_storage", "appdata"}
+    dumped = restic_dump_all(world, world.tenant)
+    for marker in (EMAIL.encode(), f"foto {ERASED}".encode(), f"ficha do contato {ERASED}".encode()):
+        assert marker not in dumped
+    assert f"foto {KEPT}".encode() in dumped and f"ficha do contato {KEPT}".encode() in dumped
+    assert all(e.rewritten_at is not None for e in ledger.entries(world.settings, world.tenant))
+    # the rewritten restore point restores, verified against its rewritten manifest
+    restored = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--services", "postgresql",
+                         "--yes", "--json")
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["lgpd"]["subjects_reerased"] == 0  # nothing left to re-erase
+    assert absent(person_counts(world.settings, world.tenant, ERASED))
+
+
+def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(world, cli):
+    active = world.run(cli, "tenants", "offboard", world.into, "--yes")
+    assert active.returncode == 2 and "ativo" in active.stderr
+    registry.set_status(world.settings, world.tenant, "cancelado")
+    try:
+        held = world.run(cli, "tenants", "offboard", world.tenant, "--yes")  # its compliance snapshot is held
+        assert held.returncode == 2 and "legal hold" in held.stderr, held.stderr
+        assert keys.repository_password(world.settings, world.tenant) is not None
+    finally:
+        registry.set_status(world.settings, world.tenant, "ativo")
+
+
+def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
+    tid = world.into  # holds the restored data (person 8, not person 7); backed up without a legal hold
+    session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name != "compliance"))
+    assert session.restore_point, session.error
+    names = names_for(world.settings, tid)
+    copy = tmp_path / "offsite-copy"  # a copy made earlier (an off-site copy, a disk snapshot)
+    shutil.copytree(restic_location(names.repository), copy)
+    registry.set_status(world.settings, tid, "cancelado")
+    export = tmp_path / "export"
+    result = world.run(cli, "tenants", "offboard", tid, "--export", str(export), "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "encerrado" and "repository password" in doc["keys_destroyed"]
+    # the export: the newest restore point, ledger-filtered
+    sql = subprocess.run(["pg_restore", "-f", "-", str(export / "postgresql.dump")], capture_output=True, check=True)
+    assert f"contato{KEPT}@exemplo.com.br".encode() in sql.stdout and EMAIL.encode() not in sql.stdout
+    assert (export / "appdata" / "contatos" / str(KEPT) / "ficha.txt").is_file()
+    # live data gone, registry and audit say so
+    assert not pg.database_exists(world.settings.pg_dsn, names.database) and not names.app_data_dir.exists()
+    assert not list(redis.Redis.from_url(world.settings.redis_url).scan_iter(match=names.redis_match))
+    assert registry.get_tenant(world.settings, tid).status == "encerrado"
+    assert tid not in registry.list_tenant_ids(world.settings)  # the partition sensor drops it
+    assert observe.psql(world.settings.main_db, "SELECT count(*) FROM tenants.backup_audit WHERE cliente_id = "
+                        f"'{tid}' AND operation = 'offboard' AND success") == "1"
+    # nothing the product holds opens the copy: no key of its own is left, and no other one fits
+    assert keys.repository_password(world.settings, tid) is None
+    assert ledger.ledger_key(world.settings, tid) is None
+    assert not Path(restic_location(names.repository)).exists()
+    held = observe.psql(world.settings.main_db, "SELECT cliente_id FROM tenants.backup_keys").split()
+    assert held  # other tenants' passwords exist and are tried
+    for other in held:
+        env = dict(os.environ, RESTIC_PASSWORD=keys.repository_password(world.settings, other),
+                   RESTIC_REPOSITORY=str(copy), RESTIC_CACHE_DIR=str(tmp_path / "cache"))
+        opened = subprocess.run(["restic", "cat", "config", "--no-lock"], env=env, capture_output=True)
+        assert opened.returncode != 0
+    # other tenants still verify
+    verified = world.run(cli, "verify", world.tenant)
+    assert verified.returncode == 0, verified.stderr

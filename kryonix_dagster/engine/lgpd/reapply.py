@@ -40,7 +40,8 @@ from .rules import LgpdRules, fill, load_rules
 class ErasureFilter:
     rules: LgpdRules
     matchers: list[ledger.Matcher]
-    found: dict[str, set[str]] = field(default_factory=dict)  # key name -> person keys found in staged data
+    found: dict[str, set[str]] = field(default_factory=dict)  # key name -> person keys recognised in staged data
+    hits: set[tuple[str, str]] = field(default_factory=set)  # (key name, key) that had something erased
     erased: Erased = field(default_factory=Erased)
 
     def erased_key(self, key_name: str, value: str) -> bool:
@@ -51,10 +52,17 @@ class ErasureFilter:
             return True
         return False
 
+    def hit(self, key_name: str, value: str) -> bool:
+        """`erased_key`, remembering that this person had something in the restored data."""
+        if self.erased_key(key_name, value):
+            self.hits.add((key_name, value))
+            return True
+        return False
+
     @property
     def subjects(self) -> int:
-        """Distinct persons re-erased from the restored data."""
-        return sum(len(keys) for keys in self.found.values())
+        """Distinct persons re-erased from the restored data (found AND something of theirs removed)."""
+        return len(self.hits)
 
     def to_json(self) -> dict:
         return {"subjects_reerased": self.subjects, "items": self.erased.to_json()}
@@ -93,6 +101,11 @@ def reapply_database(filt: ErasureFilter, cur) -> None:
     find_in_database(filt, cur)
     for key_name, where in filt.rules.person.items():
         keys = sorted(filt.found.get(key_name, ()))
+        for key in keys:  # who still has something here (an anonymised row left alone is not a hit)
+            probe = Erased()
+            erase_database(cur, where, [key], True, probe)
+            if probe.total:
+                filt.hits.add((key_name, key))
         erase_database(cur, where, keys, False, filt.erased)
 
 
@@ -107,7 +120,7 @@ def erased_redis_key(filt: ErasureFilter, names: TenantNames, key: bytes) -> boo
     for key_name, where in filt.rules.person.items():
         for pattern in where.redis:
             value = key_in(relative, pattern, key_name, whole=True)
-            if value is not None and filt.erased_key(key_name, value):
+            if value is not None and filt.hit(key_name, value):
                 return True
     return False
 
@@ -121,7 +134,7 @@ def erased_object(filt: ErasureFilter, names: TenantNames, bucket: str, key: str
         for rule in where.objects:
             if rule.bucket == suffix:
                 value = key_in(key, rule.prefix, key_name, whole=False)
-                if value is not None and filt.erased_key(key_name, value):
+                if value is not None and filt.hit(key_name, value):
                     return True
     return False
 
@@ -142,8 +155,9 @@ def reapply_folder(filt: ErasureFilter, root: Path) -> None:
                 if value is None or not filt.erased_key(key_name, value):
                     continue
                 target = _inside(root, fill(pattern, key_name, value))
-                if target is not None:
-                    filt.erased.appdata += remove_nofollow(target, dry_run=False)
+                if target is not None and (removed := remove_nofollow(target, dry_run=False)):
+                    filt.erased.appdata += removed
+                    filt.hits.add((key_name, value))
 
 
 # --- the one entry point the tiers call at their staging point ------------------------------------
