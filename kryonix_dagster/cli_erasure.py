@@ -57,7 +57,8 @@ def erase(tenant_id: str, subject: str, rewrite: bool, dry_run: bool, yes: bool,
     click.echo(f"  appdata: {cert.erased.appdata} file(s)")
     for skipped in cert.erased.skipped:
         click.echo(f"  skipped (tenant has no {skipped})")
-    if cert.rewritten:
+    if cert.rewrite_done:
+        click.echo(f"rewritten restore points: {len(cert.rewritten)}; none holds the person any more")
         for point in cert.rewritten:
             click.echo(f"rewritten restore point {point['session']} (was {point['old_manifest'][:8]}, "
                        f"now {point['new_manifest'][:8]})")

@@ -5,7 +5,7 @@ backup, retention, integrity, drills, fleet.
 """
 from dagster import Definitions
 
-from . import backup, drills, fleet, integrity, retention
+from . import backup, drills, fleet, integrity, lgpd_erasure, retention
 from .resources import resources_from_env
 
 defs = Definitions.merge(
@@ -14,5 +14,6 @@ defs = Definitions.merge(
     integrity.defs,
     drills.defs,
     fleet.defs,
+    lgpd_erasure.defs,
     Definitions(resources=resources_from_env()),
 )

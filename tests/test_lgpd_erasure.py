@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis
 
 from kryonix_dagster.engine import keys, pg, registry
@@ -16,14 +17,19 @@ from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.repository import restic_location
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import TIERS
+from kryonix_dagster.engine.verify import run_verify
 from kryonix_dagster.engine.drill import run_drill
+from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.lgpd import ledger
+from kryonix_dagster.engine.lgpd.offboard import run_offboard
+from kryonix_dagster.engine.lgpd.rules import load_rules, parse_subject
 
 from . import lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
 
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
 SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
+OFFBOARD_TIERS = ("postgresql", "redis", "appdata")  # no compliance tier: no legal hold
 
 
 def test_erase_removes_the_person_everywhere_and_certifies(world, cli):
@@ -58,11 +64,43 @@ def test_dry_run_changes_nothing_and_writes_no_ledger_entry(world, cli):
     assert cert["dry_run"] and cert["persons"] == 1 and cert["erased"]["total"] > 0
     assert person_counts(world.settings, world.tenant, KEPT) == before
     assert len(ledger.entries(world.settings, world.tenant)) == 1
+    # a value is data, never a pattern: `*` names nobody (no Redis glob, no path, no prefix)
+    from kryonix_dagster.engine.lgpd.erase import run_erase
+    for value in ("*", "../..", "contato:*"):
+        assert run_erase(world.settings, world.tenant, f"contato_id={value}", dry_run=True).erased.total == 0
+
+
+def test_erasure_ledger_applied_check_fails_when_the_person_comes_back(world):
+    from dagster import build_resources
+
+    from kryonix_dagster.resources import resources_from_env
+
+    with build_resources({"engine": resources_from_env()["engine"]}) as built:
+        check_ledger(built.engine, world)
+
+
+def check_ledger(engine, world) -> None:
+    from kryonix_dagster.lgpd_erasure import ledger_evaluation
+
+    assert ledger_evaluation(engine, world.tenant)["passed"]
+    key = f"{names_for(world.settings, world.tenant).redis_prefix}contato:{ERASED}"
+    client = redis.Redis.from_url(world.settings.redis_url)
+    client.hset(key, mapping={"email": EMAIL})  # a cache refilled from somewhere else
+    try:
+        failed = ledger_evaluation(engine, world.tenant)
+        assert not failed["passed"] and failed["metadata"]["redis_keys_found"].value == 1
+        assert failed["metadata"]["persons_found"].value == 1
+        assert EMAIL not in json.dumps({k: str(v) for k, v in failed["metadata"].items()}) + failed["description"]
+    finally:
+        client.delete(key)
 
 
 def test_bad_subject_is_refused_without_echoing_it(world, cli):
-    result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"cpf={EMAIL}", "--yes")
-    assert result.returncode == 2 and "unknown subject kind" in result.stderr
+    rules = load_rules()
+    for bad in (f"cpf={EMAIL}", "email=", EMAIL):
+        with pytest.raises(BadInput) as refused:
+            parse_subject(bad, rules)
+        assert EMAIL not in str(refused.value)
     no_yes = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"email={EMAIL}")
     assert no_yes.returncode == 2 and "--yes" in no_yes.stderr
 
@@ -87,9 +125,27 @@ def test_restore_into_another_tenant_applies_the_source_ledger(world, cli):
     assert person_counts(world.settings, world.into, KEPT) == person_counts(world.settings, world.tenant, KEPT)
 
 
+def test_restore_of_one_schema_erases_the_person_in_its_own_transaction(world, cli):
+    """Only `whatsapp` comes back: the person is recognised by the key (crm.contatos is not restored)."""
+    kept = person_counts(world.settings, world.tenant, KEPT)["whatsapp.mensagens"]
+    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--schema", "whatsapp", "--yes",
+                       "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["lgpd"]["subjects_reerased"] == 1
+    assert doc["lgpd"]["items"]["postgresql"]["whatsapp.mensagens"] > 0
+    assert not doc["tiers"]["postgresql"]["warnings"]  # the in-transaction counts are parsed, never shown
+    counts = person_counts(world.settings, world.tenant, ERASED)
+    assert counts["whatsapp.mensagens"] == 0 and absent(counts)
+    assert person_counts(world.settings, world.tenant, KEPT)["whatsapp.mensagens"] == kept
+
+
 def test_drill_of_the_older_point_passes_with_the_person_left_out(world):
-    result = run_drill(world.settings, world.tenant, world.session)
+    # the tiers whose drill comparison counts items (the database's restore verifies itself)
+    drilled = tuple(t for t in TIERS if t.name in ("redis", "object_storage"))
+    result = run_drill(world.settings, world.tenant, world.session, tiers=drilled)
     assert result.passed, result.error
+    assert set(result.compared) == {"redis", "object_storage"}
 
 
 def test_the_value_is_never_in_outputs_audit_or_ledger(world):
@@ -107,11 +163,12 @@ def test_the_value_is_never_in_outputs_audit_or_ledger(world):
     assert EMAIL not in stored and "contato7" not in stored
 
 
-def restic_dump_all(world, tenant_id: str) -> bytes:
-    """Every snapshot of the tenant's repository through the restic binary itself (tar of `/`)."""
+def restic_dump_all(world, tenant_id: str, tag: str = "") -> bytes:
+    """Every snapshot (with `tag`) of the tenant's repository through the restic binary itself (tar of `/`)."""
     env = dict(os.environ, RESTIC_PASSWORD=keys.repository_password(world.settings, tenant_id),
                RESTIC_REPOSITORY=restic_location(names_for(world.settings, tenant_id).repository), RESTIC_CACHE_DIR="/tmp/restic-test-cache")
-    listed = subprocess.run(["restic", "snapshots", "--json", "--no-lock"], env=env, capture_output=True, check=True)
+    listed = subprocess.run(["restic", "snapshots", "--json", "--no-lock", *(["--tag", tag] if tag else [])], env=env,
+                            capture_output=True, check=True)
     dumped = b""
     for snap in json.loads(listed.stdout):
         out = subprocess.run(["restic", "dump", "--no-lock", snap["id"], "/"], env=env, capture_output=True, check=True)
@@ -120,7 +177,7 @@ def restic_dump_all(world, tenant_id: str) -> bytes:
 
 
 def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
-    assert EMAIL.encode() in restic_dump_all(world, world.tenant)  # the old restore point holds the person
+    assert EMAIL.encode() in restic_dump_all(world, world.tenant, "tier=postgresql")  # the old point holds them
     result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes",
                        "--json")
     assert result.returncode == 0, result.stderr
@@ -141,8 +198,8 @@ def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
 
 
 def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(world, cli):
-    active = world.run(cli, "tenants", "offboard", world.into, "--yes")
-    assert active.returncode == 2 and "ativo" in active.stderr
+    with pytest.raises(BadInput, match="ativo"):
+        run_offboard(world.settings, world.into)
     registry.set_status(world.settings, world.tenant, "cancelado")
     try:
         held = world.run(cli, "tenants", "offboard", world.tenant, "--yes")  # its compliance snapshot is held
@@ -154,7 +211,7 @@ def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(worl
 
 def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
     tid = world.into  # holds the restored data (person 8, not person 7); backed up without a legal hold
-    session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name != "compliance"))
+    session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in OFFBOARD_TIERS))
     assert session.restore_point, session.error
     names = names_for(world.settings, tid)
     copy = tmp_path / "offsite-copy"  # a copy made earlier (an off-site copy, a disk snapshot)
@@ -188,5 +245,25 @@ def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
         opened = subprocess.run(["restic", "cat", "config", "--no-lock"], env=env, capture_output=True)
         assert opened.returncode != 0
     # other tenants still verify
-    verified = world.run(cli, "verify", world.tenant)
-    assert verified.returncode == 0, verified.stderr
+    verified = run_verify(world.settings, world.tenant)
+    assert verified.ok, verified.problems
+
+
+def test_app_data_erasure_never_follows_a_link(tmp_path):
+    from kryonix_dagster.engine.lgpd.locations import Erased, erase_appdata, key_in
+
+    root, outside = tmp_path / "cliente_x", tmp_path / "outside"
+    (root / "contatos").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "precious.txt").write_text("not the tenant's")
+    (root / "contatos" / "9").symlink_to(outside, target_is_directory=True)  # the person's path is a link
+    (root / "via").symlink_to(outside, target_is_directory=True)
+    erased = Erased()
+    erase_appdata(root, ["contatos/{contato_id}", "via/{contato_id}"], "contato_id", ["9", "precious.txt"], False,
+                  erased)
+    assert not (root / "contatos" / "9").exists() and not (root / "contatos" / "9").is_symlink()  # the link went
+    assert (outside / "precious.txt").read_text() == "not the tenant's"  # never what it pointed to
+    assert erased.appdata == 1
+    assert key_in("contato:42", "contato:{contato_id}", "contato_id", whole=True) == "42"
+    assert key_in("contato:42:extra", "contato:{contato_id}", "contato_id", whole=True) is None
+    assert key_in("contatos/4/foto.jpg", "contatos/{contato_id}/", "contato_id", whole=False) == "4"

@@ -44,6 +44,7 @@ class Certificate:
     erased: Erased = field(default_factory=Erased)
     restore_points_before: list[str] = field(default_factory=list)  # may still hold the person
     rewritten: list[dict] = field(default_factory=list)  # filled by --rewrite
+    rewrite_done: bool = False  # --rewrite looked at every restore point: none holds the person now
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -51,7 +52,7 @@ class Certificate:
             "tenant": self.tenant_id, "subject_kind": self.subject_kind, "reference": self.reference,
             "dry_run": self.dry_run, "erased_at": self.erased_at.isoformat(), "persons": self.persons,
             "erased": self.erased.to_json(),
-            "restore_points_that_may_hold_the_person": [] if self.rewritten else self.restore_points_before,
+            "restore_points_that_may_hold_the_person": [] if self.rewrite_done else self.restore_points_before,
             "restore_points_taken_before": self.restore_points_before,
             "rewritten_restore_points": self.rewritten, "duration_seconds": self.duration_seconds,
         }

@@ -127,11 +127,13 @@ def erase_redis(client, names: TenantNames, patterns: list[str], key_name: str, 
     found: set[bytes] = set()
     for key in keys:
         for pattern in patterns:
-            full = names.redis_prefix + fill(pattern, key_name, key)
-            if any(ch in full for ch in "*?["):
-                found.update(client.scan_iter(match=full, count=1000))
-            elif client.exists(full):
-                found.add(full.encode())
+            if any(ch in pattern for ch in "*?["):  # the rule's own glob; the key itself is escaped
+                escaped = re.sub(r"([*?\[\]\\])", r"\\\1", key)
+                found.update(client.scan_iter(match=names.redis_prefix + fill(pattern, key_name, escaped), count=1000))
+            else:
+                full = names.redis_prefix + fill(pattern, key_name, key)
+                if client.exists(full):
+                    found.add(full.encode())
     if found and not dry_run:
         client.delete(*found)
     erased.redis += len(found)

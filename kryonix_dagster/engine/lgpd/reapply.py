@@ -139,8 +139,9 @@ def erased_object(filt: ErasureFilter, names: TenantNames, bucket: str, key: str
     return False
 
 
-def reapply_folder(filt: ErasureFilter, root: Path) -> None:
-    """Remove the erased persons' paths from a staged application-data folder (no link followed)."""
+def reapply_folder(filt: ErasureFilter, root: Path, dry_run: bool = False) -> None:
+    """Remove the erased persons' paths from a staged application-data folder (no link followed);
+    `dry_run` only counts (the live check)."""
     for key_name, where in filt.rules.person.items():
         placeholder = "{" + key_name + "}"
         for pattern in where.appdata:
@@ -155,9 +156,70 @@ def reapply_folder(filt: ErasureFilter, root: Path) -> None:
                 if value is None or not filt.erased_key(key_name, value):
                     continue
                 target = _inside(root, fill(pattern, key_name, value))
-                if target is not None and (removed := remove_nofollow(target, dry_run=False)):
+                if target is not None and (removed := remove_nofollow(target, dry_run=dry_run)):
                     filt.erased.appdata += removed
                     filt.hits.add((key_name, value))
+
+
+# --- `restore --schema`: the erasure inside the schema's own transaction ----------------------------
+
+def _location_sql(cur, loc, keys: list[str]) -> str:
+    """One person location erased for `keys`, as a guarded statement for the restore's script
+    that reports `table rows persons-json` on a `kryonix-lgpd:` WARNING line (parsed, never shown)."""
+    from psycopg2 import sql
+
+    schema, table = loc.table.split(".", 1)
+    target, match = sql.Identifier(schema, table), sql.Identifier(loc.match)
+    if loc.action == "delete":
+        change = sql.SQL("DELETE FROM {} WHERE {}::text = ANY(%s) RETURNING {}::text AS k").format(target, match, match)
+        params: list = [keys]
+    else:
+        columns = list(loc.set.items())
+        change = sql.SQL("UPDATE {} SET {} WHERE {}::text = ANY(%s) AND ({}) RETURNING {}::text AS k").format(
+            target, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in columns), match,
+            sql.SQL(" OR ").join(sql.SQL("{} IS DISTINCT FROM %s").format(sql.Identifier(c)) for c, _ in columns),
+            match)
+        params = [*[v for _, v in columns], keys, *[v for _, v in columns]]
+    statement = cur.mogrify(sql.SQL("WITH d AS ({}) SELECT count(*), coalesce(json_agg(DISTINCT d.k), '[]')::text "
+                                    "FROM d").format(change), params).decode()
+    return cur.mogrify(
+        "DO $kryonix_lgpd$ DECLARE n bigint; k text; BEGIN IF to_regclass(%s) IS NOT NULL THEN "
+        "EXECUTE %s INTO n, k; IF n > 0 THEN RAISE WARNING 'kryonix-lgpd: %% %% %%', %s, n, k; END IF; END IF; "
+        "END $kryonix_lgpd$;\n", (loc.table, statement, loc.table)).decode()
+
+
+def schema_erasure_sql(filt: ErasureFilter, settings, database: str, schema: str) -> str:
+    """SQL for the end of a `--schema` restore's single transaction: the persons recognisable in
+    the live database (an anonymised row keeps its key) erased from the restored schema before it
+    is committed. Whoever is only recognisable in the restored rows is erased right after the
+    commit by the ordinary re-application (the one remaining window)."""
+    from .. import pg
+
+    if not pg.database_exists(settings.pg_dsn, database):
+        return ""
+    parts = []
+    with pg.connection(settings.pg_dsn, database) as conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
+        find_in_database(filt, cur)
+        for key_name, where in filt.rules.person.items():
+            keys = sorted(k for k in filt.found.get(key_name, ()) if "$" not in k)
+            for loc in where.database:
+                if keys and loc.action != "keep" and loc.table.split(".", 1)[0] == schema:
+                    parts.append(_location_sql(cur, loc, keys))
+        conn.rollback()
+    return "".join(parts)
+
+
+def _count_schema_erasure(filt: ErasureFilter, lines: list[str]) -> None:
+    """The `kryonix-lgpd:` lines of the script: `table rows ["key", …]`."""
+    import json
+
+    for line in lines:
+        table, rows, persons = line.split(" ", 2)
+        filt.erased.database[table] = filt.erased.database.get(table, 0) + int(rows)
+        key_name = next((k for k, w in filt.rules.person.items() if any(l.table == table for l in w.database)), None)
+        if key_name:
+            filt.hits.update((key_name, str(p)) for p in json.loads(persons))
 
 
 # --- the one entry point the tiers call at their staging point ------------------------------------
@@ -172,6 +234,11 @@ def reapply_staged(ctx, tier: str, staged) -> dict:
     filt: ErasureFilter = ctx.erasure
     before = filt.erased.total
     details: dict = {}
+    if tier == "postgresql" and isinstance(staged, tuple) and staged[0] == "schema-sql":
+        return {"sql": schema_erasure_sql(filt, ctx.settings, staged[1], staged[2])}
+    if tier == "postgresql" and isinstance(staged, tuple):  # "schema-done": the counts, then what is left
+        _count_schema_erasure(filt, staged[2])
+        staged = staged[1]
     if tier == "postgresql":
         with pg.connection(ctx.settings.pg_dsn, staged) as conn, conn.cursor() as cur:
             reapply_database(filt, cur)

@@ -229,6 +229,8 @@ def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Re
     filt = erasure_filter(settings, names, names)
     done: list[dict] = []
     if repo is None or filt is None:
+        if certificate is not None:
+            certificate.rewrite_done = True  # no repository, or nobody to look for
         return done
     with tenant_operation(settings, tenant_id, "lgpd_rewrite", wait_seconds=wait_seconds) as op:
         for point in restore_points(repo):
@@ -249,5 +251,5 @@ def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Re
         ledger.mark_rewritten(settings, [e.id for e in ledger.entries(settings, tenant_id) if e.rewritten_at is None])
         op.audit = {"details": {"rewritten": done, "items": filt.erased.to_json()}}
     if certificate is not None:
-        certificate.rewritten = done
+        certificate.rewritten, certificate.rewrite_done = done, True
     return done
