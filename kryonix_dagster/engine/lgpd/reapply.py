@@ -9,8 +9,9 @@ It travels to each tier in `RestoreContext.erasure`; each tier calls `reapply_st
 at the point where its data is staged but not yet live:
 
 - postgresql (full): in the staging database after the manifest checksums are verified and
-  before the swap; (`--schema`): right after the schema's single-transaction script, on the
-  live database (the one window: the restored schema is visible for that moment);
+  before the swap; (`--schema`): inside the schema's single-transaction script, after its
+  checksums, for the persons recognisable in the live database (`schema_erasure_sql`), then
+  right after the commit for anyone only recognisable in the restored rows (the one window);
 - redis: the verified snapshot's key list, before any RESTORE;
 - object_storage: the verified staged index, before any upload (the replace semantics then
   also delete the person's live objects);
