@@ -176,6 +176,26 @@ def restic_dump_all(world, tenant_id: str, tag: str = "") -> bytes:
     return dumped
 
 
+def test_a_rewrite_that_fails_before_its_manifest_loses_no_restore_point(world, monkeypatch):
+    from kryonix_dagster.engine.lgpd import rewrite
+    from kryonix_dagster.engine.manifest import restore_points
+    from kryonix_dagster.engine.tenant_repository import open_repository
+
+    repo = open_repository(world.settings, world.tenant)
+    before_points, before_snaps = restore_points(repo), {s.id for s in repo.snapshots()}
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # as if the process were stopped between the tier snapshots and the manifest
+
+    monkeypatch.setattr(rewrite, "REWRITERS", {"redis": rewrite.REWRITERS["redis"]})  # the cheapest tier
+    monkeypatch.setattr(rewrite, "write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite.run_rewrite(world.settings, world.tenant)
+    assert restore_points(repo) == before_points  # the old restore point stands, whole
+    assert {s.id for s in repo.snapshots()} == before_snaps  # the new redis snapshot was taken back
+    assert all(e.rewritten_at is None for e in ledger.entries(world.settings, world.tenant))
+
+
 def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
     assert EMAIL.encode() in restic_dump_all(world, world.tenant, "tier=postgresql")  # the old point holds them
     result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes",

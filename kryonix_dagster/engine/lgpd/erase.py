@@ -19,17 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .. import services
+from psycopg2 import sql
+
+from .. import pg, registry, services
 from ..config import Settings
 from ..errors import BadInput
 from ..manifest import restore_points
 from ..naming import TenantNames, names_for, validate_tenant_id
 from ..operation import tenant_operation
-from .. import pg, registry
 from ..reporting import NullReporter, Reporter
 from ..tenant_repository import open_repository
 from . import ledger
-from .locations import Erased, erase_appdata, erase_database, erase_objects, erase_redis
+from .locations import Erased, erase_appdata, erase_database, erase_objects, erase_redis, existing_tables
 from .rules import LgpdRules, load_rules, parse_subject
 
 
@@ -65,8 +66,6 @@ def resolve_keys(settings: Settings, names: TenantNames, rules: LgpdRules, kind:
     if not pg.database_exists(settings.pg_dsn, names.database):
         erased.skipped.append(f"postgresql:{names.database}")
         return [value] if resolve.column == resolve.key else []
-    from psycopg2 import sql
-    from .locations import existing_tables
     with pg.connection(settings.pg_dsn, names.database) as conn, conn.cursor() as cur:
         if resolve.table not in existing_tables(cur):
             erased.skipped.append(f"postgresql:{resolve.table}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -93,7 +94,6 @@ def _entry(row) -> Entry:
 
 def append(settings: Settings, tenant_id: str, kind: str, value_hash: str, key_hashes: list[str],
            details: dict) -> Entry:
-    import json
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(
             f"INSERT INTO tenants.lgpd_ledger (cliente_id, subject_kind, value_hash, key_hashes, details) "

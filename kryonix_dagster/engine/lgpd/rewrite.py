@@ -209,15 +209,27 @@ def _rewrite_point(settings: Settings, names: TenantNames, repo: Restic, filt: E
     new: dict[str, TierResult] = {}
     staging = Path(settings.state_dir) / "restore"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, result in manifest.tiers.items():
-        if name not in REWRITERS or result.status != STATUS_OK or not result.snapshots:
-            continue
-        with tempfile.TemporaryDirectory(prefix=f"{names.local_name}-lgpd-", dir=staging) as tmp:
-            rewritten = REWRITERS[name](RewriteContext(settings, names, repo, filt, manifest, result, Path(tmp), report))
-        if rewritten is not None:
-            report.info(f"tenant {names.tenant_id}: session {manifest.session_id}, tier {name}: rewritten")
-            new[name] = rewritten
+    try:
+        for name, result in manifest.tiers.items():
+            if name not in REWRITERS or result.status != STATUS_OK or not result.snapshots:
+                continue
+            with tempfile.TemporaryDirectory(prefix=f"{names.local_name}-lgpd-", dir=staging) as tmp:
+                context = RewriteContext(settings, names, repo, filt, manifest, result, Path(tmp), report)
+                rewritten = REWRITERS[name](context)
+            if rewritten is not None:
+                report.info(f"tenant {names.tenant_id}: session {manifest.session_id}, tier {name}: rewritten")
+                new[name] = rewritten
+    except BaseException:  # the old restore point stands; take back what this one already wrote
+        _forget_quietly(repo, [sid for t in new.values() for sid in t.snapshots.values()], report)
+        raise
     return new
+
+
+def _forget_quietly(repo: Restic, snapshot_ids: list[str], report: Reporter) -> None:
+    try:
+        repo.forget_ids(snapshot_ids)
+    except Exception as exc:  # unreferenced duplicates: the next forget or rewrite removes them
+        report.warn(f"rewrite: {len(snapshot_ids)} unreferenced snapshot(s) left: {one_line(str(exc), 200)}")
 
 
 def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Reporter | None = None,
@@ -238,9 +250,13 @@ def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Re
             new = _rewrite_point(settings, names, repo, filt, manifest, report)
             if not new:
                 continue
-            op.ensure_lease()  # fenced: the new manifest is written only while the lease is ours
             rebuilt = replace(manifest, tiers={**manifest.tiers, **new})
-            new_manifest = write_manifest(repo, rebuilt, datetime.fromisoformat(manifest.started_at))
+            try:
+                op.ensure_lease()  # fenced: the new manifest is written only while the lease is ours
+                new_manifest = write_manifest(repo, rebuilt, datetime.fromisoformat(manifest.started_at))
+            except BaseException:  # the old restore point stands; take back the new, unreferenced snapshots
+                _forget_quietly(repo, [sid for t in new.values() for sid in t.snapshots.values()], report)
+                raise
             old = [point.manifest_snapshot] + [sid for name in new for sid in manifest.tiers[name].snapshots.values()]
             repo.forget_ids(old)
             done.append({"session": manifest.session_id, "old_manifest": point.manifest_snapshot,
