@@ -6,6 +6,7 @@ intact. Both have rows in every table the rules name, a cached Redis key, an obj
 """
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass, field
 
@@ -39,11 +40,30 @@ class World:
     into: str  # a registered tenant to restore --into
     session: str
     outputs: list[str] = field(default_factory=list)  # every CLI stdout/stderr, for the secrecy check
+    steps: dict = field(default_factory=dict)  # shared steps, each done once whichever test needs it first
 
     def run(self, cli, *args) -> object:
         result = cli(*args)
         self.outputs += [result.stdout, result.stderr]
         return result
+
+    def erased(self, cli) -> tuple[dict, dict, dict]:
+        """Person 7 erased by e-mail through the CLI (once): (certificate, counts before, person 8 before)."""
+        if "erase" not in self.steps:
+            before = person_counts(self.settings, self.tenant, ERASED)
+            kept = person_counts(self.settings, self.tenant, KEPT)
+            result = self.run(cli, "lgpd", "erase", self.tenant, "--subject", f"email={EMAIL}", "--yes", "--json")
+            assert result.returncode == 0, result.stderr
+            self.steps["erase"] = (json.loads(result.stdout), before, kept)
+        return self.steps["erase"]
+
+    def restored_into(self, cli, services: str):
+        """The old restore point restored --into the other tenant (once)."""
+        if "into" not in self.steps:
+            self.erased(cli)
+            self.steps["into"] = self.run(cli, "restore", self.tenant, "--snapshot", self.session, "--into", self.into,
+                                          "--services", services, "--yes")
+        return self.steps["into"]
 
 
 def add_person_files(settings, tenant_id: str) -> None:
@@ -93,7 +113,7 @@ def seed_without_messaging(settings, tenant_id: str, scale: float) -> None:
     seed_appdata(names, counts)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may interleave other modules
 def world(settings):
     stem = "e" + secrets.token_hex(4)
     tenant, into = f"{stem}a", f"{stem}b"

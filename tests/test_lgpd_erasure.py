@@ -28,17 +28,14 @@ from . import lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
 
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
+pytestmark = pytest.mark.xdist_group("lgpd_erasure")  # one worker, file order (Makefile: --dist loadgroup)
 SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
 OFFBOARD_TIERS = ("postgresql", "redis", "appdata")  # no compliance tier: no legal hold
 
 
 def test_erase_removes_the_person_everywhere_and_certifies(world, cli):
-    before_kept = person_counts(world.settings, world.tenant, KEPT)
-    before = person_counts(world.settings, world.tenant, ERASED)
-    assert all(before[k] for k in before), before  # the person is present in every service
-    result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"email={EMAIL}", "--yes", "--json")
-    assert result.returncode == 0, result.stderr
-    cert = json.loads(result.stdout)
+    cert, before, before_kept = world.erased(cli)
+    assert all(before[k] for k in before), before  # the person was present in every service
     assert cert["persons"] == 1
     erased = cert["erased"]
     assert erased["postgresql"]["whatsapp.mensagens"] == before["whatsapp.mensagens"]
@@ -52,24 +49,27 @@ def test_erase_removes_the_person_everywhere_and_certifies(world, cli):
     assert after["financeiro.faturas(kept)"] == before["financeiro.faturas(kept)"]
     assert person_counts(world.settings, world.tenant, KEPT) == before_kept
     entries = ledger.entries(world.settings, world.tenant)
-    assert len(entries) == 1 and entries[0].subject_kind == "email" and len(entries[0].key_hashes) == 1
+    assert entries[0].subject_kind == "email" and len(entries[0].key_hashes) == 1
+    assert entries[0].reference == cert["reference"]
 
 
 def test_dry_run_changes_nothing_and_writes_no_ledger_entry(world, cli):
-    before = person_counts(world.settings, world.tenant, KEPT)
+    world.erased(cli)
+    before, entries = person_counts(world.settings, world.tenant, KEPT), len(ledger.entries(world.settings, world.tenant))
     result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"telefone={PHONE_KEPT}", "--dry-run",
                        "--json")
     assert result.returncode == 0, result.stderr
     cert = json.loads(result.stdout)
     assert cert["dry_run"] and cert["persons"] == 1 and cert["erased"]["total"] > 0
     assert person_counts(world.settings, world.tenant, KEPT) == before
-    assert len(ledger.entries(world.settings, world.tenant)) == 1
+    assert len(ledger.entries(world.settings, world.tenant)) == entries
     # a value is data, never a pattern: `*` names nobody (no Redis glob, no path, no prefix)
     from kryonix_dagster.engine.lgpd.erase import run_erase
     assert run_erase(world.settings, world.tenant, "contato_id=*", dry_run=True).erased.total == 0
 
 
-def test_erasure_ledger_applied_check_fails_when_the_person_comes_back(world):
+def test_erasure_ledger_applied_check_fails_when_the_person_comes_back(world, cli):
+    world.erased(cli)
     from dagster import build_resources
 
     from kryonix_dagster.resources import resources_from_env
@@ -105,6 +105,7 @@ def test_bad_subject_is_refused_without_echoing_it(world, cli):
 
 
 def test_restore_in_place_of_an_older_point_reapplies_the_ledger(world, cli):
+    world.erased(cli)
     kept = person_counts(world.settings, world.tenant, KEPT)
     result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--services", SERVICES, "--yes",
                        "--json")
@@ -116,8 +117,7 @@ def test_restore_in_place_of_an_older_point_reapplies_the_ledger(world, cli):
 
 
 def test_restore_into_another_tenant_applies_the_source_ledger(world, cli):
-    result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--into", world.into,
-                       "--services", SERVICES, "--yes")
+    result = world.restored_into(cli, SERVICES)
     assert result.returncode == 0, result.stderr
     assert "re-erased 1 subject(s)" in result.stdout
     assert absent(person_counts(world.settings, world.into, ERASED))
@@ -126,6 +126,7 @@ def test_restore_into_another_tenant_applies_the_source_ledger(world, cli):
 
 def test_restore_of_one_schema_erases_the_person_in_its_own_transaction(world, cli):
     """Only `whatsapp` comes back: the person is recognised by the key (crm.contatos is not restored)."""
+    world.erased(cli)
     kept = person_counts(world.settings, world.tenant, KEPT)["whatsapp.mensagens"]
     result = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--schema", "whatsapp", "--yes",
                        "--json")
@@ -139,7 +140,8 @@ def test_restore_of_one_schema_erases_the_person_in_its_own_transaction(world, c
     assert person_counts(world.settings, world.tenant, KEPT)["whatsapp.mensagens"] == kept
 
 
-def test_drill_of_the_older_point_passes_with_the_person_left_out(world):
+def test_drill_of_the_older_point_passes_with_the_person_left_out(world, cli):
+    world.erased(cli)
     # the tiers whose drill comparison counts items (the database's restore verifies itself)
     drilled = tuple(t for t in TIERS if t.name in ("redis", "object_storage"))
     result = run_drill(world.settings, world.tenant, world.session, tiers=drilled)
@@ -147,7 +149,8 @@ def test_drill_of_the_older_point_passes_with_the_person_left_out(world):
     assert set(result.compared) == {"redis", "object_storage"}
 
 
-def test_the_value_is_never_in_outputs_audit_or_ledger(world):
+def test_the_value_is_never_in_outputs_audit_or_ledger(world, cli):
+    world.erased(cli)
     outputs = "\n".join(world.outputs)
     assert outputs.strip()
     assert EMAIL not in outputs and PHONE_KEPT not in outputs
@@ -175,7 +178,8 @@ def restic_dump_all(world, tenant_id: str, tag: str = "") -> bytes:
     return dumped
 
 
-def test_a_rewrite_that_fails_before_its_manifest_loses_no_restore_point(world, monkeypatch):
+def test_a_rewrite_that_fails_before_its_manifest_loses_no_restore_point(world, cli, monkeypatch):
+    world.erased(cli)
     from kryonix_dagster.engine.lgpd import rewrite
     from kryonix_dagster.engine.manifest import restore_points
     from kryonix_dagster.engine.tenant_repository import open_repository
@@ -196,6 +200,7 @@ def test_a_rewrite_that_fails_before_its_manifest_loses_no_restore_point(world, 
 
 
 def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
+    world.erased(cli)
     assert EMAIL.encode() in restic_dump_all(world, world.tenant, "tier=postgresql")  # the old point holds them
     result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes",
                        "--json")
@@ -230,6 +235,7 @@ def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(worl
 
 def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
     tid = world.into  # holds the restored data (person 8, not person 7); backed up without a legal hold
+    assert world.restored_into(cli, SERVICES).returncode == 0
     session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in OFFBOARD_TIERS))
     assert session.restore_point, session.error
     names = names_for(world.settings, tid)
