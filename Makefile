@@ -16,7 +16,7 @@ export KRYONIX_S3_SECRET_KEY ?= kryonix-demo-secret
 export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
-PYTEST_ARGS ?= -n 2 --dist loadgroup  # a module marked xdist_group runs on one worker, in order
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install system-deps services s3 demo dev test bench screenshot clean
 

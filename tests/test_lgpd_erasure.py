@@ -1,6 +1,7 @@
 """LGPD erasure on real services: erase a person, restore a restore point taken before the
 erasure (in place, --into, a drill): the person never comes back; the value is never printed,
-logged or stored. Tests run in file order on one module world (one backup)."""
+logged or stored. One world per pytest process (one backup); a step a test needs (the erasure, the
+restore --into) is done by whichever test needs it first, so xdist may split the file anywhere."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,6 @@ from . import lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
 
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
-pytestmark = pytest.mark.xdist_group("lgpd_erasure")  # one worker, file order (Makefile: --dist loadgroup)
 SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
 OFFBOARD_TIERS = ("postgresql", "redis", "appdata")  # no compliance tier: no legal hold
 
