@@ -99,7 +99,7 @@ def tenants_list(as_json: bool) -> None:
 
 @tenants.command("set-status")
 @click.argument("tenant_id")
-@click.argument("status", type=click.Choice(STATUSES))
+@click.argument("status", type=click.Choice([s for s in STATUSES if s != "encerrado"]))  # encerrado: only offboard
 def tenants_set_status(tenant_id: str, status: str) -> None:
     """Mark a tenant ativo or inativo."""
     validate_tenant_id(tenant_id)
