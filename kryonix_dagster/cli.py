@@ -104,7 +104,7 @@ def tenants_list(as_json: bool) -> None:
 
 @tenants.command("set-status")
 @click.argument("tenant_id")
-@click.argument("status", type=click.Choice(STATUSES))
+@click.argument("status", type=click.Choice([s for s in STATUSES if s != "encerrado"]))  # encerrado: only offboard
 def tenants_set_status(tenant_id: str, status: str) -> None:
     """Mark a tenant ativo or inativo."""
     validate_tenant_id(tenant_id)
@@ -325,6 +325,7 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
                        f"{outcome.connections_terminated} connection(s) terminated")
         click.echo(f"restored session {result.session_id} of tenant {tenant_id} into tenant {target} "
                    f"in {result.duration_seconds:.1f}s")
+        click.echo(f"lgpd: the erasure ledger re-erased {result.lgpd.get('subjects_reerased', 0)} subject(s)")
 
 
 def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_seconds: float,
@@ -491,6 +492,9 @@ def json_requested(argv: Sequence[str]) -> bool:
 
 
 cli.add_command(pitr_commands)  # issue 11: pitr setup|backup|status
+from .cli_erasure import erase as _erase, offboard as _offboard  # noqa: E402
+tenants.add_command(_offboard)  # tenants offboard (cli_erasure.py)
+lgpd.add_command(_erase)  # lgpd erase (cli_erasure.py) beside lgpd apply | report
 
 
 def fail(message: str, exit_code: int, as_json: bool, label: str = "error: ") -> None:

@@ -114,6 +114,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "LGPD erasure ledger, its per-tenant keys, and the off-boarded status",
+        """
+        CREATE TABLE tenants.lgpd_ledger_keys (
+            cliente_id    text PRIMARY KEY,
+            master_key_id text NOT NULL,
+            nonce         bytea NOT NULL,
+            wrapped_key   bytea NOT NULL,
+            created_at    timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE tenants.lgpd_ledger (
+            id           bigserial PRIMARY KEY,
+            cliente_id   text NOT NULL,
+            subject_kind text NOT NULL,
+            value_hash   text NOT NULL,
+            key_hashes   text[] NOT NULL DEFAULT '{}',
+            erased_at    timestamptz NOT NULL DEFAULT now(),
+            rewritten_at timestamptz,
+            details      jsonb NOT NULL DEFAULT '{}'::jsonb
+        );
+        CREATE INDEX lgpd_ledger_cliente ON tenants.lgpd_ledger (cliente_id, erased_at);
+        ALTER TABLE tenants.clientes DROP CONSTRAINT IF EXISTS clientes_status_check;
+        ALTER TABLE tenants.clientes ADD CONSTRAINT clientes_status_check
+            CHECK (status IN ('ativo', 'inativo', 'cancelado', 'encerrado'));
+        """,
+    ),
 )
 
 

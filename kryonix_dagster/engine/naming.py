@@ -29,7 +29,7 @@ TENANT_ID_PATTERN = re.compile(r"[a-z0-9]{1,32}")
 _TENANT_FORM = re.compile(r"cliente[_:.-]([a-z0-9]{1,32})(?![a-z0-9])")
 _STAGING_VHOST_SUFFIX = "~restore"
 PLANS = ("basic", "pro", "enterprise")
-STATUSES = ("ativo", "inativo")
+STATUSES = ("ativo", "inativo", "cancelado", "encerrado")  # encerrado: off-boarded, crypto-shredded
 BACKUP_TYPES = ("full", "incremental")
 
 

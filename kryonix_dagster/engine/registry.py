@@ -79,7 +79,7 @@ def list_tenants(settings: Settings, status: str | None = None, plan: str | None
 
 def list_tenant_ids(settings: Settings) -> list[str]:
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id FROM tenants.clientes ORDER BY id")
+        cur.execute("SELECT id FROM tenants.clientes WHERE status <> 'encerrado' ORDER BY id")  # off-boarded: gone
         return [row[0] for row in cur.fetchall()]
 
 

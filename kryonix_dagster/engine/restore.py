@@ -18,6 +18,7 @@ from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
 from .naming import TenantNames, names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
+from .lgpd.reapply import erasure_filter
 from .tenant_repository import open_repository
 from .tiers import TIER_NAMES, TIERS, TierSpec, tier
 from .operation import tenant_operation
@@ -37,10 +38,11 @@ class RestoreResult:
     success: bool = False
     error: str | None = None
     duration_seconds: float = 0.0
+    lgpd: dict = field(default_factory=lambda: {"subjects_reerased": 0})  # the erasure ledger re-applied
 
     def to_json(self) -> dict:
         return {
-            "tenant": self.tenant_id, "into": self.target_id, "session": self.session_id,
+            "tenant": self.tenant_id, "into": self.target_id, "session": self.session_id, "lgpd": self.lgpd,
             "success": self.success, "error": self.error, "duration_seconds": self.duration_seconds,
             "tiers": {name: asdict(o) for name, o in self.tiers.items()}, "skipped": self.skipped,
         }
@@ -132,7 +134,7 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
         if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
             raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
         restore_tiers(settings, source, target, repo, manifest, [tier(name) for name in todo], report, schema,
-                      before_each=op.ensure_lease, outcomes=result.tiers)
+                      before_each=op.ensure_lease, outcomes=result.tiers, ledger=result.lgpd)
         result.success = True
         result.duration_seconds = op.seconds
         op.audit = _audit_fields(result)
@@ -142,20 +144,26 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
 def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, repo: Restic,
                   manifest: SessionManifest, specs: list[TierSpec], report: Reporter, schema: str | None = None,
                   before_each=lambda: None, outcomes: dict[str, RestoreOutcome] | None = None,
-                  preflight: bool = True) -> dict[str, RestoreOutcome]:
+                  preflight: bool = True, ledger: dict | None = None) -> dict[str, RestoreOutcome]:
     """Each tier's restore verb, in order, from `source`'s restore point into `target`'s names
     (a restore, or a drill's scratch names). A tier's failure names the tenant and the tier.
 
     Each tier verifies its own snapshot before it replaces anything; with several tiers,
     `preflight` first reads every later tier's snapshots through (restic authenticates every
     blob), so a damaged pack of the objects stops the restore before the database is swapped.
-    (A drill, whose target is scratch, skips it.)"""
+    (A drill, whose target is scratch, skips it.)
+
+    The erasure ledger (engine/lgpd/reapply.py) is loaded here, once, and every tier re-applies
+    it to its staged data before that data goes live; `ledger` receives how many subjects it
+    re-erased."""
     outcomes = {} if outcomes is None else outcomes
+    erasure = erasure_filter(settings, source, target)
     if preflight:
         _read_through(repo, manifest, specs[1:], target.tenant_id, report)
     for spec in specs:
         report.info(f"restoring {spec.name} of session {manifest.session_id} into {target.tenant_id}")
-        ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[spec.name], report, schema)
+        ctx = RestoreContext(settings, source, target, repo, manifest, manifest.tiers[spec.name], report, schema,
+                             erasure=erasure)
         before_each()
         try:
             outcomes[spec.name] = spec.restore(ctx)
@@ -163,6 +171,8 @@ def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, 
             raise type(exc)(_with_tier(str(exc), target.tenant_id, spec.name)) from exc
         for warning in outcomes[spec.name].warnings:
             report.warn(warning)
+    if ledger is not None and erasure is not None:
+        ledger.update(erasure.to_json())
     return outcomes
 
 
@@ -199,5 +209,5 @@ def _manifest(repo, tenant_id: str, snapshot: str) -> SessionManifest:
 
 def _audit_fields(result: RestoreResult) -> dict:
     return {"session_id": result.session_id,
-            "details": {"source": result.tenant_id, "tiers": {n: o.restored for n, o in result.tiers.items()},
+            "details": {"source": result.tenant_id, "lgpd_subjects_reerased": result.lgpd.get("subjects_reerased", 0), "tiers": {n: o.restored for n, o in result.tiers.items()},
                         "skipped": result.skipped}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource, EnvVar
 
@@ -30,6 +31,10 @@ from ..engine.reporting import Reporter
 from ..engine.session import Gate, SessionResult, run_backup
 from ..engine.tiers import TIERS, TierSpec
 from ..engine.verify import VerifyResult, run_verify
+
+if TYPE_CHECKING:
+    from ..engine.lgpd.erase import Certificate
+    from ..engine.lgpd.live_check import LedgerCheck
 
 
 def env_or_default(name: str) -> EnvVar | None:
@@ -202,6 +207,16 @@ class BackupEngineResource(ConfigurableResource):
         """A restore drill from the off-site copy into the tenant's scratch names."""
         return run_drill(self.settings(), tenant_id, report=report, wait_seconds=wait_seconds,
                          repository=SECONDARY)
+    # --- LGPD erasure
+    def erasure_ledger_check(self, tenant_id: str) -> "LedgerCheck":
+        """Read-only: is every erased person of the tenant's ledger absent from its live data?"""
+        from ..engine.lgpd.live_check import check_ledger_applied
+        return check_ledger_applied(self.settings(), tenant_id)
+
+    def erase_subject(self, tenant_id: str, subject: str, dry_run: bool = False,
+                      wait_seconds: float = 600) -> "Certificate":
+        from ..engine.lgpd.erase import run_erase
+        return run_erase(self.settings(), tenant_id, subject, dry_run, wait_seconds=wait_seconds)
 
     # --- fleet
     def statuses(self) -> list[TenantStatus]:

@@ -291,6 +291,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
             wrong = sorted(k for k in set(restored) | set(expected) if restored.get(k) != expected.get(k))[:3]
             raise OperationFailed(f"{label}, tier appdata: restored files do not match the "
                                   f"backup ({', '.join(wrong)}); the current folder was kept")
+        outcome.details.update(ctx.reapply(TIER, staging))  # the erasure ledger, before the swap
         carry_templates(target, staging, outcome, label)
         _apply_attributes(staging, attributes, outcome)
         swap_into_place(ctx.target, staging)

@@ -59,6 +59,15 @@ class RestoreContext:
     result: TierResult  # this tier's entry of the manifest
     report: Reporter
     schema: str | None = None  # PostgreSQL only: restore one module schema
+    erasure: object | None = None  # lgpd.reapply.ErasureFilter: the ledger re-applied to staged data
+
+    def reapply(self, tier: str, staged) -> dict:
+        """Re-apply the erasure ledger to this tier's staged data, in place (engine/lgpd/reapply.py);
+        what it removed, for the tier's outcome details."""
+        if self.erasure is None:
+            return {}
+        from ..lgpd.reapply import reapply_staged
+        return reapply_staged(self, tier, staged)
 
     @property
     def into_other(self) -> bool:

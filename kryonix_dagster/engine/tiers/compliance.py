@@ -165,6 +165,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         try:
             with pg.connection(ctx.settings.pg_dsn, ctx.target.database) as conn, conn.cursor() as cur:
                 merges = [merge_table(cur, path) for path in tables]
+                outcome.details.update(ctx.reapply(TIER, cur))  # the erasure ledger, in the same transaction
         except Exception as exc:
             raise OperationFailed(f"{where}: merging the lgpd tables failed and was rolled back, nothing was "
                                   f"changed: {one_line(str(exc))}") from None

@@ -360,6 +360,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
             raise OperationFailed(f"{where}: the snapshot's {INDEX} is unreadable ({one_line(exc, 200)}); "
                                   f"nothing was changed") from None
         verify_staged(ctx, index, root)
+        outcome.details.update(ctx.reapply(TIER, index))  # drops the erased persons' objects (the erasure ledger)
         for bucket, entry in sorted(index["buckets"].items()):
             target_bucket = rename_bucket(bucket, ctx.source, ctx.target)
             ctx.report.info(f"restoring {len(entry['objects'])} object(s) into bucket {target_bucket}")
@@ -387,6 +388,9 @@ def drill_compare(check: DrillContext) -> str:
         if not check.source.owns_bucket(bucket):
             return f"object {key} of the manifest is not in a bucket of tenant {check.source.tenant_id}"
         want[f"{rename_bucket(bucket, check.source, check.scratch)}/{obj}"] = size
+    for key in check.outcome.details.get("lgpd_reerased_keys", []):  # erased persons': not restored on purpose
+        bucket, _, obj = key.partition("/")
+        want.pop(f"{rename_bucket(bucket, check.source, check.scratch)}/{obj}", None)
     client = services.s3_client(check.settings)
     got = {}
     for bucket in tenant_buckets(client, check.scratch):

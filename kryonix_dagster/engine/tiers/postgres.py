@@ -366,7 +366,9 @@ def _run_psql_script(ctx: RestoreContext, database: str, chunks: Iterator[bytes]
         errfile.seek(0)
         stderr = errfile.read().decode(errors="replace")
     for line in stderr.splitlines():
-        if "kryonix:" in line and "WARNING" in line:
+        if "kryonix-lgpd:" in line:  # the erasure ledger's in-transaction counts (engine/lgpd/reapply.py)
+            outcome.details.setdefault("_lgpd", []).append(line.split("kryonix-lgpd:", 1)[1].strip())
+        elif "kryonix:" in line and "WARNING" in line:
             outcome.warnings.append(line.split("kryonix:", 1)[1].strip())
     if code != 0:
         errors = [l for l in stderr.splitlines() if "ERROR" in l or "FATAL" in l] or stderr.splitlines()[-3:]
@@ -557,6 +559,7 @@ def _restore_database(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) 
         if properties:
             _apply_database_properties(ctx, staging, properties, outcome, recorded)
         outcome.restored = sum(count for count, _ in tables.values())
+        outcome.details.update(ctx.reapply(TIER, staging))  # the erasure ledger, before the data goes live
         outcome.connections_terminated = _swap_in(ctx, staging, target, previous)
     except BaseException:
         pg.drop_database(dsn, staging)
@@ -725,6 +728,7 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
         main_list.write_text("\n".join(e.line for e in main) + "\n")
         fk_list.write_text("\n".join(e.line for e in fks) + "\n")
         fk_script = b"".join(_pg_restore_script(ctx, dump, fk_list)).decode() if fks else ""
+        erasure_sql = ctx.reapply(TIER, ("schema-sql", target, schema)).get("sql", "")  # the ledger, in-transaction
 
         def script() -> Iterator[bytes]:
             yield sql_text(outside_dependents_guard(schema))
@@ -739,10 +743,12 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
                 yield sql_text(fixed_rendering_script())
             for table, (count, digest) in tables.items():
                 yield sql_text(checksum_assertion(table, count, digest))
+            yield sql_text(erasure_sql)  # after the checksums: the restore point verified, then filtered
 
         outcome.connections_terminated = pg.terminate_connections(dsn, target)
         ctx.report.info(f"terminated {outcome.connections_terminated} connection(s) to {target}")
         _run_psql_script(ctx, target, script(), True, outcome)
+        outcome.details.update(ctx.reapply(TIER, ("schema-done", target, outcome.details.pop("_lgpd", []))))
     outcome.restored = sum(count for count, _ in tables.values())
     outcome.details["schema"] = schema
 

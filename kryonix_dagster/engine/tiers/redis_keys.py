@@ -144,6 +144,7 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     target = ctx.target
     where = f"tenant {target.tenant_id}, tier redis" + (f" (from tenant {ctx.source.tenant_id})" if ctx.into_other else "")
     planned = planned_keys(ctx, verified_stream(ctx, "keys", STREAM_FILE, where), where)
+    outcome.details.update(ctx.reapply(TIER, planned))  # drops the erased persons' keys (the erasure ledger)
     client = services.redis_client(ctx.settings)
     flag = target.backup_flag_key.encode()
     try:
@@ -180,6 +181,7 @@ def drill_compare(check: DrillContext) -> str:
     """Restored + expired keys = keys backed up, and the scratch namespace holds exactly the restored ones."""
     restored = check.outcome.restored
     expired = check.outcome.details.get("expired_not_restored", 0)
+    expired += check.outcome.details.get("lgpd_reerased", 0)  # erased persons' keys, not restored on purpose
     if restored + expired != check.recorded.items:
         return f"{restored} keys restored and {expired} expired, {check.recorded.items} backed up"
     client = services.redis_client(check.settings)

@@ -1,0 +1,92 @@
+"""CLI verbs of LGPD erasure: `lgpd erase` and `tenants offboard` (plain click commands, so each
+is attached to its group with one line in cli.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli import confirm_replacement, emit_json, ready_settings
+from .engine.naming import validate_tenant_id
+from .progress import TerminalReporter
+
+
+@click.command("erase")
+@click.argument("tenant_id")
+@click.option("--subject", required=True, metavar="KIND=VALUE",
+              help="The data subject, e.g. email=pessoa@exemplo.com (kinds: see the LGPD rules).")
+@click.option("--rewrite", is_flag=True, help="Also rewrite every restore point that holds the person.")
+@click.option("--dry-run", is_flag=True, help="Resolve and count only; change nothing, write no ledger entry.")
+@click.option("--yes", is_flag=True, help="Erase without asking (required when stdin is not a terminal).")
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for the tenant's lease.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (the certificate) on stdout.")
+def erase(tenant_id: str, subject: str, rewrite: bool, dry_run: bool, yes: bool, wait_seconds: float,
+          as_json: bool) -> None:
+    """Erase a person from the tenant's live data and record it in the erasure ledger."""
+    from .engine.lgpd.erase import run_erase
+    from .engine.lgpd.rules import load_rules, parse_subject
+
+    validate_tenant_id(tenant_id)
+    rules = load_rules()
+    kind, _ = parse_subject(subject, rules)  # bad input before any question
+    if rewrite and dry_run:
+        from .engine.errors import BadInput
+        raise BadInput("--rewrite and --dry-run do not go together")
+    if not dry_run:
+        confirm_replacement(f"Erase a {kind} subject from tenant {tenant_id}"
+                            + (" and rewrite its restore points" if rewrite else "") + "?", yes)
+    settings = ready_settings()
+    reporter = TerminalReporter()
+    cert = run_erase(settings, tenant_id, subject, dry_run, reporter, wait_seconds, rules)
+    if rewrite:
+        from .engine.lgpd.rewrite import run_rewrite
+        run_rewrite(settings, tenant_id, cert, reporter, wait_seconds)
+    if as_json:
+        emit_json(cert.to_json())
+        return
+    doc = cert.to_json()
+    click.echo(f"erasure certificate: tenant {tenant_id}, {kind} subject {cert.reference}"
+               + (" (dry run: nothing changed)" if dry_run else ""))
+    click.echo(f"persons: {cert.persons}; erased at {doc['erased_at']}")
+    for table, count in sorted(cert.erased.database.items()):
+        click.echo(f"  postgresql {table}: {count} row(s)")
+    click.echo(f"  redis: {cert.erased.redis} key(s)")
+    for bucket, count in sorted(cert.erased.objects.items()):
+        click.echo(f"  object_storage {bucket}: {count} object(s)")
+    click.echo(f"  appdata: {cert.erased.appdata} file(s)")
+    for skipped in cert.erased.skipped:
+        click.echo(f"  skipped (tenant has no {skipped})")
+    if cert.rewrite_done:
+        click.echo(f"rewritten restore points: {len(cert.rewritten)}; none holds the person any more")
+        for point in cert.rewritten:
+            click.echo(f"rewritten restore point {point['session']} (was {point['old_manifest'][:8]}, "
+                       f"now {point['new_manifest'][:8]})")
+    else:
+        holding = doc["restore_points_that_may_hold_the_person"]
+        click.echo(f"restore points that may still hold the person (taken before the erasure): "
+                   f"{', '.join(holding) or 'none'}; every restore re-applies the ledger")
+
+
+@click.command("offboard")
+@click.argument("tenant_id")
+@click.option("--export", "export", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the newest restore point (ledger-filtered) to this folder first.")
+@click.option("--yes", is_flag=True, help="Off-board without asking (required when stdin is not a terminal).")
+@click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
+              help="Seconds to wait for the tenant's lease.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def offboard(tenant_id: str, export: Path | None, yes: bool, wait_seconds: float, as_json: bool) -> None:
+    """Erase a departed tenant everywhere and crypto-shred its backups (irreversible)."""
+    from .engine.lgpd.offboard import run_offboard
+
+    validate_tenant_id(tenant_id)
+    confirm_replacement(f"Off-board tenant {tenant_id}: erase its data and destroy its backups for good?", yes)
+    result = run_offboard(ready_settings(), tenant_id, export, TerminalReporter(), wait_seconds)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if result.exported_to:
+        click.echo(f"exported session {result.exported_session} to {result.exported_to}")
+    click.echo(f"tenant {tenant_id}: live data erased; destroyed {', '.join(result.keys_destroyed) or 'no keys'}; "
+               f"repository deleted; status {result.status}")

@@ -1,0 +1,151 @@
+"""The erasure ledger: which data subjects were erased from a tenant, as keyed hashes only.
+
+`tenants.lgpd_ledger` (main database, outside every backup's retention) holds, per erasure,
+the subject kind, HMAC-SHA256 of the value under the tenant's ledger key, and the keyed hashes
+of the person keys it resolved to (`contato_id=42` hashed the same way), so a restore can find
+the person in old data by the identifying column (`email`) or by the key column of any table
+that names the person (`contato_id`). Never the value, never the key.
+
+The ledger key is 32 random bytes per tenant, wrapped with AES-GCM under the master key like
+the repository passwords (engine/keys.py; associated data `lgpd-ledger:{tenant}`), in
+`tenants.lgpd_ledger_keys`. Destroying it (off-boarding) makes every hash unlinkable.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import keys, pg
+from ..config import Settings
+from ..errors import OperationFailed
+
+
+def _associated(tenant_id: str) -> bytes:
+    return f"lgpd-ledger:{tenant_id}".encode()
+
+
+def ledger_key(settings: Settings, tenant_id: str, create: bool = False) -> bytes | None:
+    """The tenant's ledger key; created (stored wrapped) when `create` and absent."""
+    master = keys.master_key(settings)
+    select = "SELECT nonce, wrapped_key, master_key_id FROM tenants.lgpd_ledger_keys WHERE cliente_id = %s"
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(select, (tenant_id,))
+        row = cur.fetchone()
+        if row is None and create:
+            nonce = secrets.token_bytes(12)
+            wrapped = AESGCM(master).encrypt(nonce, secrets.token_bytes(32), _associated(tenant_id))
+            cur.execute(
+                "INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, wrapped_key) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) DO NOTHING",
+                (tenant_id, keys._fingerprint(master), nonce, wrapped))
+            cur.execute(select, (tenant_id,))
+            row = cur.fetchone()
+    if row is None:
+        return None
+    nonce, wrapped, wrapped_by = row
+    if keys._fingerprint(master) != wrapped_by:
+        raise OperationFailed(f"tenant {tenant_id}: its ledger key is wrapped by master key {wrapped_by}, "
+                              "not by the one in KRYONIX_MASTER_KEY_FILE")
+    try:
+        return AESGCM(master).decrypt(bytes(nonce), bytes(wrapped), _associated(tenant_id))
+    except InvalidTag:
+        raise OperationFailed(f"tenant {tenant_id}: the wrapped ledger key failed authentication") from None
+
+
+def keyed_hash(key: bytes, kind: str, value: object) -> str:
+    """HMAC-SHA256 of `kind` and the value as text: the only form a subject is ever stored in."""
+    return hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    tenant_id: str
+    subject_kind: str
+    value_hash: str
+    key_hashes: tuple[str, ...]
+    erased_at: datetime
+    rewritten_at: datetime | None
+
+    @property
+    def reference(self) -> str:
+        """A short, value-free reference for certificates and reports."""
+        return f"{self.id}:{self.value_hash[:12]}"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "reference": self.reference, "subject_kind": self.subject_kind,
+                "erased_at": self.erased_at.isoformat(),
+                "rewritten_at": self.rewritten_at.isoformat() if self.rewritten_at else None}
+
+
+_COLUMNS = "id, cliente_id, subject_kind, value_hash, key_hashes, erased_at, rewritten_at"
+
+
+def _entry(row) -> Entry:
+    return Entry(row[0], row[1], row[2], row[3], tuple(row[4] or ()), row[5], row[6])
+
+
+def append(settings: Settings, tenant_id: str, kind: str, value_hash: str, key_hashes: list[str],
+           details: dict) -> Entry:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO tenants.lgpd_ledger (cliente_id, subject_kind, value_hash, key_hashes, details) "
+            f"VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            (tenant_id, kind, value_hash, sorted(set(key_hashes)), json.dumps(details)))
+        return _entry(cur.fetchone())
+
+
+def entries(settings: Settings, tenant_id: str) -> list[Entry]:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM tenants.lgpd_ledger WHERE cliente_id = %s ORDER BY id", (tenant_id,))
+        return [_entry(row) for row in cur.fetchall()]
+
+
+def mark_rewritten(settings: Settings, entry_ids: list[int]) -> None:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tenants.lgpd_ledger SET rewritten_at = now() WHERE id = ANY(%s)", (entry_ids,))
+
+
+def destroy_key(settings: Settings, tenant_id: str) -> bool:
+    """Crypto-shred the tenant's ledger: its hashes can no longer be linked to anybody."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM tenants.lgpd_ledger_keys WHERE cliente_id = %s", (tenant_id,))
+        return cur.rowcount > 0
+
+
+@dataclass
+class Matcher:
+    """One tenant's ledger, ready to recognise its erased subjects in any data."""
+
+    key: bytes
+    value_hashes: dict[str, set[str]] = field(default_factory=dict)  # kind -> hashes
+    key_hashes: set[str] = field(default_factory=set)
+
+    def value_erased(self, kind: str, value: object) -> bool:
+        hashes = self.value_hashes.get(kind)
+        return bool(hashes) and value is not None and keyed_hash(self.key, kind, value) in hashes
+
+    def key_erased(self, key_name: str, value: object) -> bool:
+        return value is not None and keyed_hash(self.key, key_name, value) in self.key_hashes
+
+
+def matcher(settings: Settings, tenant_id: str) -> Matcher | None:
+    """The tenant's ledger as a Matcher; None when nobody was ever erased from it."""
+    found = entries(settings, tenant_id)
+    if not found:
+        return None
+    key = ledger_key(settings, tenant_id)
+    if key is None:  # off-boarded: nothing can be recognised any more, and nothing is restored
+        return None
+    result = Matcher(key)
+    for entry in found:
+        result.value_hashes.setdefault(entry.subject_kind, set()).add(entry.value_hash)
+        result.key_hashes.update(entry.key_hashes)
+    return result

@@ -1,0 +1,198 @@
+"""`tenants offboard ID [--export DIR] --yes`: the end of a tenant, crypto-shredded.
+
+Refused (exit 2, nothing touched) for an active tenant (status `ativo`: mark it `cancelado` or
+`inativo` first), for one already off-boarded, and while a legal hold runs (the compliance
+tier's monthly snapshots the legal policy of engine/retention.py still keeps). Then, under the
+tenant's lease:
+
+1. `--export DIR`: the newest restore point restored into the tenant's scratch names through
+   the normal restore path (so the erasure ledger is re-applied), then written to DIR
+   (`postgresql.dump` in pg_dump custom format, `objects/<bucket suffix>/<key>`, `appdata/`,
+   `manifest.json`); the scratch is erased afterwards;
+2. the tenant's live data is erased in every service (database and roles, buckets with every
+   version, Redis namespace, RabbitMQ vhost, application-data folder);
+3. crypto-shredding: the wrapped repository password and the ledger key are deleted from the
+   main database (the only things that open the repository or link a ledger hash to a
+   person), then the repository itself is deleted. A copy of the repository made earlier
+   (an off-site copy, a disk snapshot) can no longer be opened by anything the product holds;
+4. the registry status becomes `encerrado` (its Dagster partition is then removed by the
+   partition sensor), and the audit row says what was done.
+
+Every step is idempotent, so an interrupted off-boarding is finished by running it again.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .. import pg, registry, services
+from ..config import Settings
+from ..erasure import _erase
+from ..errors import BadInput, OperationFailed
+from ..manifest import find_manifest
+from ..naming import TenantNames, names_for, scratch_names_for, validate_tenant_id
+from ..operation import tenant_operation
+from ..plans import plan_for
+from ..reporting import NullReporter, Reporter
+from ..repository import Restic
+from ..retention import legal_hold_ids
+from ..tenant_repository import _marker_path, local_root, open_repository
+from . import ledger
+
+OFFBOARDED = "encerrado"
+
+
+@dataclass
+class OffboardResult:
+    tenant_id: str
+    started_at: datetime
+    exported_to: str | None = None
+    exported_session: str | None = None
+    live_data_erased: bool = False
+    keys_destroyed: list[str] = field(default_factory=list)
+    repository_deleted: bool = False
+    status: str = ""
+    duration_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"tenant": self.tenant_id, "exported_to": self.exported_to, "exported_session": self.exported_session,
+                "live_data_erased": self.live_data_erased, "keys_destroyed": self.keys_destroyed,
+                "repository_deleted": self.repository_deleted, "status": self.status,
+                "duration_seconds": self.duration_seconds}
+
+
+def _refuse(settings: Settings, tenant_id: str, repo: Restic | None) -> None:
+    tenant = registry.get_tenant(settings, tenant_id)
+    if tenant is None:
+        raise BadInput(f"tenant {tenant_id} is not registered")
+    if tenant.status == OFFBOARDED:
+        raise BadInput(f"tenant {tenant_id} is already off-boarded")
+    if tenant.active:
+        raise BadInput(f"tenant {tenant_id} is ativo: off-boarding is only for a tenant that left "
+                       f"(`tenants set-status {tenant_id} cancelado` first)")
+    if repo is not None:
+        plan, _ = plan_for(tenant.plano)
+        held = legal_hold_ids(repo, plan, repo.snapshots())
+        if held:
+            raise BadInput(f"tenant {tenant_id}: a legal hold runs ({len(held)} compliance snapshot(s) the legal "
+                           "policy keeps): off-boarding is refused until it ends; nothing was changed")
+
+
+def _export(settings: Settings, tenant_id: str, repo: Restic, folder: Path, report: Reporter) -> str:
+    """The newest restore point, ledger-filtered, written to `folder` (through the scratch names)."""
+    from ..drill import drilled_tiers
+    from ..erasure import erase_scratch
+    from ..restore import restore_tiers
+
+    manifest = find_manifest(repo, "latest")
+    if manifest is None:
+        raise OperationFailed(f"tenant {tenant_id}: no restore point to export")
+    scratch = scratch_names_for(settings, tenant_id)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    erase_scratch(settings, scratch)
+    try:
+        from ..tiers import TIERS
+        restore_tiers(settings, names_for(settings, tenant_id), scratch, repo, manifest,
+                      drilled_tiers(manifest, TIERS), report, preflight=False)
+        _write_export(settings, scratch, folder)
+        (folder / "manifest.json").write_bytes(manifest.to_json())
+    finally:
+        erase_scratch(settings, scratch)
+    return manifest.session_id
+
+
+def _write_export(settings: Settings, scratch: TenantNames, folder: Path) -> None:
+    from .. import procs
+    if pg.database_exists(settings.pg_dsn, scratch.database):
+        args, env = pg.tool_args(settings.pg_dsn, scratch.database)
+        procs.run(["pg_dump", "--format=custom", "--no-owner", "--no-password", "-f", str(folder / "postgresql.dump"),
+                   *args], env=env, check=True, capture_output=True)
+    client = services.s3_client(settings)
+    for bucket in [b["Name"] for b in client.list_buckets().get("Buckets", []) if scratch.owns_bucket(b["Name"])]:
+        suffix = bucket[len(scratch.bucket_prefix):]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                target = folder / "objects" / suffix / item["Key"]
+                if ".." in Path(item["Key"]).parts:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(target))
+    if scratch.app_data_dir.is_dir() and not scratch.app_data_dir.is_symlink():
+        shutil.copytree(scratch.app_data_dir, folder / "appdata", symlinks=True, dirs_exist_ok=True)
+
+
+def _delete_repository(settings: Settings, location: str) -> None:
+    root = local_root(location)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            raise OperationFailed(f"repository {location} could not be deleted")
+    elif location.startswith("s3:"):
+        rest = location[len("s3:"):]
+        url = urlparse(rest if "://" in rest else f"https://{rest}")
+        bucket, _, prefix = url.path.lstrip("/").partition("/")
+        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        client = services.client_for(f"{url.scheme}://{url.netloc}", settings.repo_access_key,
+                                     settings.repo_secret_key, settings.s3_region)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=item["Key"])
+    else:
+        raise OperationFailed(f"repository {location}: cannot delete this backend; the keys are destroyed already")
+    _marker_path(settings, location).unlink(missing_ok=True)
+
+
+def destroy_keys(settings: Settings, tenant_id: str) -> list[str]:
+    """Delete every wrapped secret of the tenant: repository password(s) and the ledger key."""
+    destroyed = []
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM tenants.backup_keys WHERE cliente_id = %s", (tenant_id,))
+        if cur.rowcount:
+            destroyed.append("repository password")
+        # a secondary repository's password (off-site copy), wherever a later step keeps it
+        cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = 'tenants' "
+                    "AND column_name = 'cliente_id' AND table_name LIKE '%%keys' "
+                    "AND table_name NOT IN ('backup_keys', 'lgpd_ledger_keys')")
+        for (table,) in cur.fetchall():
+            from psycopg2 import sql
+            cur.execute(sql.SQL("DELETE FROM tenants.{} WHERE cliente_id = %s").format(sql.Identifier(table)),
+                        (tenant_id,))
+            if cur.rowcount:
+                destroyed.append(table)
+    if ledger.destroy_key(settings, tenant_id):
+        destroyed.append("ledger key")
+    return destroyed
+
+
+def run_offboard(settings: Settings, tenant_id: str, export: Path | None = None, report: Reporter | None = None,
+                 wait_seconds: float = 0) -> OffboardResult:
+    report = report or NullReporter()
+    validate_tenant_id(tenant_id)
+    if export is not None and export.exists() and any(export.iterdir()):
+        raise BadInput(f"--export {export}: the folder is not empty")
+    names = names_for(settings, tenant_id)
+    result = OffboardResult(tenant_id, datetime.now(timezone.utc))
+    scratch = scratch_names_for(settings, tenant_id)
+    with tenant_operation(settings, tenant_id, "offboard", wait_seconds=wait_seconds,
+                          also_lease=(scratch.tenant_id,) if export else ()) as op:
+        repo = open_repository(settings, tenant_id)
+        _refuse(settings, tenant_id, repo)
+        if export is not None and repo is not None:
+            report.info(f"tenant {tenant_id}: exporting the newest restore point to {export}")
+            result.exported_session = _export(settings, tenant_id, repo, export, report)
+            result.exported_to = str(export)
+        op.ensure_lease()
+        report.info(f"tenant {tenant_id}: erasing live data in every service")
+        _erase(settings, names)
+        result.live_data_erased = True
+        result.keys_destroyed = destroy_keys(settings, tenant_id)
+        report.info(f"tenant {tenant_id}: destroyed {', '.join(result.keys_destroyed) or 'no keys (none left)'}")
+        _delete_repository(settings, names.repository)
+        result.repository_deleted = True
+        result.status = registry.set_status(settings, tenant_id, OFFBOARDED).status
+        result.duration_seconds = op.seconds
+        op.audit = {"details": result.to_json() | {"exported_to": bool(result.exported_to)}}
+    return result
