@@ -346,6 +346,7 @@ def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_
               else "no restore point at or before --at")
     click.echo(f"restored tenant {tenant_id}'s database as of {moment.isoformat()} into tenant "
                f"{result.target_id} in {result.duration_seconds:.1f}s; other tiers from {source}")
+    click.echo(f"lgpd: the erasure ledger re-erased {result.lgpd.get('subjects_reerased', 0)} subject(s)")
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
 from .naming import TenantNames, names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
-from .lgpd.reapply import erasure_filter
+from .lgpd.reapply import ErasureFilter, erasure_filter
 from .tenant_repository import open_repository
 from .tiers import TIER_NAMES, TIERS, TierSpec, tier
 from .operation import tenant_operation
@@ -141,10 +141,14 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     return result
 
 
+LOAD_LEDGER = object()  # restore_tiers loads the ledgers that apply itself
+
+
 def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, repo: Restic,
                   manifest: SessionManifest, specs: list[TierSpec], report: Reporter, schema: str | None = None,
                   before_each=lambda: None, outcomes: dict[str, RestoreOutcome] | None = None,
-                  preflight: bool = True, ledger: dict | None = None) -> dict[str, RestoreOutcome]:
+                  preflight: bool = True, ledger: dict | None = None,
+                  erasure: ErasureFilter | None | object = LOAD_LEDGER) -> dict[str, RestoreOutcome]:
     """Each tier's restore verb, in order, from `source`'s restore point into `target`'s names
     (a restore, or a drill's scratch names). A tier's failure names the tenant and the tier.
 
@@ -155,9 +159,10 @@ def restore_tiers(settings: Settings, source: TenantNames, target: TenantNames, 
 
     The erasure ledger (engine/lgpd/reapply.py) is loaded here, once, and every tier re-applies
     it to its staged data before that data goes live; `ledger` receives how many subjects it
-    re-erased."""
+    re-erased (a caller that restored another tier itself passes the filter it used as `erasure`)."""
     outcomes = {} if outcomes is None else outcomes
-    erasure = erasure_filter(settings, source, target)
+    if erasure is LOAD_LEDGER:
+        erasure = erasure_filter(settings, source, target)
     if preflight:
         _read_through(repo, manifest, specs[1:], target.tenant_id, report)
     for spec in specs:

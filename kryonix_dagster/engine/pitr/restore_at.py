@@ -27,6 +27,7 @@ from ..restore import _read_through, restore_tiers, validate_restore_args
 from ..tenant_repository import open_repository
 from ..tiers import TIERS, tier
 from ..tiers import postgres as pgtier
+from ..lgpd.reapply import ErasureFilter, erasure_filter
 from ..tiers.base import RestoreContext, RestoreOutcome
 from . import archive
 from .scratch import pg_dump_scratch, scratch_cluster, sweep
@@ -46,13 +47,15 @@ class PitrRestoreResult:
     swept_scratch: int = 0
     success: bool = False
     duration_seconds: float = 0.0
+    lgpd: dict = field(default_factory=lambda: {"subjects_reerased": 0})  # the erasure ledger re-applied
 
     def to_json(self) -> dict:
         return {"tenant": self.tenant_id, "into": self.target_id, "at": archive._iso(self.at),
                 "window": self.window, "other_tiers_from": {
                     "session": self.session_id, "time": archive._iso(self.session_time)},
                 "success": self.success, "duration_seconds": self.duration_seconds, "wal_segment": self.wal_segment,
-                "tiers": {n: asdict(o) for n, o in self.tiers.items()}, "skipped": self.skipped}
+                "tiers": {n: asdict(o) for n, o in self.tiers.items()}, "skipped": self.skipped,
+                "lgpd": self.lgpd}
 
 
 def _other_tiers(services: tuple[str, ...] | None) -> list[str]:
@@ -112,6 +115,7 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
         result.session_id, result.session_time = manifest.session_id, point.time
         report.info(f"other tiers come from restore point {manifest.session_id} ({archive._iso(point.time)})")
     also = () if target_id == tenant_id else (tenant_id,)
+    erasure = erasure_filter(settings, source, target)  # the ledger, re-applied before anything goes live
     with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also) as op:
         op.audit = _audit(result)
         result.swept_scratch = sweep(cfg.scratch_root, cluster.owner, cluster)
@@ -124,10 +128,12 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
             result.wal_segment = archive.switch_and_wait(settings)
             op.ensure_lease()
             result.tiers[pgtier.TIER] = _restore_database(settings, pgbr, cluster, cfg.scratch_root, source, target,
-                                                          at, report)
+                                                          at, report, erasure)
         if todo:
             restore_tiers(settings, source, target, repo, manifest, todo, report, before_each=op.ensure_lease,
-                          outcomes=result.tiers, preflight=False)
+                          outcomes=result.tiers, preflight=False, erasure=erasure)
+        if erasure is not None:
+            result.lgpd = erasure.to_json()
         result.success = True
         result.duration_seconds = op.seconds
         op.audit = _audit(result)
@@ -135,7 +141,7 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
 
 
 def _restore_database(settings, pgbr, cluster, scratch_root: Path, source, target, at: datetime,
-                      report: Reporter) -> RestoreOutcome:
+                      report: Reporter, erasure: ErasureFilter | None) -> RestoreOutcome:
     outcome = RestoreOutcome(tier=pgtier.TIER)
     pgtier.heal_interrupted_swap(settings, target, report)
     pgtier._sweep_staged_dumps(settings, target)
@@ -157,7 +163,7 @@ def _restore_database(settings, pgbr, cluster, scratch_root: Path, source, targe
             pg_dump_scratch(scratch, cluster, source.database, dump)
         entry = TierResult(pgtier.TIER, STATUS_OK, checksums={"tables": checksums, "rendering": HASH_RENDERING},
                            details={"database": source.database, "database_properties": properties})
-        ctx = RestoreContext(settings, source, target, None, None, entry, report)
+        ctx = RestoreContext(settings, source, target, None, None, entry, report, erasure=erasure)
         pgtier._restore_roles(ctx, roles, outcome)
         pgtier._restore_database(ctx, dump, outcome)
     finally:
