@@ -50,3 +50,23 @@ class ConcurrencySlots:
 
     def set_limit(self, pool: str, slots: int) -> None:
         self.storage.set_concurrency_slots(pool, slots)
+
+
+# --- executors (workers/executor.py): Dagster 1.13 exports no retries schema, RetryMode or
+# InProcessExecutor; the kryonix executor chooses between in-process and Celery at run start.
+def retries_config_field():
+    from dagster._core.execution.retries import get_retries_config
+
+    return get_retries_config()
+
+
+def retry_mode(retries_config: dict):
+    from dagster._core.execution.retries import RetryMode
+
+    return RetryMode.from_config(retries_config)
+
+
+def in_process_executor(retries_config: dict):
+    from dagster._core.executor.in_process import InProcessExecutor
+
+    return InProcessExecutor(retries=retry_mode(retries_config))

@@ -27,10 +27,11 @@ def default_schedule_status(environ: Mapping[str, str] = os.environ) -> DefaultS
 
 
 def batch_op_name(job: JobDefinition) -> str:
-    """The one op of a batch job: its run config goes there."""
-    names = [node.name for node in job.graph.nodes]
+    """The op of a batch job that takes the run config: its one op without inputs (the
+    whole job, or the split step of a fanned-out one)."""
+    names = [node.name for node in job.graph.nodes if not node.definition.input_defs]
     if len(names) != 1:
-        raise ValueError(f"batch job {job.name} must have exactly one op, has {names}")
+        raise ValueError(f"batch job {job.name} must have exactly one op without inputs, has {names}")
     return names[0]
 
 

@@ -1,15 +1,16 @@
 """Backup sessions as jobs: one tenant per run (backfills, retries) or a batch of tenants per
-run (what the plan schedules request)."""
+run (what the plan schedules request), fanned out in chunks over the executor's workers."""
 from dagster import AssetCheckKey, AssetKey, AssetSelection, OpExecutionContext, define_asset_job, job, op
 
 from .assets import DagsterReporter, tenant_backup_session
-from ..batching import TenantBatchConfig, active_tenants, finish_batch
+from ..batching import TenantChunk, finish_batch, run_origin, split_active_tenants
 from ..engine.errors import KryonixError, one_line
 from .metadata import RESTORE_POINT_ASSET
 from ..partitions import kryonix_tenants
 from .pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
 from .events import partition_events
+from ..workers.executor import kryonix_executor
 
 # The session's own consistency check only: the other checks (a drill restores the whole
 # tenant) run on their schedules, not on every backup.
@@ -22,15 +23,22 @@ backup_tenant_job = define_asset_job(
 )
 
 
-@op(pool=SESSION_POOL, description="Backup sessions for a batch of tenants, one after the other.")
-def backup_tenants(context: OpExecutionContext, config: TenantBatchConfig, engine: BackupEngineResource) -> None:
-    tenants = active_tenants(engine, config)
+@op(pool=SESSION_POOL, description="Backup sessions for one chunk of a batch's tenants, one after the other; "
+                                    "tenants this batch already backed up (a redone chunk) are skipped.")
+def backup_chunk(context: OpExecutionContext, chunk: dict, engine: BackupEngineResource) -> None:
+    part = TenantChunk.from_value(chunk)
+    origin = run_origin(context)
+    done = engine.backed_up_by(origin, part.tenants)
+    if done:
+        context.log.info(f"{len(done)} of {len(part.tenants)} tenants already backed up by this batch: skipped")
+    tenants = [t for t in part.tenants if t not in done]
     failed: dict[str, str] = {}
     for n, tenant_id in enumerate(tenants, 1):
         context.log.info(f"[{n}/{len(tenants)}] tenant {tenant_id}")
         gate = ServicePoolGate(context.instance, context.run_id, f"{context.op.name}:{tenant_id}", context.log)
         try:
-            result = engine.backup(tenant_id, config.backup_type, DagsterReporter(context.log), gate=gate)
+            result = engine.backup(tenant_id, part.backup_type, DagsterReporter(context.log), gate=gate,
+                                   origin=origin)
         except KryonixError as exc:
             failed[tenant_id] = one_line(str(exc))
             continue
@@ -43,9 +51,10 @@ def backup_tenants(context: OpExecutionContext, config: TenantBatchConfig, engin
             from ..offsite.jobs import copy_after_session
             if error := copy_after_session(context, engine, tenant_id):
                 failed[tenant_id] = "; ".join(filter(None, (failed.get(tenant_id), error)))
-    finish_batch(context, f"{config.backup_type} backup", tenants, failed)
+    finish_batch(context, f"{part.backup_type} backup", tenants, failed)
 
 
-@job(description="Backup sessions for a batch of tenants (requested by the plan schedules).")
+@job(description="Backup sessions for a batch of tenants (requested by the plan schedules), one step per chunk.",
+     executor_def=kryonix_executor)
 def backup_batch_job():
-    backup_tenants()
+    split_active_tenants().map(backup_chunk)

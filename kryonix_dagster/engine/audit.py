@@ -38,6 +38,19 @@ def record(settings: Settings, rec: AuditRecord) -> None:
         )
 
 
+def backed_up_by(settings: Settings, origin: str, tenant_ids: list[str]) -> set[str]:
+    """Which of `tenant_ids` have a successful backup whose audit row names `origin`
+    (no clock involved: a redone batch skips exactly these)."""
+    if not tenant_ids:
+        return set()
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT cliente_id FROM tenants.backup_audit WHERE cliente_id = ANY(%s) "
+            "AND operation = 'backup' AND success AND details->>'origin' = %s",
+            (list(tenant_ids), origin),
+        )
+        return {row[0] for row in cur.fetchall()}
+
 
 def previous_items(settings: Settings, tenant_id: str) -> dict[str, int]:
     """Items per tier of the tenant's newest session that wrote a restore point ({} if none)."""

@@ -46,8 +46,10 @@ def holder_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _try_acquire(settings: Settings, tenant_id: str, session_id: str, operation: str) -> LeaseHolder | None:
-    """Take the lease if free or expired; return the current holder when someone else has it."""
+def _try_acquire(settings: Settings, tenant_id: str, session_id: str,
+                 operation: str) -> tuple[datetime | None, LeaseHolder | None]:
+    """Take the lease if free or expired: (acquired_at by the main database's clock, None);
+    (None, the current holder) when someone else has it."""
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO tenants.backup_leases (cliente_id, session_id, operation, holder, expires_at) "
@@ -56,17 +58,18 @@ def _try_acquire(settings: Settings, tenant_id: str, session_id: str, operation:
             "  operation = EXCLUDED.operation, holder = EXCLUDED.holder, acquired_at = now(), "
             "  expires_at = EXCLUDED.expires_at "
             "WHERE tenants.backup_leases.expires_at < now() "
-            "RETURNING session_id",
+            "RETURNING acquired_at",
             {"t": tenant_id, "s": session_id, "o": operation, "h": holder_identity(), "ttl": settings.lease_ttl_seconds},
         )
-        if cur.fetchone():
-            return None
+        taken = cur.fetchone()
+        if taken:
+            return taken[0], None
         cur.execute(
             "SELECT session_id, operation, holder, expires_at FROM tenants.backup_leases WHERE cliente_id = %s",
             (tenant_id,),
         )
         row = cur.fetchone()
-        return LeaseHolder(*row) if row else None
+        return None, LeaseHolder(*row) if row else None
 
 
 def _renew(settings: Settings, tenant_id: str, session_id: str) -> bool:
@@ -99,13 +102,18 @@ class Lease:
         self._renewed_at = 0.0
         self.lost = False
         self.lost_reason: str | None = None
+        # by the main database's clock: comparable across hosts (the audit row records it)
+        self.acquired_at: datetime | None = None
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
         while True:
-            holder = _try_acquire(self.settings, self.tenant_id, self.session_id, self.operation)
-            if holder is None:
+            acquired_at, holder = _try_acquire(self.settings, self.tenant_id, self.session_id, self.operation)
+            if acquired_at is not None:
+                self.acquired_at = acquired_at
                 break
+            if holder is None:  # released between our two statements: try again at once
+                continue
             if time.monotonic() >= deadline:
                 raise TenantBusy(
                     f"tenant {self.tenant_id}: {holder.operation} session {holder.session_id} "

@@ -238,3 +238,8 @@ def rename_role(role: str, source: TenantNames, target: TenantNames) -> str:
     if not source.owns_role(role):
         raise ValueError(f"role {role!r} does not belong to tenant {source.tenant_id}")
     return target.role_prefix + role[len(source.role_prefix):]
+
+
+# The vhost Dagster's Celery executor uses as its broker on the product's RabbitMQ. Tenant
+# vhosts are `/cliente_{id}` and drill scratch vhosts `/drill_{token}`: no tenant id produces it.
+DAGSTER_BROKER_VHOST = "/kryonix_dagster"

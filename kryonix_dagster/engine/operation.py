@@ -8,7 +8,8 @@
 - Leases: the tenant's, plus `also_lease` (a restore's target), taken in sorted order so two
   operations that need the same pair never deadlock; released on every path, heartbeats
   stopped first. A lease refused (TenantBusy) raises before anything ran: no audit row.
-- Timing: `op.started_at` (UTC) and `op.seconds`.
+- Timing: `op.started_at` (UTC) and `op.seconds`; the audit row's `details.lease_acquired_at`
+  is when the lease was taken, by the main database's clock.
 - Audit: one row per operation, success or failure, written after the leases are released.
   A failed audit insert is logged and never masks the operation's own error or result.
 - Errors: a KryonixError passes through unchanged (its message already says what and where);
@@ -87,6 +88,10 @@ def _release(op: Operation) -> None:
 
 def _write_audit(settings: Settings, op: Operation, audit_tenant: str) -> None:
     extra = dict(op.audit)
+    held = op.leases.get(op.tenant_id)
+    if held is not None and held.acquired_at is not None:
+        # the main database's clock: two operations' lease times compare even across hosts
+        extra["details"] = {**extra.get("details", {}), "lease_acquired_at": held.acquired_at.isoformat()}
     record = audit.AuditRecord(
         cliente_id=extra.pop("cliente_id", audit_tenant), operation=op.name, started_at=op.started_at,
         success=bool(op.success), finished_at=datetime.now(timezone.utc), duration_seconds=op.seconds,

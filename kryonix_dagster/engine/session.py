@@ -210,8 +210,11 @@ def run_backup(
     wait_seconds: float = 0,
     tiers: tuple[TierSpec, ...] = TIERS,
     gate: Gate | None = None,
+    origin: str | None = None,
 ) -> SessionResult:
-    """Run one session. Bad input and a busy tenant raise; a failed session returns its result."""
+    """Run one session. Bad input and a busy tenant raise; a failed session returns its result.
+    `origin` (e.g. the batch run that asked for it) goes into the audit row's details, so a
+    redone batch can tell which of its tenants are already backed up (audit.backed_up_by)."""
     validate_tenant_id(tenant_id)
     validate_backup_type(backup_type)
     tenant = registry.require_tenant(settings, tenant_id)
@@ -242,6 +245,8 @@ def run_backup(
             result.finished_at = datetime.now(timezone.utc)
             result.duration_seconds = op.seconds
             op.success, op.error, op.audit = result.success, result.error, _audit_fields(result)
+            if origin:
+                op.audit["details"]["origin"] = origin
     reporter.info(f"session {session_id}: {result.status}" + (f" ({result.error})" if result.error else ""))
     return result
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource, EnvVar
 
-from ..engine import registry
+from ..engine import audit, registry
 from ..engine.alerts import Alert, AlertChannels, deliver
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
@@ -159,10 +159,15 @@ class BackupEngineResource(ConfigurableResource):
 
     # --- backup
     def backup(self, tenant_id: str, backup_type: str, report: Reporter, gate: Gate | None = None,
-               tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 600) -> SessionResult:
+               tiers: tuple[TierSpec, ...] = TIERS, wait_seconds: float = 600,
+               origin: str | None = None) -> SessionResult:
         """A scheduled session waits for a drill, check or forget of its tenant rather than failing."""
         return run_backup(self.settings(), tenant_id, backup_type, report, wait_seconds=wait_seconds, tiers=tiers,
-                          gate=gate)
+                          gate=gate, origin=origin)
+
+    def backed_up_by(self, origin: str, tenant_ids: list[str]) -> set[str]:
+        """Tenants with a successful session of `origin` (a batch run): a redone chunk skips them."""
+        return audit.backed_up_by(self.settings(), origin, tenant_ids)
 
     # --- retention
     def forget(self, tenant_id: str, wait_seconds: float = 300) -> RetentionDecision:

@@ -1,0 +1,153 @@
+"""Batch runs fanned out over real Celery workers (issue 14): two worker processes on the
+product's RabbitMQ, a Dagster instance on PostgreSQL, tiny demo tenants."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, build_reconstructable_job, execute_job
+
+from kryonix_dagster.demo import seed_tenant
+from kryonix_dagster.engine import pg
+from kryonix_dagster.engine.naming import DAGSTER_BROKER_VHOST, tenant_names
+from kryonix_dagster.workers.broker import broker_url, redacted
+
+from . import workers_world
+
+celery_workers = workers_world.celery_workers  # fixtures of the module's own
+pg_dagster_home = workers_world.pg_dagster_home
+
+SCALE = 0.05
+
+
+def batch_job():
+    return build_reconstructable_job("tests.workers_job", "backup_batch_job")
+
+
+def run_config(tenants: list[str], mode: str, chunk_size: int) -> dict:
+    return {"ops": {"split_active_tenants": {"config": {"tenants": tenants, "backup_type": "incremental",
+                                                        "chunk_size": chunk_size}}},
+            "execution": {"config": {"mode": mode}}}
+
+
+def backups(settings, tenants: list[str]) -> list[dict]:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT cliente_id, session_id, success, details FROM tenants.backup_audit "
+                    "WHERE operation = 'backup' AND cliente_id = ANY(%s) ORDER BY id", (tenants,))
+        return [{"tenant": t, "session": s, "success": ok, "details": d} for t, s, ok, d in cur.fetchall()]
+
+
+def celery_workers_used(instance, run_id: str) -> set[str]:
+    used = set()
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records:
+        metadata = record.event_log_entry.dagster_event.event_specific_data.metadata or {}
+        if "Celery worker" in metadata:
+            used.add(metadata["Celery worker"].value.split("@")[0])
+    return used
+
+
+@pytest.fixture(scope="module")
+def six_tenants(settings):
+    from .helpers import purge_tenant
+
+    stem = "w" + __import__("secrets").token_hex(3)
+    tenants = [f"{stem}{n}" for n in range(6)]
+    for tid in tenants:
+        seed_tenant(settings, tid, scale=SCALE)
+    yield tenants
+    for tid in tenants:
+        purge_tenant(settings, tid)
+
+
+def test_broker_vhost_is_no_tenant_vhost():
+    assert DAGSTER_BROKER_VHOST == "/kryonix_dagster"
+    assert tenant_names("kryonixdagster", "/tmp", "file:///r").vhost != DAGSTER_BROKER_VHOST
+    assert broker_url({"KRYONIX_AMQP_URL": "amqp://u:secret@h:5672/"}) == "pyamqp://u:secret@h:5672/%2Fkryonix_dagster"
+    assert "secret" not in redacted(broker_url({"KRYONIX_AMQP_URL": "amqp://u:secret@h:5672/"}))
+
+
+def test_a_batch_run_spreads_over_two_workers(settings, celery_workers, pg_dagster_home, six_tenants):
+    celery_workers.ensure_running()
+    with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
+        result = execute_job(batch_job(), instance=instance, run_config=run_config(six_tenants, "celery", 2))
+        assert result.success
+        assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
+    rows = backups(settings, six_tenants)
+    assert sorted(r["tenant"] for r in rows) == sorted(six_tenants)  # every tenant, exactly once
+    assert all(r["success"] and r["details"]["origin"] == result.run_id for r in rows)
+
+
+def _snapshot_files(settings, tenant_id: str) -> int:
+    folder = Path(settings.repo[len("file://"):]) / f"cliente_{tenant_id}" / "snapshots"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def _held_leases(settings, tenants: list[str]) -> list[tuple]:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT cliente_id, session_id, holder, acquired_at, expires_at FROM tenants.backup_leases "
+                    "WHERE cliente_id = ANY(%s) AND operation = 'backup'", (tenants,))
+        return cur.fetchall()
+
+
+def _kill_mid_session(settings, celery_workers, tenants: list[str], running: threading.Thread) -> tuple:
+    """Wait for a session that has written tier snapshots but no manifest yet; kill -9 its
+    worker (and its children). Returns (worker, the lease row seen just before the kill)."""
+    before = {t: _snapshot_files(settings, t) for t in tenants}
+    deadline = time.monotonic() + 240
+    while running.is_alive() and time.monotonic() < deadline:
+        for tenant, session, holder, acquired_at, expires_at in _held_leases(settings, tenants):
+            worker = celery_workers.group_of(int(holder.rsplit(":", 1)[1]))
+            if worker and _snapshot_files(settings, tenant) > before[tenant]:
+                celery_workers.kill(worker)
+                return worker, (tenant, session, acquired_at, expires_at)
+        time.sleep(0.05)
+    raise AssertionError("no session was seen mid-way to kill its worker")
+
+
+def test_killing_a_worker_mid_chunk_redoes_the_rest_without_double_sessions(settings, celery_workers,
+                                                                            pg_dagster_home, six_tenants, cli):
+    celery_workers.ensure_running()
+    tenants = six_tenants[:4]
+    outcome: dict = {}
+    with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
+        def run():
+            outcome["result"] = execute_job(batch_job(), instance=instance,
+                                            run_config=run_config(tenants, "celery", 2))
+
+        running = threading.Thread(target=run, daemon=True)
+        running.start()
+        killed_worker, (tenant, killed_session, _killed_at, killed_expiry) = _kill_mid_session(
+            settings, celery_workers, tenants, running)
+        running.join(timeout=300)
+        assert not running.is_alive(), "the run did not finish after a worker was killed"
+        result = outcome["result"]
+        assert result.success
+        assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
+    rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
+    # every tenant backed up exactly once by this run; the killed session left no audit row
+    assert sorted(r["tenant"] for r in rows) == sorted(tenants) and all(r["success"] for r in rows)
+    assert killed_session not in {r["session"] for r in backups(settings, [tenant])}
+    redo = next(r for r in rows if r["tenant"] == tenant)
+    # one clock (the main database's): the redo took the lease only after the killed one expired
+    assert datetime.fromisoformat(redo["details"]["lease_acquired_at"]) >= killed_expiry
+    # no half restore point: the killed session's tier snapshots are no restore point
+    listed = cli("snapshots", tenant, "--json")
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.dumps(json.loads(listed.stdout))
+    assert redo["session"] in sessions and killed_session not in sessions
+    celery_workers.ensure_running()  # the next test finds both workers again
+    assert killed_worker in celery_workers.procs
+
+
+def test_the_same_job_runs_in_process_without_workers(settings, pg_dagster_home, six_tenants):
+    tenants = six_tenants[4:5]
+    with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
+        result = execute_job(batch_job(), instance=instance, run_config=run_config(tenants, "in_process", 0))
+        assert result.success
+        assert celery_workers_used(instance, result.run_id) == set()
+    rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
+    assert [r["tenant"] for r in rows] == tenants and rows[0]["success"]
