@@ -27,7 +27,7 @@ DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install system-deps services s3 demo dev test bench screenshot clean
+.PHONY: install system-deps services s3 demo dev test bench screenshot clean workers stop-workers
 
 install: $(STAMP)
 
@@ -84,3 +84,13 @@ screenshot: install services s3
 clean:
 	@if [ -f "$(KRYONIX_LOCAL_DIR)/moto_server.pid" ]; then kill $$(cat "$(KRYONIX_LOCAL_DIR)/moto_server.pid") 2>/dev/null || true; fi
 	rm -rf "$(KRYONIX_LOCAL_DIR)" .pytest_cache
+
+# Celery workers for KRYONIX_EXECUTOR=celery (N of them, pid files and logs in .kryonix/workers);
+# `make stop-workers` ends exactly those. demo and dev do not need them (in-process default).
+N ?= 2
+workers: install services
+	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
+	@KRYONIX_BIN=$(CURDIR)/$(BIN) scripts/workers.sh start $(N)
+
+stop-workers:
+	@scripts/workers.sh stop

@@ -31,6 +31,7 @@ class TenantBatchConfig(Config):
     tenants: list[str] = []  # empty: every active tenant
     backup_type: str = "incremental"
     chunk_size: int = 0  # tenants per chunk step; 0: spread over CHUNKS_PER_RUN chunks, at most MAX_CHUNK each
+    include_inactive: bool = False  # with an empty list: every registered tenant (retention)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ def split_active_tenants(context: OpExecutionContext, config: TenantBatchConfig,
 
 
 def active_tenants(engine: BackupEngineResource, config: TenantBatchConfig) -> list[str]:
-    return list(config.tenants) or [t.id for t in engine.tenants(status="ativo")]
+    if config.tenants:
+        return list(config.tenants)
+    return engine.tenant_ids() if config.include_inactive else [t.id for t in engine.tenants(status="ativo")]
 
 
 def log_check(context: OpExecutionContext, name: str, tenant_id: str, fields: dict) -> None:

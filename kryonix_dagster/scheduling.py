@@ -5,6 +5,7 @@ Schedules request runs only for the active tenants of their plan, in batches, ta
 plan so the run queue can throttle per plan (`build_schedule_from_partitioned_job` refuses
 dynamic partitions, hence plain @schedules).
 """
+import math
 import os
 from collections.abc import Mapping
 
@@ -14,7 +15,10 @@ from dagster import (DefaultScheduleStatus, JobDefinition, RunRequest, ScheduleE
 from .engine.plans import plan_for
 from .resources import PostgresResource
 
-BATCH_SIZE = int(os.environ.get("KRYONIX_BATCH_SIZE", "25"))
+BATCH_SIZE = int(os.environ.get("KRYONIX_BATCH_SIZE", "25"))  # tenants per run at least
+# At most this many run requests per tick: a larger fleet gets larger runs (each fanned out in
+# chunks over the workers), so a tick at 100,000 tenants costs what one at 2,500 does.
+MAX_RUNS_PER_TICK = int(os.environ.get("KRYONIX_MAX_RUNS_PER_TICK", "100"))
 TIMEZONE = os.environ.get("KRYONIX_SCHEDULE_TIMEZONE", "America/Sao_Paulo")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -35,7 +39,13 @@ def batch_op_name(job: JobDefinition) -> str:
     return names[0]
 
 
-def batches(tenant_ids: list[str], size: int = BATCH_SIZE) -> list[list[str]]:
+def batch_size_for(count: int, minimum: int = BATCH_SIZE, max_runs: int = MAX_RUNS_PER_TICK) -> int:
+    """Tenants per run: `minimum`, or more when that would take more than `max_runs` runs."""
+    return max(minimum, math.ceil(count / max(1, max_runs)))
+
+
+def batches(tenant_ids: list[str], size: int | None = None) -> list[list[str]]:
+    size = size or batch_size_for(len(tenant_ids))
     return [tenant_ids[i:i + size] for i in range(0, len(tenant_ids), size)]
 
 
@@ -47,13 +57,14 @@ def run_requests(context: ScheduleEvaluationContext, job: JobDefinition, kind: s
     config = {"backup_type": backup_type} if backup_type else {}
     tags = {"kryonix/kind": kind, **({"kryonix/plan": plan} if plan else {})}
     op_name = batch_op_name(job)
+    runs = batches(tenant_ids)
     return [
         RunRequest(
             run_key=f"{kind}-{plan or 'all'}-{tick}-{n}",
             run_config={"ops": {op_name: {"config": {"tenants": batch, **config}}}},
-            tags={**tags, "kryonix/batch": f"{n + 1}/{len(batches(tenant_ids))}"},
+            tags={**tags, "kryonix/batch": f"{n + 1}/{len(runs)}"},
         )
-        for n, batch in enumerate(batches(tenant_ids))
+        for n, batch in enumerate(runs)
     ]
 
 

@@ -42,9 +42,9 @@ def fleet_registry(own_registry):
     return own, tenants
 
 
-def evaluate(schedule, own):
+def evaluate(schedule, own, when: datetime = datetime(2026, 11, 29, 6, tzinfo=timezone.utc)):
     with DagsterInstance.ephemeral() as instance:
-        context = build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 29, 6, tzinfo=timezone.utc),
+        context = build_schedule_context(instance=instance, scheduled_execution_time=when,
                                          resources={"postgres": PostgresResource(main_db=own.main_db)})
         return schedule.evaluate_tick(context)
 
@@ -78,8 +78,12 @@ def test_each_plan_schedule_requests_its_active_tenants(fleet_registry):
 
 def test_retention_schedule_covers_every_tenant_and_skips_an_empty_fleet(fleet_registry, settings):
     own, tenants = fleet_registry
-    result = evaluate(retention_schedule, own)
-    assert len([t for batch in requested(result) for t in batch]) == sum(len(v) for v in tenants.values()) + 2
+    # spread over 04:00-07:00 (America/Sao_Paulo, UTC-3): each tenant once a day
+    ticks = [evaluate(retention_schedule, own, datetime(2026, 11, 29, hour + 3, tzinfo=timezone.utc))
+             for hour in (4, 5, 6, 7)]
+    every = [t for result in ticks for batch in requested(result) for t in batch]
+    assert len(every) == len(set(every)) == sum(len(v) for v in tenants.values()) + 2
+    assert evaluate(retention_schedule, own, datetime(2026, 11, 29, 15, tzinfo=timezone.utc)).skip_message
     empty = settings.with_overrides(main_db="kryonix_test_empty_" + secrets.token_hex(4))
     migrate(empty)
     try:
@@ -93,7 +97,7 @@ def test_each_run_request_configures_the_op_of_its_job(fleet_registry):
     own, _tenants = fleet_registry
     for schedule in [*PLAN_SCHEDULES, retention_schedule, lgpd_retention_schedule]:
         job_def = defs.resolve_job_def(schedule.job.name)
-        for request in evaluate(schedule, own).run_requests:
+        for request in evaluate(schedule, own, datetime(2026, 11, 29, 7, tzinfo=timezone.utc)).run_requests:
             assert list(request.run_config["ops"]) == [batch_op_name(schedule.job)]
             assert validate_run_config(job_def, request.run_config), schedule.name
 

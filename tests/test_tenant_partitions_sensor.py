@@ -69,8 +69,8 @@ def test_large_registry_is_sent_in_batches(own_registry):
     own = own_registry
     ids = [f"bulk{n}" for n in range(BATCH_SIZE * 2 + 7)]
     with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO tenants.clientes (id, nome, plano) VALUES (%s, %s, 'basic')",
-                        [(i, i) for i in ids])
+        cur.execute("INSERT INTO tenants.clientes (id, nome, plano) SELECT i, i, 'basic' FROM unnest(%s::text[]) i",
+                    (ids,))
     with DagsterInstance.ephemeral() as instance:
         result = tick(instance, own)
         assert [len(r.partition_keys) for r in result.dynamic_partitions_requests] == [BATCH_SIZE, BATCH_SIZE, 7]

@@ -17,6 +17,8 @@ from ..partitions import kryonix_tenants
 from ..pitr.sensors import INCIDENT as ARCHIVING_INCIDENT, archiving_alerts
 from ..resources import AlertsResource, BackupEngineResource
 
+MAX_ALERTS_PER_TICK = 50  # alerts (stale + resolved) one tick sends at most
+
 
 def freshness_evaluation(tenant_id: str, status: TenantStatus | None) -> dict:
     if status is None:
@@ -40,7 +42,7 @@ def freshness_evaluation(tenant_id: str, status: TenantStatus | None) -> dict:
              description="The latest restore point is younger than the plan's RPO (per tenant, from the audit trail).")
 def freshness_check(context: AssetCheckExecutionContext, engine: BackupEngineResource) -> AssetCheckResult:
     tenant_id = context.partition_key
-    status = next((s for s in engine.statuses() if s.id == tenant_id), None)
+    status = next(iter(engine.statuses(tenant_ids=[tenant_id])), None)
     return AssetCheckResult(**freshness_evaluation(tenant_id, status))
 
 
@@ -64,22 +66,37 @@ def resolved_alert(status: TenantStatus) -> Alert:
                     "when it is resolved (webhook and e-mail); likewise when WAL archiving (PITR) stops.")
 def stale_backups_sensor(context: SensorEvaluationContext, engine: BackupEngineResource, alerts: AlertsResource):
     open_incidents: dict = json.loads(context.cursor) if context.cursor else {}
-    statuses = {s.id: s for s in engine.statuses()}
-    sent = []
-    for tenant_id, status in sorted(statuses.items()):
-        if status.stale and tenant_id not in open_incidents:
-            if alerts.send(stale_alert(status)) or not alerts.channels().configured:
-                open_incidents[tenant_id] = {"since": status.last_session_at.isoformat() if status.last_session_at else None}
-                sent.append(f"stale {tenant_id}")
-    for tenant_id in sorted(set(open_incidents) - {ARCHIVING_INCIDENT}):
+    stale_ids = engine.stale_tenant_ids()  # the light query; full statuses only for the few alerted
+    stale_set = set(stale_ids)
+    configured = alerts.channels().configured
+    # resolutions first, then new incidents, at most MAX_ALERTS_PER_TICK in all: a fleet-wide
+    # outage pages in bounded waves (the rest on the next ticks), and the cursor stays small
+    tenant_incidents = sorted(set(open_incidents) - {ARCHIVING_INCIDENT})
+    resolving = [t for t in tenant_incidents if t not in stale_set][:MAX_ALERTS_PER_TICK]
+    new_stale = [t for t in stale_ids if t not in open_incidents]
+    opening = new_stale[:MAX_ALERTS_PER_TICK - len(resolving)]
+    statuses = {s.id: s for s in engine.statuses(tenant_ids=resolving + opening)} if resolving or opening else {}
+    sent: list[str] = []
+    for tenant_id in resolving:
+        status = statuses.get(tenant_id)
+        if status is not None and status.stale:
+            continue  # became stale again between the two queries: the incident stays open
+        if status is None or alerts.send(resolved_alert(status)) or not configured:
+            del open_incidents[tenant_id]
+            sent.append(f"resolved {tenant_id}")
+    for tenant_id in opening:
         status = statuses.get(tenant_id)
         if status is None or not status.stale:
-            if status is None or alerts.send(resolved_alert(status)) or not alerts.channels().configured:
-                del open_incidents[tenant_id]
-                sent.append(f"resolved {tenant_id}")
+            continue
+        if alerts.send(stale_alert(status)) or not configured:
+            open_incidents[tenant_id] = {"since": status.last_session_at.isoformat() if status.last_session_at else None}
+            sent.append(f"stale {tenant_id}")
     sent += archiving_alerts(engine, alerts, open_incidents)  # issue 11: WAL archiving stopped
     context.update_cursor(json.dumps(open_incidents, sort_keys=True))
+    waiting = sum(1 for t in new_stale if t not in open_incidents)
+    later = f"; {waiting} more stale tenant(s) on the next ticks" if waiting else ""
     if not sent:
-        return SkipReason(f"{len(open_incidents)} open stale incident(s), nothing new")
-    context.log.info("alerts: " + ", ".join(sent))
-    return SkipReason("alerted: " + ", ".join(sent))
+        return SkipReason(f"{len(open_incidents)} open stale incident(s), nothing new{later}")
+    shown = ", ".join(sent[:20]) + (f" and {len(sent) - 20} more" if len(sent) > 20 else "")
+    context.log.info(f"alerts: {shown}{later}")
+    return SkipReason(f"alerted: {shown}{later}")

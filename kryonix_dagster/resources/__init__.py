@@ -17,7 +17,7 @@ from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
 from ..engine.locations import SECONDARY
 from ..engine.offsite import CopyResult, OffsiteLag, offsite_lags, run_copy
-from ..engine.fleet import TenantStatus, fleet_status, tenant_statuses
+from ..engine.fleet import TenantStatus, fleet_status, stale_tenant_ids, tenant_statuses
 from ..engine.lgpd.report import FleetCompliance, TenantCompliance, fleet_compliance, tenant_compliance
 from ..engine.lgpd.retention import RetentionResult, apply as apply_lgpd_retention
 from ..engine.lgpd.rules import load_rules
@@ -224,8 +224,12 @@ class BackupEngineResource(ConfigurableResource):
         return run_erase(self.settings(), tenant_id, subject, dry_run, wait_seconds=wait_seconds)
 
     # --- fleet
-    def statuses(self) -> list[TenantStatus]:
-        return tenant_statuses(self.settings())
+    def statuses(self, tenant_ids: list[str] | None = None) -> list[TenantStatus]:
+        return tenant_statuses(self.settings(), tenant_ids=tenant_ids)
+
+    def stale_tenant_ids(self) -> list[str]:
+        """The light query: only ids, only the stale ones."""
+        return stale_tenant_ids(self.settings())
 
     def fleet_status(self) -> dict:
         return fleet_status(self.settings())

@@ -1,15 +1,17 @@
-"""Retention as a batch job: forget + prune by plan, then the retention check, per tenant."""
+"""Retention as a batch job: forget + prune by plan, then the retention check, per tenant,
+fanned out in chunks like the backups (a redone chunk simply forgets again: idempotent)."""
 from dagster import OpExecutionContext, job, op
 
-from ..batching import TenantBatchConfig, finish_batch, log_check
+from ..batching import TenantChunk, finish_batch, log_check, split_active_tenants
 from ..engine.errors import KryonixError, one_line
 from ..resources import BackupEngineResource
+from ..workers.executor import kryonix_executor
 from .checks import evaluate_retention
 
 
-@op(pool="kryonix_repository", description="Apply each tenant's plan retention (forget + prune).")
-def forget_tenants(context: OpExecutionContext, config: TenantBatchConfig, engine: BackupEngineResource) -> None:
-    tenants = list(config.tenants) or engine.tenant_ids()
+@op(pool="kryonix_repository", description="Apply each tenant's plan retention (forget + prune), for one chunk.")
+def forget_tenants(context: OpExecutionContext, chunk: dict, engine: BackupEngineResource) -> None:
+    tenants = TenantChunk.from_value(chunk).tenants
     failed: dict[str, str] = {}
     for tenant_id in tenants:
         try:
@@ -26,6 +28,7 @@ def forget_tenants(context: OpExecutionContext, config: TenantBatchConfig, engin
     finish_batch(context, "retention", tenants, failed)
 
 
-@job(description="Daily retention (forget + prune) by plan, for a batch of tenants.")
+@job(description="Daily retention (forget + prune) by plan, for a batch of tenants, one step per chunk.",
+     executor_def=kryonix_executor, config={"ops": {"split_active_tenants": {"config": {"include_inactive": True}}}})
 def retention_job():
-    forget_tenants()
+    split_active_tenants().map(forget_tenants)
