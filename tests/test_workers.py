@@ -3,8 +3,10 @@ product's RabbitMQ, a Dagster instance on PostgreSQL, tiny demo tenants."""
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from kryonix_dagster.engine.naming import DAGSTER_BROKER_VHOST, tenant_names
 from kryonix_dagster.workers.broker import broker_url, redacted
 
 from . import workers_world
+from .helpers import purge_tenant
 
 celery_workers = workers_world.celery_workers  # fixtures of the module's own
 pg_dagster_home = workers_world.pg_dagster_home
@@ -52,15 +55,13 @@ def celery_workers_used(instance, run_id: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def six_tenants(settings):
-    from .helpers import purge_tenant
-
-    stem = "w" + __import__("secrets").token_hex(3)
+    stem = "w" + secrets.token_hex(3)
     tenants = [f"{stem}{n}" for n in range(6)]
-    for tid in tenants:
-        seed_tenant(settings, tid, scale=SCALE)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda tid: seed_tenant(settings, tid, scale=SCALE), tenants))
     yield tenants
-    for tid in tenants:
-        purge_tenant(settings, tid)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda tid: purge_tenant(settings, tid), tenants))
 
 
 def test_broker_vhost_is_no_tenant_vhost():
@@ -73,7 +74,7 @@ def test_broker_vhost_is_no_tenant_vhost():
 def test_a_batch_run_spreads_over_two_workers(settings, celery_workers, pg_dagster_home, six_tenants):
     celery_workers.ensure_running()
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
-        result = execute_job(batch_job(), instance=instance, run_config=run_config(six_tenants, "celery", 2))
+        result = execute_job(batch_job(), instance=instance, run_config=run_config(six_tenants, "celery", 3))
         assert result.success
         assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
     rows = backups(settings, six_tenants)
@@ -93,25 +94,28 @@ def _held_leases(settings, tenants: list[str]) -> list[tuple]:
         return cur.fetchall()
 
 
-def _kill_mid_session(settings, celery_workers, tenants: list[str], running: threading.Thread) -> tuple:
-    """Wait for a session that has written tier snapshots but no manifest yet; kill -9 its
-    worker (and its children). Returns (worker, the lease row seen just before the kill)."""
-    before = {t: _snapshot_files(settings, t) for t in tenants}
+def _kill_mid_session(settings, celery_workers, tenant: str, running: threading.Thread) -> tuple:
+    """Wait for `tenant`'s session to have written tier snapshots but no manifest yet; kill -9
+    its worker (and its children). Returns (worker, the lease row seen just before the kill)."""
+    before = _snapshot_files(settings, tenant)
     deadline = time.monotonic() + 240
     while running.is_alive() and time.monotonic() < deadline:
-        for tenant, session, holder, acquired_at, expires_at in _held_leases(settings, tenants):
+        for _tenant, session, holder, acquired_at, expires_at in _held_leases(settings, [tenant]):
             worker = celery_workers.group_of(int(holder.rsplit(":", 1)[1]))
-            if worker and _snapshot_files(settings, tenant) > before[tenant]:
+            if worker and _snapshot_files(settings, tenant) > before:
                 celery_workers.kill(worker)
-                return worker, (tenant, session, acquired_at, expires_at)
+                return worker, (session, acquired_at, expires_at)
         time.sleep(0.05)
-    raise AssertionError("no session was seen mid-way to kill its worker")
+    raise AssertionError(f"tenant {tenant}'s session was not seen mid-way to kill its worker")
 
 
 def test_killing_a_worker_mid_chunk_redoes_the_rest_without_double_sessions(settings, celery_workers,
                                                                             pg_dagster_home, six_tenants, cli):
     celery_workers.ensure_running()
-    tenants = six_tenants[:4]
+    # chunk_0 = tenants 0 and 1, chunk_1 = tenant 2: the worker of chunk_0 dies in tenant 1's
+    # session, after tenant 0's; the other worker redoes chunk_0, skipping tenant 0
+    tenants = six_tenants[:3]
+    tenant = tenants[1]
     outcome: dict = {}
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
         def run():
@@ -120,15 +124,16 @@ def test_killing_a_worker_mid_chunk_redoes_the_rest_without_double_sessions(sett
 
         running = threading.Thread(target=run, daemon=True)
         running.start()
-        killed_worker, (tenant, killed_session, _killed_at, killed_expiry) = _kill_mid_session(
-            settings, celery_workers, tenants, running)
+        killed_worker, (killed_session, _killed_at, killed_expiry) = _kill_mid_session(
+            settings, celery_workers, tenant, running)
         running.join(timeout=300)
         assert not running.is_alive(), "the run did not finish after a worker was killed"
         result = outcome["result"]
         assert result.success
         assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
     rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
-    # every tenant backed up exactly once by this run; the killed session left no audit row
+    # every tenant backed up exactly once by this run (tenant 0 was skipped by the redone
+    # chunk); the killed session left no audit row
     assert sorted(r["tenant"] for r in rows) == sorted(tenants) and all(r["success"] for r in rows)
     assert killed_session not in {r["session"] for r in backups(settings, [tenant])}
     redo = next(r for r in rows if r["tenant"] == tenant)
@@ -151,3 +156,25 @@ def test_the_same_job_runs_in_process_without_workers(settings, pg_dagster_home,
         assert celery_workers_used(instance, result.run_id) == set()
     rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
     assert [r["tenant"] for r in rows] == tenants and rows[0]["success"]
+
+
+def test_chunks_executor_mode_and_batch_sizes():
+    from kryonix_dagster.backup import backup_batch_job  # (first: batching imports backup.metadata)
+    from kryonix_dagster.batching import MAX_CHUNK, chunk_size_for, tenant_chunks
+    from kryonix_dagster.retention import retention_job
+    from kryonix_dagster.scheduling import BATCH_SIZE, MAX_RUNS_PER_TICK, batch_op_name, batch_size_for
+    from kryonix_dagster.workers.executor import executor_mode
+
+    for job in (backup_batch_job, retention_job):
+        assert batch_op_name(job) == "split_active_tenants" and job.executor_def.name == "kryonix_executor"
+
+    chunks = tenant_chunks([f"t{n}" for n in range(7)], "full", 3)
+    assert [c.tenants for c in chunks] == [["t0", "t1", "t2"], ["t3", "t4", "t5"], ["t6"]]
+    assert {c.backup_type for c in chunks} == {"full"} and [c.index for c in chunks] == [0, 1, 2]
+    assert chunk_size_for(6) == 1 and chunk_size_for(100) == 13 and chunk_size_for(10_000) == MAX_CHUNK
+    assert batch_size_for(28) == BATCH_SIZE and batch_size_for(100_000) == 100_000 // MAX_RUNS_PER_TICK
+    assert executor_mode(None, {}) == "in_process"
+    assert executor_mode(None, {"KRYONIX_EXECUTOR": "celery"}) == "celery"
+    assert executor_mode("in_process", {"KRYONIX_EXECUTOR": "celery"}) == "in_process"
+    with pytest.raises(ValueError):
+        executor_mode("k8s", {})

@@ -110,7 +110,8 @@ def celery_workers(test_env, settings, pg_dagster_home, tmp_path_factory):
                KRYONIX_CELERY_QUEUE=queue, KRYONIX_LEASE_TTL_SECONDS=str(LEASE_TTL))
     workers = Workers(env, queue, tmp_path_factory.mktemp("celery_logs"))
     try:
-        workers.ensure_running()
+        for name in ("w1", "w2"):
+            workers.start(name)  # they boot while the tests seed their tenants (ensure_running waits)
         yield workers
     finally:
         workers.stop()
