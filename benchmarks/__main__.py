@@ -2,7 +2,7 @@
 import os
 import sys
 
-from . import bench_pitr, bench_postgres, bench_tiers
+from . import bench_fleet, bench_pitr, bench_postgres, bench_tiers
 
 SECTIONS = {
     "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "80"))),
@@ -14,6 +14,7 @@ SECTIONS = {
         keys=int(os.environ.get("BENCH_KEYS", "200000")),
         messages=int(os.environ.get("BENCH_MESSAGES", "20000")),
     ),
+    "fleet": lambda: bench_fleet.run(int(os.environ.get("BENCH_FLEET_TENANTS", "40"))),
 }
 
 if __name__ == "__main__":
