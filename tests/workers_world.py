@@ -65,7 +65,7 @@ class Workers:
              "--loglevel", "INFO"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def ensure_running(self, names=("w1", "w2"), seconds: float = 60) -> None:
+    def ensure_running(self, names=("w1", "w2"), seconds: float = 180) -> None:
         for name in names:
             if name not in self.procs or self.procs[name].poll() is not None:
                 self.start(name)
