@@ -96,11 +96,11 @@ def finish_batch(context: OpExecutionContext, what: str, tenants: list[str], fai
         )
 
 
-def check_batch(context: OpExecutionContext, check: str, engine: BackupEngineResource, config: TenantBatchConfig,
+def check_batch(context: OpExecutionContext, check: str, engine: BackupEngineResource, chunk: dict,
                 evaluate: Callable[[BackupEngineResource, str], dict]) -> None:
-    """One check over a batch of tenants: each result logged on its tenant's partition, the
-    op failing at the end (naming the tenants) when any of them failed."""
-    tenants = active_tenants(engine, config)
+    """One check over a chunk of a batch's tenants: each result logged on its tenant's
+    partition, the step failing at the end (naming the tenants) when any of them failed."""
+    tenants = TenantChunk.from_value(chunk).tenants
     failed: dict[str, str] = {}
     for tenant_id in tenants:
         fields = evaluate(engine, tenant_id)

@@ -156,6 +156,15 @@ def test_the_same_job_runs_in_process_without_workers(settings, pg_dagster_home,
         assert celery_workers_used(instance, result.run_id) == set()
     rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
     assert [r["tenant"] for r in rows] == tenants and rows[0]["success"]
+    # the check batch jobs fan out the same way: the integrity check of that tenant, in one chunk step
+    with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
+        checked = execute_job(build_reconstructable_job("tests.workers_job", "integrity_job"), instance=instance,
+                              run_config={"ops": {"split_active_tenants": {"config": {"tenants": tenants}}},
+                                          "execution": {"config": {"mode": "in_process"}}})
+        assert checked.success
+        [evaluation] = [e.event_specific_data for e in checked.all_events
+                        if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert evaluation.check_name == "integrity" and evaluation.partition == tenants[0] and evaluation.passed
 
 
 def test_chunks_executor_mode_and_batch_sizes():

@@ -5,3 +5,7 @@ from kryonix_dagster.definitions import defs
 
 def backup_batch_job():
     return defs.get_job_def("backup_batch_job")
+
+
+def integrity_job():
+    return defs.get_job_def("integrity_job")
