@@ -282,14 +282,18 @@ class Restic:
 
     def backup_directory(self, directory: Path, tags: Iterable[str], time: datetime | None = None,
                          parent: str | None = None, excludes: Iterable[str] = (), force: bool = False,
-                         progress: Progress | None = None) -> BackupSummary:
+                         progress: Progress | None = None, mtime_and_size_only: bool = False) -> BackupSummary:
         """Back up a directory's contents; the snapshot's root is the directory itself, so a
-        restore can target any folder (another tenant's included)."""
+        restore can target any folder (another tenant's included). `mtime_and_size_only`: a
+        file whose mtime and size equal the parent's is unchanged, whatever its inode and ctime
+        (a folder rebuilt for each session), and restic reuses the parent's content unread."""
         args = []
         if parent:
             args += ["--parent", parent]
         if force:
             args.append("--force")
+        if mtime_and_size_only:
+            args += ["--ignore-inode", "--ignore-ctime"]
         for pattern in excludes:
             args += ["--exclude", pattern]
         args.append(".")
