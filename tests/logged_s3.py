@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from .conftest import VENV_BIN, free_port
@@ -50,9 +49,8 @@ class RequestLog:
                 if method == "GET" and path.startswith(prefix) and "?" not in path]
 
 
-@pytest.fixture(scope="module")
-def logged_s3(settings, tmp_path_factory):
-    """(settings pointing at a logged moto server, its RequestLog)."""
+def logged_server(settings, tmp_path_factory):
+    """Generator for a fixture: (settings pointing at a logged moto server, its RequestLog)."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("moto-log") / "requests.log"

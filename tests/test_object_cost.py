@@ -6,15 +6,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.restore import run_restore
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import object_storage, tier
 
 from . import observe
-from .logged_s3 import logged_s3  # noqa: F401  (fixture)
+from .logged_s3 import logged_server
 
 OBJECTS = (tier("object_storage"),)
+
+
+@pytest.fixture(scope="module")
+def logged_s3(settings, tmp_path_factory):
+    yield from logged_server(settings, tmp_path_factory)
 
 
 def session(settings, tid: str, backup_type: str):
@@ -49,7 +56,7 @@ def objects_tenant(settings, tenant_factory, s3) -> tuple[str, str, dict[str, by
     return tid, bucket, bodies
 
 
-def test_no_plaintext_stays_and_unchanged_objects_are_not_downloaded(logged_s3, tenant_factory, monkeypatch):  # noqa: F811
+def test_no_plaintext_stays_and_unchanged_objects_are_not_downloaded(logged_s3, tenant_factory, monkeypatch):
     settings, log = logged_s3
     s3 = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
     tid, bucket, bodies = objects_tenant(settings, tenant_factory, s3)
