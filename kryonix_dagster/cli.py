@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import click
-from tabulate import tabulate
 
 from .engine import registry
 from .engine.config import Settings, load_settings
@@ -47,6 +46,8 @@ def info(message: str) -> None:
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Rows as an aligned plain-text table (values as text: a tenant id 007 stays 007)."""
+    from tabulate import tabulate  # imported here: most commands print no table (start-up time)
+
     if not rows:
         click.echo("(none)")
         return
