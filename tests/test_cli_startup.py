@@ -7,13 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import kryonix_dagster
+
+CODE_ROOT = Path(kryonix_dagster.__file__).resolve().parents[1]  # the code under test comes first
 HEAVY = ("dagster", "boto3", "botocore", "pika", "requests", "pydantic", "pandas", "tabulate")
 
 
 def loaded_after(statement: str) -> set[str]:
     code = f"import sys, json\n{statement}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=CODE_ROOT).stdout
     return set(json.loads(out.splitlines()[-1]))
 
 
