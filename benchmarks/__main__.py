@@ -2,9 +2,10 @@
 import os
 import sys
 
-from . import bench_postgres, bench_tiers
+from . import bench_postgres, bench_small, bench_tiers
 
 SECTIONS = {
+    "small": lambda: bench_small.run(float(os.environ.get("BENCH_SMALL_SCALE", "1"))),
     "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "80"))),
     "tiers": lambda: bench_tiers.run(
         objects=int(os.environ.get("BENCH_OBJECTS", "400")),

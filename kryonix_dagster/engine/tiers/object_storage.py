@@ -59,6 +59,7 @@ LAYOUT = "version-mtime-1"  # index marker: every file's mtime is version_mtime_
 OBJECT_FILE = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{64}")
 TAG_READERS = 8  # concurrent GetObjectTagging calls for reused objects
 DOWNLOADERS = 4  # concurrent GetObject calls
+UPLOADERS = 4  # concurrent PutObject calls (restore)
 
 
 def object_file(bucket: str, key: str) -> str:
@@ -397,19 +398,30 @@ def verify_staged(ctx: RestoreContext, index: dict, root: Path) -> None:
             raise OperationFailed(f"{where}: object {name} does not match its manifest checksum; nothing was changed")
 
 
+def _upload(client, bucket: str, key: str, entry: dict, root: Path) -> None:
+    """One object back with its content type, user metadata and tags: one PUT below the
+    multipart threshold, a multipart upload above it."""
+    extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
+    if entry.get("metadata"):
+        extra["Metadata"] = entry["metadata"]
+    if entry.get("tags"):
+        extra["Tagging"] = urlencode(entry["tags"])
+    path = root / entry["file"]
+    if (entry.get("size") or 0) < TRANSFER.multipart_threshold:
+        with path.open("rb") as body:
+            client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    else:
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=TRANSFER)
+
+
 def _restore_bucket(client, bucket: str, entries: dict, root: Path, region: str, outcome: RestoreOutcome) -> None:
     if not services.bucket_exists(client, bucket):
         services.create_bucket(client, bucket, region)
     for key in sorted(_present(client, bucket) - entries.keys()):
         client.delete_object(Bucket=bucket, Key=key)  # replace semantics: the bucket ends as it was
-    for key, entry in entries.items():
-        extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
-        if entry.get("metadata"):
-            extra["Metadata"] = entry["metadata"]
-        if entry.get("tags"):
-            extra["Tagging"] = urlencode(entry["tags"])
-        client.upload_file(str(root / entry["file"]), bucket, key, ExtraArgs=extra, Config=TRANSFER)
-        outcome.restored += 1
+    with ThreadPoolExecutor(max_workers=UPLOADERS, thread_name_prefix="object-put") as pool:
+        for _ in pool.map(lambda item: _upload(client, bucket, item[0], item[1], root), entries.items()):
+            outcome.restored += 1
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
