@@ -320,7 +320,10 @@ def backup(ctx: BackupContext) -> TierResult:
     if staged.placeholders and read > staged.downloaded + 1:  # restic read a placeholder: take it all again
         ctx.report.warn(f"restic read {read} file(s) for {staged.downloaded} downloaded object(s); "
                         f"downloading every object again")
-        ctx.repo.forget_ids([summary.snapshot_id])
+        try:
+            ctx.repo.forget_ids([summary.snapshot_id])
+        except OperationFailed as exc:  # no manifest names it, so no restore ever reads it
+            ctx.report.warn(f"could not forget the discarded objects snapshot {summary.snapshot_id[:8]}: {exc}")
         staged, summary = _snapshot(ctx, client, buckets, parent, True)
         retried = True
     index = staged.index
