@@ -2,9 +2,10 @@
 import os
 import sys
 
-from . import bench_fleet, bench_pitr, bench_postgres, bench_tiers
+from . import bench_fleet, bench_pitr, bench_postgres, bench_small, bench_tiers
 
 SECTIONS = {
+    "small": lambda: bench_small.run(float(os.environ.get("BENCH_SMALL_SCALE", "1"))),
     "postgres": lambda: bench_postgres.run(float(os.environ.get("BENCH_PG_SCALE", "80"))),
     "pitr": lambda: bench_pitr.run(float(os.environ.get("BENCH_PITR_SCALE", "80")),
                                    int(os.environ.get("BENCH_PITR_PGBENCH_SECONDS", "30"))),

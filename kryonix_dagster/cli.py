@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import click
-from tabulate import tabulate
 
 from .cli_lgpd import lgpd
 from .engine import registry
@@ -49,6 +48,8 @@ def info(message: str) -> None:
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Rows as an aligned plain-text table (values as text: a tenant id 007 stays 007)."""
+    from tabulate import tabulate  # imported here: most commands print no table (start-up time)
+
     if not rows:
         click.echo("(none)")
         return

@@ -416,22 +416,22 @@ def test_tags_and_metadata_changed_with_same_etag_survive_incremental(settings, 
     assert observe.bucket_state(s3, f"cliente-{tid}-") == expected
 
 
-# --- objects: leftovers of a killed run are swept, the mirror is private ------------------------
+# --- objects: leftovers of a killed run and old plaintext mirrors are swept ---------------------
 
 def test_leftovers_of_a_killed_run_are_swept(settings, tenant_factory):
     tid, s3, bucket = object_tenant(settings, tenant_factory)
     backup_tier(settings, tid, OBJECTS)
     state = Path(settings.state_dir)
-    mirror = state / "mirror" / f"cliente_{tid}" / "object_storage"
-    partial = mirror / "objects" / "ab" / ("ab" + "0" * 62 + ".part")
-    write(partial, "half an object")
-    staging = state / "restore" / f"cliente_{tid}-objects-killed"
-    write(staging / "objects" / "x", "plaintext object")
-    os.chmod(mirror.parent, 0o755)
+    mirror = state / "mirror" / f"cliente_{tid}" / "object_storage"  # what older versions kept
+    write(mirror / "objects" / "ab" / ("ab" + "0" * 62), "plaintext object of the old mirror")
+    killed_backup = state / "staging" / f"cliente_{tid}-objects-killed"
+    write(killed_backup / "objects" / "x", "half an object")
+    killed_restore = state / "restore" / f"cliente_{tid}-objects-killed"
+    write(killed_restore / "objects" / "x", "plaintext object")
+    os.chmod(state / "staging", 0o755)
     backup_tier(settings, tid, OBJECTS, backup_type="incremental")
-    assert not partial.exists() and not staging.exists()
-    for folder in (state / "mirror", mirror.parent, mirror):
-        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert not (state / "mirror").exists() and not killed_backup.exists() and not killed_restore.exists()
+    assert (state / "staging").stat().st_mode & 0o777 == 0o700
 
 
 def test_restore_error_is_one_line_in_process(settings, tenant_factory):

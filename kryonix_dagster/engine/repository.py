@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from . import procs
 from .errors import OperationFailed, one_line
@@ -312,14 +312,18 @@ class Restic:
 
     def backup_directory(self, directory: Path, tags: Iterable[str], time: datetime | None = None,
                          parent: str | None = None, excludes: Iterable[str] = (), force: bool = False,
-                         progress: Progress | None = None) -> BackupSummary:
+                         progress: Progress | None = None, mtime_and_size_only: bool = False) -> BackupSummary:
         """Back up a directory's contents; the snapshot's root is the directory itself, so a
-        restore can target any folder (another tenant's included)."""
+        restore can target any folder (another tenant's included). `mtime_and_size_only`: a
+        file whose mtime and size equal the parent's is unchanged, whatever its inode and ctime
+        (a folder rebuilt for each session), and restic reuses the parent's content unread."""
         args = []
         if parent:
             args += ["--parent", parent]
         if force:
             args.append("--force")
+        if mtime_and_size_only:
+            args += ["--ignore-inode", "--ignore-ctime"]
         for pattern in excludes:
             args += ["--exclude", pattern]
         args.append(".")
@@ -338,6 +342,23 @@ class Restic:
         with tempfile.TemporaryFile() as errfile:
             proc = procs.run(["restic", "dump", snapshot_id, path], stdout=out, stderr=errfile, env=self.env())
             if proc.returncode != 0:
+                errfile.seek(0)
+                raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
+
+    def dump_chunks(self, snapshot_id: str, path: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """A file of a snapshot as a stream of chunks (`restic dump`), for a reader that checks
+        or copies it as it comes; raises at the end if restic failed. A reader that stops early
+        closes the pipe and restic exits."""
+        with tempfile.TemporaryFile() as errfile:
+            proc = procs.popen(["restic", "dump", snapshot_id, path], stdout=subprocess.PIPE, stderr=errfile,
+                               env=self.env())
+            try:
+                while chunk := proc.stdout.read(size):
+                    yield chunk
+            finally:
+                proc.stdout.close()
+                code = proc.wait()
+            if code != 0:
                 errfile.seek(0)
                 raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
 

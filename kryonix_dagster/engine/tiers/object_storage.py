@@ -1,21 +1,30 @@
 """Object storage tier: the tenant's `cliente-{id}-*` buckets (exact prefix match).
 
-Every object's bytes, content type, user metadata and tags. A per-tenant local mirror
-(`$KRYONIX_STATE_DIR/mirror/cliente_{id}/object_storage`) keeps the objects of the last
-session under names derived from a hash of (bucket, key), so any key (spaces, unicode, `..`,
-deep paths, a key that is a prefix of another) maps to one safe file. An incremental
-session downloads only objects whose ETag, size or last-modified time changed, and restic
-(with the previous session as parent) skips unchanged files without reading them. A full
-session downloads everything again. `index.json` in the snapshot maps keys to files and
-metadata, including the version id of versioned buckets.
+Every object's bytes, content type, user metadata and tags. Each session builds the tier's
+snapshot folder afresh in a private staging folder (`$KRYONIX_STATE_DIR/staging`, 0700) and
+removes it when it ends: no worker keeps a plaintext copy of a tenant's objects between
+sessions. Objects live under names derived from a hash of (bucket, key), so any key (spaces,
+unicode, `..`, deep paths, a key that is a prefix of another) maps to one safe file, and
+`index.json` maps keys to files and metadata, including the version id of versioned buckets.
+
+Only changed objects are downloaded. An incremental session reads the previous session's
+`index.json` from its snapshot; an object whose ETag, size, last-modified time and version id
+are unchanged becomes a sparse placeholder (no data on disk) with the previous file's size and
+mtime. Every file's mtime is derived from its object version (`version_mtime_ns`), so restic,
+given the previous snapshot as parent and told to compare mtime and size only, keeps the
+parent's content for placeholders without reading them and reads every downloaded file. The
+session checks restic's own count of files it read: if restic read more files than were
+downloaded (plus the index), a placeholder's zeros could be in the snapshot, so that snapshot
+is forgotten and the tier is taken again downloading everything. A full session downloads
+everything.
 
 Each object's size, ETag and sha256 come from the download itself (never from the listing,
 which a concurrent write can outdate), and the sha256 is recorded in the manifest. Tags can
 change without touching ETag or last-modified, so an incremental session re-reads the tags
 of every object it reuses. A restore verifies every byte of the snapshot against the
 manifest (and refuses index paths outside its staging folder) before it changes a bucket.
-Leftovers of a killed run (partial downloads, restore staging) are swept at the start of
-the next one; the mirror and the staging are private (0700).
+Leftovers of a killed run (backup and restore staging, and the per-tenant plaintext mirrors
+older versions kept under `$KRYONIX_STATE_DIR/mirror`) are swept at the start of the next one.
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -45,8 +55,11 @@ S3Errors = (ClientError, BotoCoreError)
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
 TIER = "object_storage"
 INDEX = "index.json"
+LAYOUT = "version-mtime-1"  # index marker: every file's mtime is version_mtime_ns of its object
 OBJECT_FILE = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{64}")
 TAG_READERS = 8  # concurrent GetObjectTagging calls for reused objects
+DOWNLOADERS = 4  # concurrent GetObject calls
+UPLOADERS = 4  # concurrent PutObject calls (restore)
 
 
 def object_file(bucket: str, key: str) -> str:
@@ -54,8 +67,22 @@ def object_file(bucket: str, key: str) -> str:
     return f"objects/{digest[:2]}/{digest}"
 
 
-def mirror_dir(ctx_settings, names: TenantNames) -> Path:
-    return Path(ctx_settings.state_dir) / "mirror" / names.local_name / TIER
+def version_mtime_ns(etag: str, size: int, last_modified: str, version_id: str | None) -> int:
+    """The mtime a file of this object version gets: its last-modified second, plus
+    nanoseconds from a hash of ETag, size and version id. Two sessions give the same file
+    the same mtime exactly when they saw the same object version."""
+    second = int(datetime.fromisoformat(last_modified).timestamp())
+    salt = int(hashlib.sha256(f"{etag}\0{size}\0{version_id or ''}".encode()).hexdigest()[:12], 16)
+    return second * 1_000_000_000 + salt % 1_000_000_000
+
+
+def legacy_mirror_dir(settings) -> Path:
+    """Where older versions kept a plaintext mirror of every tenant's objects (now removed)."""
+    return Path(settings.state_dir) / "mirror"
+
+
+def backup_staging_dir(settings) -> Path:
+    return Path(settings.state_dir) / "staging"
 
 
 def restore_staging_dir(settings) -> Path:
@@ -72,40 +99,23 @@ def _private_dir(folder: Path, top: Path) -> None:
 
 
 def sweep_leftovers(settings, names: TenantNames) -> list[str]:
-    """Remove what a killed run of this tenant left: partial downloads in the mirror and
-    restore staging folders (plaintext objects). Keeps the mirror and its folders at 0700."""
+    """Remove plaintext objects a killed run of this tenant left in backup or restore staging,
+    and the plaintext mirrors older versions kept for every tenant."""
     removed = []
-    mirror = mirror_dir(settings, names)
-    if mirror.is_dir():
-        _private_dir(mirror, Path(settings.state_dir) / "mirror")
-        for dirpath, _, filenames in os.walk(mirror, followlinks=False):
-            for name in filenames:
-                if name.endswith((".part", ".tmp")):
-                    os.unlink(os.path.join(dirpath, name))
-                    removed.append(name)
-    staging = restore_staging_dir(settings)
-    if staging.is_dir():
-        for leftover in staging.glob(f"{names.local_name}-objects-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.append(leftover.name)
+    legacy = legacy_mirror_dir(settings)
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
+        removed.append(legacy.name)
+    for staging in (backup_staging_dir(settings), restore_staging_dir(settings)):
+        if staging.is_dir():
+            for leftover in staging.glob(f"{names.local_name}-objects-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover.name)
     return removed
 
 
 def tenant_buckets(client, names: TenantNames) -> list[str]:
     return sorted(b["Name"] for b in client.list_buckets().get("Buckets", []) if names.owns_bucket(b["Name"]))
-
-
-def _load_index(mirror: Path) -> dict:
-    try:
-        return json.loads((mirror / INDEX).read_text())
-    except (OSError, ValueError):
-        return {"buckets": {}}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _second(moment) -> str:
@@ -148,31 +158,52 @@ class Downloaded:
     metadata: dict
 
 
+def _set_mtime(path: Path, entry: dict) -> None:
+    mtime = version_mtime_ns(entry["etag"], entry["size"], entry["last_modified"], entry.get("version_id"))
+    os.utime(path, ns=(mtime, mtime))
+
+
 def _download(client, bucket: str, key: str, version_id: str | None, versioned: bool, target: Path) -> Downloaded:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
     response = client.get_object(Bucket=bucket, Key=key, **_version(version_id))
     body = response["Body"]
     digest, size = hashlib.sha256(), 0
     try:
-        with tmp.open("wb") as out:
+        with target.open("wb") as out:
             for chunk in body.iter_chunks(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
     finally:
         body.close()
-    os.replace(tmp, target)
     return Downloaded(size, digest.hexdigest(), response["ETag"].strip('"'), _second(response["LastModified"]),
                       response.get("VersionId") if versioned else None, response.get("ContentType"),
                       dict(response.get("Metadata", {})))
 
 
-def _reusable(old: dict | None, seen: dict, mirror: Path, file: str) -> bool:
-    if not old or "sha256" not in old or any(old.get(k) != v for k, v in seen.items()):
-        return False
-    path = mirror / file
-    return path.is_file() and path.stat().st_size == seen["size"]
+def _fetch(client, bucket: str, key: str, version_id: str | None, versioned: bool, root: Path) -> dict:
+    """Download one object into the staging folder; its index entry (file mtime set)."""
+    file = object_file(bucket, key)
+    got = _download(client, bucket, key, version_id, versioned, root / file)
+    entry = {"etag": got.etag, "size": got.size, "last_modified": got.last_modified,
+             "version_id": got.version_id, "file": file, "sha256": got.sha256,
+             "content_type": got.content_type, "metadata": got.metadata,
+             "tags": _tags(client, bucket, key, got.version_id)}
+    _set_mtime(root / file, entry)
+    return entry
+
+
+def _placeholder(root: Path, entry: dict) -> None:
+    """A sparse file of the object's size and version mtime: no bytes of the object on disk."""
+    path = root / entry["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.truncate(entry["size"])
+    _set_mtime(path, entry)
+
+
+def _reusable(old: dict | None, seen: dict, file: str) -> bool:
+    return bool(old) and "sha256" in old and old.get("file") == file and all(old.get(k) == v for k, v in seen.items())
 
 
 def _refresh_tags(client, bucket: str, entries: dict[str, dict]) -> None:
@@ -185,39 +216,87 @@ def _refresh_tags(client, bucket: str, entries: dict[str, dict]) -> None:
             entries[key] = {**entries[key], "tags": tags}
 
 
-def _sync_bucket(ctx: BackupContext, client, bucket: str, mirror: Path, previous: dict, full: bool) -> tuple[dict, int, int]:
-    """Bring the mirror of one bucket up to date; (index entry, downloaded objects, downloaded bytes)."""
+def _stage_bucket(ctx: BackupContext, client, bucket: str, root: Path, previous: dict) -> tuple[dict, int, int]:
+    """Stage one bucket: changed objects downloaded, the others as placeholders of the
+    previous session's files; (index entry, downloaded objects, downloaded bytes)."""
     versioned = client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
-    entries: dict[str, dict] = {}
+    wanted: list[tuple[str, str | None]] = []
     reused: dict[str, dict] = {}
-    downloaded = downloaded_bytes = 0
     for key, etag, size, modified, version_id in _listing(client, bucket, versioned):
         seen = {"etag": etag, "size": size, "last_modified": modified, "version_id": version_id}
-        file = object_file(bucket, key)
-        if not full and _reusable(previous.get(key), seen, mirror, file):
+        if _reusable(previous.get(key), seen, object_file(bucket, key)):
             reused[key] = previous[key]
-            continue
-        got = _download(client, bucket, key, version_id, versioned, mirror / file)
-        entries[key] = {"etag": got.etag, "size": got.size, "last_modified": got.last_modified,
-                        "version_id": got.version_id, "file": file, "sha256": got.sha256,
-                        "content_type": got.content_type, "metadata": got.metadata,
-                        "tags": _tags(client, bucket, key, got.version_id)}
-        downloaded += 1
-        downloaded_bytes += got.size
-        ctx.report.progress(f"objects {bucket}", downloaded_bytes, None)
+        else:
+            wanted.append((key, version_id))
+    entries: dict[str, dict] = {}
+    downloaded_bytes = 0
+    with ThreadPoolExecutor(max_workers=DOWNLOADERS, thread_name_prefix="object-get") as pool:
+        fetched = pool.map(lambda item: (item[0], _fetch(client, bucket, item[0], item[1], versioned, root)), wanted)
+        for key, entry in fetched:
+            entries[key] = entry
+            downloaded_bytes += entry["size"]
+            ctx.report.progress(f"objects {bucket}", downloaded_bytes, None)
     _refresh_tags(client, bucket, reused)
+    for entry in reused.values():
+        _placeholder(root, entry)
     entries.update(reused)
-    return {"versioned": versioned, "objects": dict(sorted(entries.items()))}, downloaded, downloaded_bytes
+    return {"versioned": versioned, "objects": dict(sorted(entries.items()))}, len(wanted), downloaded_bytes
 
 
-def _prune_mirror(mirror: Path, index: dict) -> None:
-    wanted = {e["file"] for b in index["buckets"].values() for e in b["objects"].values()}
-    objects = mirror / "objects"
-    if not objects.exists():
-        return
-    for path in objects.rglob("*"):
-        if path.is_file() and path.relative_to(mirror).as_posix() not in wanted:
-            path.unlink()
+def _previous_index(ctx: BackupContext, parent: str | None) -> dict:
+    """bucket → key → entry of the previous session's index, when its files carry version
+    mtimes (older sessions' files carry download times: nothing is reused from those)."""
+    if not parent:
+        return {}
+    try:
+        doc = json.loads(ctx.repo.dump_bytes(parent, f"/{INDEX}"))
+    except (OperationFailed, ValueError) as exc:
+        ctx.report.warn(f"previous object index unreadable, downloading every object: {one_line(str(exc), 200)}")
+        return {}
+    if not isinstance(doc, dict) or doc.get("layout") != LAYOUT:
+        return {}
+    return {bucket: entry.get("objects", {}) for bucket, entry in doc.get("buckets", {}).items()}
+
+
+@dataclass
+class Staged:
+    index: dict
+    downloaded: int
+    downloaded_bytes: int
+    placeholders: int
+
+
+def _stage(ctx: BackupContext, client, buckets: list[str], root: Path, previous: dict) -> Staged:
+    names = ctx.names
+    index: dict = {"tenant": names.tenant_id, "layout": LAYOUT, "buckets": {}}
+    downloaded = downloaded_bytes = 0
+    for bucket in buckets:
+        try:
+            entry, n, nbytes = _stage_bucket(ctx, client, bucket, root, previous.get(bucket, {}))
+        except S3Errors as exc:
+            raise OperationFailed(f"tenant {names.tenant_id}, tier object_storage: bucket {bucket}: {one_line(exc)}") from None
+        index["buckets"][bucket] = entry
+        downloaded += n
+        downloaded_bytes += nbytes
+    (root / INDEX).write_bytes(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False).encode())
+    objects = sum(len(b["objects"]) for b in index["buckets"].values())
+    return Staged(index, downloaded, downloaded_bytes, objects - downloaded)
+
+
+def _snapshot(ctx: BackupContext, client, buckets: list[str], parent: str | None, full: bool):
+    """Stage the buckets in a fresh private folder, back it up, remove the folder."""
+    base = backup_staging_dir(ctx.settings)
+    _private_dir(base, base)
+    previous = {} if full else _previous_index(ctx, parent)
+    tags = tier_tags(ctx.session_id, TIER, "objects", ctx.backup_type)
+    root = Path(tempfile.mkdtemp(prefix=f"{ctx.names.local_name}-objects-", dir=base))
+    try:
+        staged = _stage(ctx, client, buckets, root, previous)
+        summary = ctx.repo.backup_directory(root, tags, ctx.session_time, parent=parent, force=full,
+                                           mtime_and_size_only=True, progress=ctx.restic_progress("object storage"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return staged, summary
 
 
 def backup(ctx: BackupContext) -> TierResult:
@@ -232,28 +311,22 @@ def backup(ctx: BackupContext) -> TierResult:
     ctx.captured[TIER] = set()
     if not buckets:
         return TierResult(TIER, STATUS_EMPTY, duration_seconds=watch.seconds, details={"buckets": []})
-    mirror = mirror_dir(ctx.settings, names)
-    _private_dir(mirror, Path(ctx.settings.state_dir) / "mirror")
-    old_index = _load_index(mirror)
     full = ctx.backup_type == "full"
-    index: dict = {"tenant": names.tenant_id, "buckets": {}}
-    downloaded = downloaded_bytes = 0
-    for bucket in buckets:
-        try:
-            previous = old_index.get("buckets", {}).get(bucket, {}).get("objects", {})
-            entry, n, nbytes = _sync_bucket(ctx, client, bucket, mirror, previous, full)
-        except S3Errors as exc:
-            raise OperationFailed(f"tenant {names.tenant_id}, tier object_storage: bucket {bucket}: {one_line(exc)}") from None
-        index["buckets"][bucket] = entry
-        downloaded += n
-        downloaded_bytes += nbytes
-    _write_atomic(mirror / INDEX, json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False).encode())
-    _prune_mirror(mirror, index)
     previous_tier = ctx.previous_tier(TIER)
     parent = previous_tier.snapshots.get("objects") if previous_tier else None
-    summary = ctx.repo.backup_directory(mirror, tier_tags(ctx.session_id, TIER, "objects", ctx.backup_type),
-                                       ctx.session_time, parent=parent, force=full,
-                                       progress=ctx.restic_progress("object storage"))
+    staged, summary = _snapshot(ctx, client, buckets, parent, full)
+    read = summary.files_new + summary.files_changed
+    retried = False
+    if staged.placeholders and read > staged.downloaded + 1:  # restic read a placeholder: take it all again
+        ctx.report.warn(f"restic read {read} file(s) for {staged.downloaded} downloaded object(s); "
+                        f"downloading every object again")
+        try:
+            ctx.repo.forget_ids([summary.snapshot_id])
+        except OperationFailed as exc:  # no manifest names it, so no restore ever reads it
+            ctx.report.warn(f"could not forget the discarded objects snapshot {summary.snapshot_id[:8]}: {exc}")
+        staged, summary = _snapshot(ctx, client, buckets, parent, True)
+        retried = True
+    index = staged.index
     objects = sum(len(b["objects"]) for b in index["buckets"].values())
     total = sum(e["size"] or 0 for b in index["buckets"].values() for e in b["objects"].values())
     ctx.captured[TIER] = {f"{bucket[len(names.bucket_prefix):]}/{key}"
@@ -263,8 +336,10 @@ def backup(ctx: BackupContext) -> TierResult:
         bytes_added=summary.data_added, items=objects, duration_seconds=watch.seconds,
         checksums={"objects": {f"{bucket}/{key}": [e["etag"], e["size"], e["sha256"]]
                                for bucket, b in index["buckets"].items() for key, e in b["objects"].items()}},
-        details={"buckets": buckets, "objects": objects, "downloaded": downloaded, "downloaded_bytes": downloaded_bytes,
-                 "reused": objects - downloaded, "leftovers_swept": len(swept),
+        details={"buckets": buckets, "objects": objects, "downloaded": staged.downloaded,
+                 "downloaded_bytes": staged.downloaded_bytes, "reused": staged.placeholders,
+                 "files_read_by_restic": summary.files_new + summary.files_changed,
+                 "downloaded_again": retried, "leftovers_swept": len(swept),
                  "versioned_buckets": [b for b, e in index["buckets"].items() if e["versioned"]],
                  "version_ids": {f"{bucket}/{key}": e["version_id"] for bucket, b in index["buckets"].items()
                                  for key, e in b["objects"].items() if e.get("version_id")}},
@@ -326,19 +401,30 @@ def verify_staged(ctx: RestoreContext, index: dict, root: Path) -> None:
             raise OperationFailed(f"{where}: object {name} does not match its manifest checksum; nothing was changed")
 
 
+def _upload(client, bucket: str, key: str, entry: dict, root: Path) -> None:
+    """One object back with its content type, user metadata and tags: one PUT below the
+    multipart threshold, a multipart upload above it."""
+    extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
+    if entry.get("metadata"):
+        extra["Metadata"] = entry["metadata"]
+    if entry.get("tags"):
+        extra["Tagging"] = urlencode(entry["tags"])
+    path = root / entry["file"]
+    if (entry.get("size") or 0) < TRANSFER.multipart_threshold:
+        with path.open("rb") as body:
+            client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    else:
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=TRANSFER)
+
+
 def _restore_bucket(client, bucket: str, entries: dict, root: Path, region: str, outcome: RestoreOutcome) -> None:
     if not services.bucket_exists(client, bucket):
         services.create_bucket(client, bucket, region)
     for key in sorted(_present(client, bucket) - entries.keys()):
         client.delete_object(Bucket=bucket, Key=key)  # replace semantics: the bucket ends as it was
-    for key, entry in entries.items():
-        extra = {"ContentType": entry.get("content_type") or "application/octet-stream"}
-        if entry.get("metadata"):
-            extra["Metadata"] = entry["metadata"]
-        if entry.get("tags"):
-            extra["Tagging"] = urlencode(entry["tags"])
-        client.upload_file(str(root / entry["file"]), bucket, key, ExtraArgs=extra, Config=TRANSFER)
-        outcome.restored += 1
+    with ThreadPoolExecutor(max_workers=UPLOADERS, thread_name_prefix="object-put") as pool:
+        for _ in pool.map(lambda item: _upload(client, bucket, item[0], item[1], root), entries.items()):
+            outcome.restored += 1
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:

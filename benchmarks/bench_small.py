@@ -1,0 +1,110 @@
+"""Small tenant benchmark (issue 10): what a session and a restore cost beyond their data.
+
+One demo-scale tenant (every tier holds data), side by side in one run:
+  our full session        vs  pg_dump -Fc | restic backup --stdin of its database (by hand)
+  our unchanged session   vs  the by-hand pipeline's unchanged run
+  our restore (all tiers) vs  the by-hand way back: restic dump | pg_restore into a fresh database
+Facts: restic processes per full session, unchanged session and restore (counted by a `restic`
+shim first on PATH that logs each call and execs the real binary), and the CLI's start-up.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+from kryonix_dagster.demo import seed_tenant
+from kryonix_dagster.engine import pg
+from kryonix_dagster.engine.config import load_settings
+from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.engine.naming import names_for
+
+from tests.helpers import purge_tenant
+
+from .harness import Comparison, Report, World, cli, sh, timed
+
+TENANT = "benchsmall"
+
+
+class ResticCounter:
+    """A `restic` first on PATH that appends its subcommand to a file, then execs the real one."""
+
+    def __init__(self, base: Path):
+        real = shutil.which("restic")
+        if real is None:
+            raise RuntimeError("restic is not installed")
+        self.log = base / "restic-calls.log"
+        self.log.touch()
+        shim = base / "shim"
+        shim.mkdir()
+        script = shim / "restic"
+        script.write_text(f'#!/bin/sh\necho "$*" | cut -d" " -f1 >> "{self.log}"\nexec "{real}" "$@"\n')
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        os.environ["PATH"] = f"{shim}:{os.environ['PATH']}"
+
+    def calls(self) -> int:
+        return len(self.log.read_text().splitlines())
+
+    def during(self, fn) -> tuple[int, object]:
+        before = self.calls()
+        value = fn()
+        return self.calls() - before, value
+
+
+def run(scale: float) -> Path:
+    world = World("small")
+    report = Report("small")
+    counter = ResticCounter(world.base)
+    try:
+        settings = load_settings()
+        migrate(settings)
+        purge_tenant(settings, TENANT)
+        print(f"seeding demo tenant {TENANT} at scale {scale}", flush=True)
+        seeded = seed_tenant(settings, TENANT, scale)
+        names = names_for(settings, TENANT)
+        with pg.connection(settings.pg_dsn, names.database) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_database_size(current_database())")
+            db_bytes = cur.fetchone()[0]
+        pgenv = pg.tool_env(settings.pg_dsn, names.database)
+        manual_repo = world.base / "manual-repo"
+        restic_env = {"RESTIC_REPOSITORY": str(manual_repo), "RESTIC_PASSWORD": secrets.token_hex(16),
+                      "RESTIC_CACHE_DIR": str(world.base / "cache")}
+        sh("restic init -q", restic_env)
+        by_hand = "pg_dump -Fc | restic backup -q --stdin --stdin-filename db.dump"
+
+        full_calls, (full, _) = counter.during(
+            lambda: timed("kryonix-backup backup --type full", lambda: cli("backup", TENANT, "--type", "full")))
+        manual, _ = timed(f"{by_hand} (first)", lambda: sh(by_hand, {**pgenv, **restic_env}))
+        report.add(Comparison("small tenant: full session vs by-hand database pipeline", full, manual,
+                              "ours takes every tier (database, buckets, Redis, vhost, files, compliance)"))
+
+        again_calls, (again, _) = counter.during(
+            lambda: timed("kryonix-backup backup (unchanged)", lambda: cli("backup", TENANT)))
+        manual_again, _ = timed(f"{by_hand} (unchanged)", lambda: sh(by_hand, {**pgenv, **restic_env}))
+        report.add(Comparison("small tenant: unchanged session vs by-hand pipeline's second run", again, manual_again))
+
+        scratch = f"kryonix_bench_small_{secrets.token_hex(3)}"
+        pg.create_database(settings.pg_dsn, scratch)
+        try:
+            back, _ = timed("restic dump latest | pg_restore (by hand)",
+                            lambda: sh("restic dump -q latest db.dump | pg_restore --no-owner "
+                                       f"--dbname={scratch}", {**pg.tool_env(settings.pg_dsn, scratch), **restic_env}))
+        finally:
+            pg.drop_database(settings.pg_dsn, scratch)
+        restore_calls, (restore, _) = counter.during(
+            lambda: timed("kryonix-backup restore --yes (all tiers, verified)", lambda: cli("restore", TENANT, "--yes")))
+        report.add(Comparison("small tenant: restore vs by-hand restic dump | pg_restore", restore, back,
+                              "ours restores and verifies every tier, the database swapped in atomically"))
+
+        help_run, _ = timed("kryonix-backup --help", lambda: cli("--help"))
+        report.facts.update(tenant=TENANT, scale=scale, database_bytes=db_bytes, objects=seeded.objects,
+                            restic_processes_full_session=full_calls,
+                            restic_processes_unchanged_session=again_calls,
+                            restic_processes_restore=restore_calls,
+                            cli_help_seconds=round(help_run.seconds, 3))
+    finally:
+        purge_tenant(load_settings(), TENANT)
+        world.close()
+    return report.write()
