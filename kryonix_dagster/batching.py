@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 from dagster import (AssetCheckEvaluation, AssetKey, Config, DynamicOut, DynamicOutput, Failure, MetadataValue,
                      OpExecutionContext, op)
 
-from .backup.metadata import RESTORE_POINT_ASSET
 from .resources import BackupEngineResource
 from .workers.io import CHUNKS_IO_KEY
 
@@ -80,6 +79,8 @@ def active_tenants(engine: BackupEngineResource, config: TenantBatchConfig) -> l
 
 def log_check(context: OpExecutionContext, name: str, tenant_id: str, fields: dict) -> None:
     """One tenant's evaluation of a restore_point check, logged by a batch op."""
+    from .backup.metadata import RESTORE_POINT_ASSET  # here: backup/ imports this module at load
+
     context.log_event(AssetCheckEvaluation(asset_key=AssetKey(RESTORE_POINT_ASSET), check_name=name,
                                            partition=tenant_id, **fields))
 
