@@ -8,9 +8,10 @@ import secrets
 import pytest
 
 from kryonix_dagster.engine import keys
-from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.errors import BadInput, OperationFailed
 from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
+from kryonix_dagster.engine.lgpd import ledger
 from kryonix_dagster.engine.pitr.config import repository_passphrase
 
 from .offsite_world import new_master_key_file
@@ -82,3 +83,28 @@ def test_rotating_passwords_needs_the_copys_admin_path_when_a_copy_exists(vault)
     with pytest.raises(BadInput, match="KRYONIX_REPO_SECONDARY_ADMIN"):
         rotate_tenant(worker, tenant_id)
     assert keys.repository_password(own, tenant_id) == passwords[tenant_id]  # nothing changed
+
+
+def test_a_rotation_re_wraps_the_lgpd_ledger_keys_readable_mid_way_and_resumes(vault, tmp_path):
+    own, passwords = vault
+    ledger_keys = {tid: ledger.ledger_key(own, tid, create=True) for tid in passwords}
+    old_id = keys.fingerprint(keys.master_key(own))
+    new_key = new_master_key_file(tmp_path / "new.key")
+    first = sorted(passwords)[0]  # ledger keys are re-wrapped in tenant order
+
+    def kill_after_first_ledger_key(step: str) -> None:
+        if step == f"ledger:{first}":
+            raise Killed()
+
+    with pytest.raises(Killed):
+        rotate_master(own, new_key, after_each=kill_after_first_ledger_key)
+    wrapped_by = {tid: ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords}
+    assert wrapped_by[first] != old_id and set(wrapped_by.values()) == {old_id, wrapped_by[first]}  # mixed
+    assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys  # every one readable mid-way
+    done = rotate_master(own, new_key)
+    assert sorted(done.ledger_keys) == sorted(set(passwords) - {first})  # resumed where it stopped
+    assert {ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords} == {done.new_key_id}
+    assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys  # under the new master key only
+    own.master_key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    with pytest.raises(OperationFailed):  # the old master key is really no longer the one wrapping them
+        ledger.ledger_key(own, first)

@@ -1,7 +1,7 @@
 """Key rotation: a new master key for the vault, and new repository passwords per tenant.
 
-`rotate_master` re-wraps every tenant's password (and the PITR repository's passphrase) under a
-new master key. The new key is first
+`rotate_master` re-wraps every tenant's password (and the PITR repository's passphrase, and the
+LGPD erasure ledgers' keys) under a new master key. The new key is first
 put beside the old one (`<master key file>.next`); each row is re-wrapped in its own
 transaction and records which key wrapped it, and both keys are known to the vault until the
 last row is done, so a rotation killed mid-way leaves every tenant readable, and running it
@@ -29,6 +29,7 @@ from .errors import BadInput, OperationFailed
 from .fsutil import fsync_dir
 from .naming import repository_in, validate_tenant_id
 from .operation import tenant_operation
+from .lgpd import ledger
 from .pitr import config as pitr_config
 from .repository import Restic, restic_location
 from .tenant_repository import KeyFolder, _read_key_files, _remember, key_folder
@@ -43,6 +44,7 @@ class MasterRotation:
     rewrapped: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     pitr_stanzas: list[str] = field(default_factory=list)  # pgBackRest repository passphrases re-wrapped
+    ledger_keys: list[str] = field(default_factory=list)  # tenants whose LGPD ledger key was re-wrapped
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -82,6 +84,8 @@ def _restash(settings: Settings, tenant_id: str) -> None:
 
 def rotate_master(settings: Settings, new_key_file: Path,
                   after_each: Callable[[str], None] = lambda tenant_id: None) -> MasterRotation:
+    """`after_each` (tests) is called after each tenant's password with its id, and after each
+    ledger key with `ledger:<id>`."""
     try:
         new = keys.read_key_file(Path(new_key_file))
     except OperationFailed as exc:
@@ -108,7 +112,8 @@ def rotate_master(settings: Settings, new_key_file: Path,
         result.rewrapped.append(row.tenant_id)
         after_each(row.tenant_id)
     result.pitr_stanzas = pitr_config.rewrap_passphrases(settings, new)  # pgBackRest's passphrase too
-    for tenant_id in result.rewrapped:
+    result.ledger_keys = ledger.rewrap_keys(settings, new, lambda tid: after_each(f"ledger:{tid}"))  # ledger keys
+    for tenant_id in dict.fromkeys(result.rewrapped + result.ledger_keys):
         _restash(settings, tenant_id)
     os.replace(pending, settings.master_key_file)  # the new key is the master key, atomically
     fsync_dir(Path(settings.master_key_file).parent)
