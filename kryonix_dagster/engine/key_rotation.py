@@ -29,7 +29,7 @@ from .errors import BadInput, OperationFailed
 from .fsutil import fsync_dir
 from .naming import repository_in, validate_tenant_id
 from .operation import tenant_operation
-from .lgpd import ledger
+from .lgpd import ledger, ledger_stash
 from .pitr import config as pitr_config
 from .repository import Restic, restic_location
 from .tenant_repository import KeyFolder, _read_key_files, _remember, key_folder
@@ -62,22 +62,17 @@ def _write_private(path: Path, key: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def _stash_places(settings: Settings) -> list[locations.Location]:
-    places = [locations.location(settings, locations.PRIMARY)]
-    if settings.repo_secondary_admin:
-        places.append(locations.location(settings, locations.SECONDARY_ADMIN))
-    elif settings.repo_secondary:
-        places.append(locations.location(settings, locations.SECONDARY))
-    return places
-
-
 def _restash(settings: Settings, tenant_id: str) -> None:
-    """The tenant's new record beside every repository; superseded ones removed where allowed."""
-    for where in _stash_places(settings):
+    """The tenant's new records (wrapped password, erasure ledger) beside every repository;
+    superseded ones removed where allowed."""
+    for where in locations.stash_places(settings):
         try:
             record = key_stash.stash(settings, tenant_id, where)
             if record is not None and where.kind != locations.SECONDARY:
                 key_stash.prune(settings, tenant_id, where, record)
+            kept = ledger_stash.stash(settings, tenant_id, where)
+            if kept is not None and where.kind != locations.SECONDARY:
+                ledger_stash.remove(settings, tenant_id, where, keep=kept)
         except OSError as exc:
             log.warning("tenant %s: key vault stash at the %s location not updated: %s", tenant_id, where.kind, exc)
 
