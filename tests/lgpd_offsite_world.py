@@ -30,6 +30,7 @@ EMAIL = f"contato{ERASED}@exemplo.com.br"
 @dataclass
 class ErasureWorld:
     dr: World
+    session: str  # the tenant's one restore point, copied off-site before the erasure
     steps: dict = field(default_factory=dict)
 
     @property
@@ -52,7 +53,7 @@ class ErasureWorld:
                                                f"FROM whatsapp.mensagens WHERE contato_id = {person})"))
 
 
-def make_small_world(base, endpoint: Endpoint, tenant_id: str) -> World:
+def make_small_world(base, endpoint: Endpoint, tenant_id: str) -> tuple[World, str]:
     """Own main database, master key and primary root; the tenant's demo database backed up
     (PostgreSQL tier) and copied off-site through the append-only endpoint."""
     world = World(base, endpoint, tenant_id, {
@@ -70,8 +71,8 @@ def make_small_world(base, endpoint: Endpoint, tenant_id: str) -> World:
     seed_database(settings, names_for(settings, tenant_id), counts, demo_objects(tenant_id, counts))
     session = run_backup(settings, tenant_id, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
     assert session.restore_point, session.error
-    assert world.cli_json("copy", tenant_id)["copies"][0]["copied_sessions"]
-    return world
+    assert world.cli_json("copy", tenant_id)["copies"][0]["copied_sessions"] == [session.session_id]
+    return world, session.session_id
 
 
 @pytest.fixture(scope="session")  # once per test process (xdist worker)
@@ -80,8 +81,8 @@ def erasure_world(settings, tmp_path_factory):
     endpoint = start_endpoint(base)
     world = None
     try:
-        world = make_small_world(base, endpoint, "g" + secrets.token_hex(4))
-        yield ErasureWorld(world)
+        world, session = make_small_world(base, endpoint, "g" + secrets.token_hex(4))
+        yield ErasureWorld(world, session)
     finally:
         if world is not None:
             destroy_world(world)

@@ -9,8 +9,11 @@ import subprocess
 from pathlib import Path
 
 from kryonix_dagster.engine import keys, locations, pg, registry
+from kryonix_dagster.engine.key_recovery import recover_keys
 from kryonix_dagster.engine.key_stash import read_stash
 from kryonix_dagster.engine.lgpd import ledger, ledger_stash
+from kryonix_dagster.engine.lgpd.offboard import run_offboard
+from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.engine.naming import names_for, repository_in
 from kryonix_dagster.engine.offsite import run_copy
 from kryonix_dagster.engine.repository import restic_location
@@ -18,6 +21,7 @@ from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import TIERS
 
 from . import lgpd_offsite_world, observe
+from .helpers import purge_tenant
 from .lgpd_offsite_world import ERASED, KEPT
 
 erasure_world = lgpd_offsite_world.erasure_world  # a fixture: one world per test process
@@ -45,11 +49,9 @@ def ledger_files(settings, tenant_id: str) -> int:
                for kind in (locations.PRIMARY, locations.SECONDARY_ADMIN))
 
 
-def leaving_tenant(world, tmp_path: Path) -> str:
+def leaving_tenant(world, tid: str) -> None:
     """A small tenant with a ledger, backed up (no compliance tier: no legal hold), copied off-site."""
-    dr = world.dr
-    tid = "x" + secrets.token_hex(4)
-    settings = dr.settings
+    settings = world.dr.settings
     registry.ensure_tenant(settings, tid, "Saindo", "basic")
     names = names_for(settings, tid)
     observe.psql("postgres", f"CREATE DATABASE {names.database}")
@@ -61,13 +63,22 @@ def leaving_tenant(world, tmp_path: Path) -> str:
     ledger_stash.stash_everywhere(settings, tid)  # what an erasure does
     run_copy(settings, tid)  # through the append-only endpoint; stashes the password and the ledger there
     registry.set_status(settings, tid, "cancelado")
-    return tid
 
 
 def test_offboarding_crypto_shreds_every_copy_and_every_stash(erasure_world, tmp_path):
     dr = erasure_world.dr
     settings = dr.settings
-    tid = leaving_tenant(erasure_world, tmp_path)
+    tid = "x" + secrets.token_hex(4)
+    try:
+        leaving_tenant(erasure_world, tid)
+        check_offboarding(erasure_world, tid, tmp_path)
+    finally:
+        purge_tenant(settings, tid)  # whatever a failure left behind
+
+
+def check_offboarding(erasure_world, tid: str, tmp_path: Path) -> None:
+    dr = erasure_world.dr
+    settings = dr.settings
     primary = Path(restic_location(repository_in(settings.repo, tid)))
     offsite = Path(restic_location(repository_in(settings.repo_secondary_admin, tid)))
     earlier = {"primary": tmp_path / "primary-copy", "offsite": tmp_path / "offsite-copy"}  # disk snapshots
@@ -83,19 +94,19 @@ def test_offboarding_crypto_shreds_every_copy_and_every_stash(erasure_world, tmp
     assert keys.repository_password(settings, tid) == password and offsite.is_dir() and primary.is_dir()
     assert pg.database_exists(settings.pg_dsn, names_for(settings, tid).database)  # nothing touched
 
-    done = dr.cli_json("tenants", "offboard", tid, "--yes")
+    done = run_offboard(settings, tid).to_json()  # with the admin path (the CLI's contract: the refusal above)
     assert done["status"] == "encerrado" and done["repositories_deleted"] == ["primary", "secondary-admin"]
     assert not primary.exists() and not offsite.exists()
     assert tid not in stashed_passwords(settings) and ledger_files(settings, tid) == 0
-    lost = {"KRYONIX_MAIN_DB": f"{settings.main_db}_off{secrets.token_hex(2)}"}
-    try:  # the vault rebuilt from the copy's stash knows nothing of the tenant
-        recovered = dr.cli_json("keys", "recover", "--from", "secondary", env=lost)
+    lost = settings.with_overrides(main_db=f"{settings.main_db}_off{secrets.token_hex(2)}")
+    try:  # the vault rebuilt from the copy's stash (through the workers' endpoint) knows nothing of the tenant
+        migrate(lost)
+        recovered = recover_keys(lost, locations.SECONDARY).to_json()
         assert tid not in [t["tenant_id"] for t in recovered["recovered"]] + list(recovered["skipped"])
-        rebuilt = observe.psql(lost["KRYONIX_MAIN_DB"], "SELECT cliente_id FROM tenants.backup_keys").split()
-        recovered_settings = settings.with_overrides(main_db=lost["KRYONIX_MAIN_DB"])
-        held = {keys.repository_password(recovered_settings, t) for t in rebuilt}
+        held = {keys.repository_password(lost, w.tenant_id) for w in keys.wrapped_keys(lost)}
+        assert dr.tenant_id in [w.tenant_id for w in keys.wrapped_keys(lost)]  # recovery itself works
     finally:
-        pg.drop_database(settings.pg_dsn, lost["KRYONIX_MAIN_DB"])
+        pg.drop_database(settings.pg_dsn, lost.main_db)
     held |= {w for ws in stashed_passwords(settings).values() for w in ws}
     held |= {keys.repository_password(settings, w.tenant_id) for w in keys.wrapped_keys(settings)}
     assert held  # the other tenant's passwords are there, and are tried
@@ -129,8 +140,8 @@ def test_the_ledger_survives_the_loss_of_the_main_database(erasure_world):
         assert [(e.subject_kind, e.value_hash, e.key_hashes) for e in after] == \
             [(e.subject_kind, e.value_hash, e.key_hashes) for e in before]
         assert ledger.ledger_key(rebuilt, dr.tenant_id) == ledger.ledger_key(dr.settings, dr.tenant_id)
-        oldest = dr.cli_json("snapshots", dr.tenant_id, env=lost)[-1]["session"]  # taken before the erasure
-        restored = dr.cli("restore", dr.tenant_id, "--snapshot", oldest, "--services", "postgresql", "--yes", env=lost)
+        restored = dr.cli("restore", dr.tenant_id, "--snapshot", erasure_world.session,  # before the erasure
+                          "--services", "postgresql", "--yes", env=lost)
         assert restored.returncode == 0, restored.stderr[-2000:]
         assert erasure_world.person(ERASED) == 0 and erasure_world.person(KEPT) > 0
     finally:

@@ -106,9 +106,11 @@ def rotate_master(settings: Settings, new_key_file: Path,
         keys.store_wrapped(settings, keys.WrappedKey(row.tenant_id, new_id, nonce, wrapped))
         result.rewrapped.append(row.tenant_id)
         after_each(row.tenant_id)
+    result.ledger_keys = ledger.rewrap_keys(settings, new, lambda tid: after_each(f"ledger:{tid}"))  # LGPD ledger keys
     result.pitr_stanzas = pitr_config.rewrap_passphrases(settings, new)  # pgBackRest's passphrase too
-    result.ledger_keys = ledger.rewrap_keys(settings, new, lambda tid: after_each(f"ledger:{tid}"))  # ledger keys
-    for tenant_id in dict.fromkeys(result.rewrapped + result.ledger_keys):
+    # every tenant: one re-wrapped by a run killed before this point is `already` now, and its
+    # stash must not keep only the old key's version
+    for tenant_id in dict.fromkeys(result.rewrapped + result.already + result.ledger_keys):
         _restash(settings, tenant_id)
     os.replace(pending, settings.master_key_file)  # the new key is the master key, atomically
     fsync_dir(Path(settings.master_key_file).parent)

@@ -37,7 +37,8 @@ from ..config import Settings
 from ..erasure import _erase
 from ..errors import BadInput, OperationFailed, one_line
 from ..manifest import find_manifest
-from ..naming import TenantNames, names_for, repository_in, scratch_names_for, validate_tenant_id
+from ..naming import (TenantNames, ledger_stash_file_tenant, names_for, repository_in, scratch_names_for,
+                      validate_tenant_id, vault_file_tenant)
 from ..operation import tenant_operation
 from ..plans import plan_for
 from ..reporting import NullReporter, Reporter
@@ -135,7 +136,8 @@ def _write_export(settings: Settings, scratch: TenantNames, folder: Path) -> Non
 
 
 def _copy_exists(settings: Settings, tenant_id: str) -> bool:
-    """An off-site copy was recorded, or the workers' path to the copy shows the repository."""
+    """An off-site copy was recorded, or the workers' path to the copy shows the repository or a
+    stashed record of the tenant (an erasure stashes its ledger there even before any copy)."""
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM tenants.offsite_copies WHERE cliente_id = %s", (tenant_id,))
         if cur.fetchone():
@@ -146,9 +148,12 @@ def _copy_exists(settings: Settings, tenant_id: str) -> bool:
     folder = key_folder(settings, restic_location(repository_in(where.root, tenant_id)), where.access_key,
                         where.secret_key)
     try:
-        return folder is None or bool(folder.names())  # a backend we cannot look into: assume a copy
+        if folder is None or folder.names():  # a backend we cannot look into: assume a copy
+            return True
+        stashed = key_stash.vault_folder(settings, where).names()
     except OSError:
         return True
+    return any(tenant_id in (vault_file_tenant(n), ledger_stash_file_tenant(n)) for n in stashed)
 
 
 def _shred_places(settings: Settings) -> list[locations.Location]:
