@@ -8,9 +8,10 @@ import secrets
 import pytest
 
 from kryonix_dagster.engine import keys
-from kryonix_dagster.engine.errors import BadInput
+from kryonix_dagster.engine.errors import BadInput, OperationFailed
 from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
+from kryonix_dagster.engine.lgpd import ledger
 from kryonix_dagster.engine.pitr.config import repository_passphrase
 
 from .offsite_world import new_master_key_file
@@ -36,6 +37,8 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     new_key = new_master_key_file(tmp_path / "new.key")
     first = sorted(passwords)[0]  # rows are re-wrapped in id order
     passphrase = repository_passphrase(own, "rotstanza", create=True)  # pgBackRest's, wrapped alike
+    ledger_keys = {tid: ledger.ledger_key(own, tid, create=True) for tid in passwords}  # LGPD ledgers' too
+    old_id = keys.fingerprint(keys.master_key(own))
 
     def kill_after_first(tenant_id: str) -> None:
         if tenant_id == first:
@@ -51,7 +54,20 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     other = new_master_key_file(tmp_path / "other.key")
     with pytest.raises(BadInput, match="under way"):
         rotate_master(own, other)  # a second, different rotation is refused until this one ends
+
+    def kill_after_first_ledger_key(step: str) -> None:
+        if step == f"ledger:{first}":
+            raise Killed()
+
+    with pytest.raises(Killed):  # killed again, now among the ledger keys
+        rotate_master(own, new_key, after_each=kill_after_first_ledger_key)
+    ledger_by = {tid: ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords}
+    assert ledger_by[first] != old_id and set(ledger_by.values()) == {old_id, ledger_by[first]}  # mixed
+    assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys  # every one readable mid-way
     done = rotate_master(own, new_key)
+    assert sorted(done.ledger_keys) == sorted(set(passwords) - {first})  # resumed where it stopped
+    assert {ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords} == {done.new_key_id}
+    assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys
     assert sorted(done.rewrapped + done.already) == sorted(passwords)
     assert own.master_key_file.read_text() == new_key.read_text()
     assert not keys.pending_key_file(own).exists()
@@ -62,6 +78,9 @@ def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vaul
     with pg.connection(own.pg_dsn, own.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT master_key_id FROM tenants.pitr_keys")
         assert cur.fetchall() == [(done.new_key_id,)]
+    own.master_key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    with pytest.raises(OperationFailed):  # the ledger keys are really under the new key only
+        ledger.ledger_key(own, first)
 
 
 def test_a_malformed_new_key_file_is_bad_input_and_changes_nothing(vault, tmp_path):
@@ -82,3 +101,4 @@ def test_rotating_passwords_needs_the_copys_admin_path_when_a_copy_exists(vault)
     with pytest.raises(BadInput, match="KRYONIX_REPO_SECONDARY_ADMIN"):
         rotate_tenant(worker, tenant_id)
     assert keys.repository_password(own, tenant_id) == passwords[tenant_id]  # nothing changed
+

@@ -15,7 +15,7 @@ from kryonix_dagster.cli import main
 from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.pitr.restore_at import run_restore_at
 
-from .pitr_world import pitr_world_fixture
+from .pitr_world import ERASED_EMAIL, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
 
@@ -264,3 +264,23 @@ def test_a_moment_seconds_ago_with_the_other_tiers_from_the_restore_point_before
         for stale in client.scan_iter(match=f"cliente:{tid}:*"):
             client.delete(stale)
         client.close()
+
+
+def test_restore_at_a_moment_before_an_erasure_re_erases_the_person(pitr_world, test_env):
+    """The person was in the database at t_mid and erased afterwards: restored as of t_mid, the
+    database comes back (rows up to t2) without the person, the other contact intact. (test_env:
+    the erasure looks in object storage too, the run's moto.)"""
+    world = pitr_world
+    tid = world.tenants["erased"]
+    contacts = "SELECT id || ':' || email FROM crm.contatos ORDER BY id"
+    erase = world.cli("lgpd", "erase", tid, "--subject", f"email={ERASED_EMAIL}", "--yes", "--json")
+    assert erase.returncode == 0, erase.stderr
+    assert ERASED_EMAIL not in world.psql(f"kryonix_cliente_{tid}", contacts)
+    result = world.cli("restore", tid, "--at", _iso(world.t_mid), "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["lgpd"]["subjects_reerased"] == 1
+    assert world.rows(tid) == _rows(world, tid, 2)  # really the moment before t3
+    assert world.psql(f"kryonix_cliente_{tid}", contacts).splitlines() == [
+        "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
+    assert ERASED_EMAIL not in erase.stdout + erase.stderr + result.stdout + result.stderr

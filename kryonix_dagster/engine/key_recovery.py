@@ -5,6 +5,8 @@ For each tenant found in the stash, the newest record the master key unwraps AND
 password opens the tenant's repository at that location wins (a record older than a key
 rotation unwraps but no longer opens the repository). The registry row comes back with the
 stashed name and plan, status ativo; the repository's restore points are counted as proof.
+The tenant's erasure ledger (keyed hashes and wrapped ledger key, lgpd/ledger_stash.py) comes
+back from the same place, so a restore after the recovery still re-erases erased people.
 Existing rows are never overwritten.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from . import keys, locations, pg
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
 from .key_stash import StashRecord, read_stash
+from .lgpd.ledger_stash import read_ledgers, restore_ledger
 from .manifest import restore_points
 from .naming import repository_in
 from .repository import Restic
@@ -30,6 +33,7 @@ class RecoveredTenant:
     name: str
     plan: str
     restore_points: int
+    ledger_entries: int = 0  # erasure ledger entries brought back (lgpd/ledger_stash.py)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -60,6 +64,7 @@ def recover_keys(settings: Settings, source: str = locations.PRIMARY) -> Recover
         stash = read_stash(settings, where)
     except OSError as exc:
         raise KryonixError(f"key vault stash beside the {source} repositories unreadable: {one_line(str(exc))}") from None
+    ledgers = read_ledgers(settings, where)
     for tenant_id, records in sorted(stash.items()):
         chosen = _first_that_opens(settings, where, records)
         if chosen is None:
@@ -70,7 +75,8 @@ def recover_keys(settings: Settings, source: str = locations.PRIMARY) -> Recover
         with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO tenants.clientes (id, nome, plano) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
                         (tenant_id, record.name, record.plan))
-        result.recovered.append(RecoveredTenant(tenant_id, record.name, record.plan, points))
+        erased = restore_ledger(settings, ledgers.get(tenant_id, []))  # erased people stay erased
+        result.recovered.append(RecoveredTenant(tenant_id, record.name, record.plan, points, erased))
     return result
 
 

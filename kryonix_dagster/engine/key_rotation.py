@@ -1,7 +1,7 @@
 """Key rotation: a new master key for the vault, and new repository passwords per tenant.
 
-`rotate_master` re-wraps every tenant's password (and the PITR repository's passphrase) under a
-new master key. The new key is first
+`rotate_master` re-wraps every tenant's password (and the PITR repository's passphrase, and the
+LGPD erasure ledgers' keys) under a new master key. The new key is first
 put beside the old one (`<master key file>.next`); each row is re-wrapped in its own
 transaction and records which key wrapped it, and both keys are known to the vault until the
 last row is done, so a rotation killed mid-way leaves every tenant readable, and running it
@@ -29,6 +29,7 @@ from .errors import BadInput, OperationFailed
 from .fsutil import fsync_dir
 from .naming import repository_in, validate_tenant_id
 from .operation import tenant_operation
+from .lgpd import ledger, ledger_stash
 from .pitr import config as pitr_config
 from .repository import Restic, restic_location
 from .tenant_repository import KeyFolder, _read_key_files, _remember, key_folder
@@ -43,6 +44,7 @@ class MasterRotation:
     rewrapped: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     pitr_stanzas: list[str] = field(default_factory=list)  # pgBackRest repository passphrases re-wrapped
+    ledger_keys: list[str] = field(default_factory=list)  # tenants whose LGPD ledger key was re-wrapped
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -60,28 +62,25 @@ def _write_private(path: Path, key: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def _stash_places(settings: Settings) -> list[locations.Location]:
-    places = [locations.location(settings, locations.PRIMARY)]
-    if settings.repo_secondary_admin:
-        places.append(locations.location(settings, locations.SECONDARY_ADMIN))
-    elif settings.repo_secondary:
-        places.append(locations.location(settings, locations.SECONDARY))
-    return places
-
-
 def _restash(settings: Settings, tenant_id: str) -> None:
-    """The tenant's new record beside every repository; superseded ones removed where allowed."""
-    for where in _stash_places(settings):
+    """The tenant's new records (wrapped password, erasure ledger) beside every repository;
+    superseded ones removed where allowed."""
+    for where in locations.stash_places(settings):
         try:
             record = key_stash.stash(settings, tenant_id, where)
             if record is not None and where.kind != locations.SECONDARY:
                 key_stash.prune(settings, tenant_id, where, record)
+            kept = ledger_stash.stash(settings, tenant_id, where)
+            if kept is not None and where.kind != locations.SECONDARY:
+                ledger_stash.remove(settings, tenant_id, where, keep=kept)
         except OSError as exc:
             log.warning("tenant %s: key vault stash at the %s location not updated: %s", tenant_id, where.kind, exc)
 
 
 def rotate_master(settings: Settings, new_key_file: Path,
                   after_each: Callable[[str], None] = lambda tenant_id: None) -> MasterRotation:
+    """`after_each` (tests) is called after each tenant's password with its id, and after each
+    ledger key with `ledger:<id>`."""
     try:
         new = keys.read_key_file(Path(new_key_file))
     except OperationFailed as exc:
@@ -107,8 +106,11 @@ def rotate_master(settings: Settings, new_key_file: Path,
         keys.store_wrapped(settings, keys.WrappedKey(row.tenant_id, new_id, nonce, wrapped))
         result.rewrapped.append(row.tenant_id)
         after_each(row.tenant_id)
+    result.ledger_keys = ledger.rewrap_keys(settings, new, lambda tid: after_each(f"ledger:{tid}"))  # LGPD ledger keys
     result.pitr_stanzas = pitr_config.rewrap_passphrases(settings, new)  # pgBackRest's passphrase too
-    for tenant_id in result.rewrapped:
+    # every tenant: one re-wrapped by a run killed before this point is `already` now, and its
+    # stash must not keep only the old key's version
+    for tenant_id in dict.fromkeys(result.rewrapped + result.already + result.ledger_keys):
         _restash(settings, tenant_id)
     os.replace(pending, settings.master_key_file)  # the new key is the master key, atomically
     fsync_dir(Path(settings.master_key_file).parent)

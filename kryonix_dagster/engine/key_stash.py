@@ -113,12 +113,15 @@ def _has(folder: KeyFolder, name: str) -> bool:
 
 
 def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
-    """`stash`, never failing the caller (a session, a copy): a missing stash is a warning."""
+    """`stash`, never failing the caller (a session, a copy): a missing stash is a warning.
+    The tenant's erasure ledger goes with it (lgpd/ledger_stash.py)."""
+    from .lgpd import ledger_stash
     try:
         stash(settings, tenant_id, where)
     except OSError as exc:
         log.warning("tenant %s: wrapped password not stashed beside the %s repository: %s",
                     tenant_id, where.kind, exc)
+    ledger_stash.ensure_stashed(settings, tenant_id, where)
 
 
 def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecord]]:
@@ -141,12 +144,13 @@ def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecor
     return found
 
 
-def prune(settings: Settings, tenant_id: str, where: Location, keep: StashRecord) -> int:
-    """Remove the tenant's superseded stash files (after a rotation); returns how many."""
+def prune(settings: Settings, tenant_id: str, where: Location, keep: StashRecord | None) -> int:
+    """Remove the tenant's superseded stash files (after a rotation; all of them when `keep` is
+    None: off-boarding); returns how many."""
     folder = vault_folder(settings, where)
     removed = 0
     for name in folder.names():
-        if vault_file_tenant(name) == tenant_id and name != keep.file_name:
+        if vault_file_tenant(name) == tenant_id and (keep is None or name != keep.file_name):
             folder.remove(name)
             removed += 1
     return removed

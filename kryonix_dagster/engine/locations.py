@@ -53,6 +53,17 @@ def location(settings: Settings, kind: str = PRIMARY) -> Location:
     raise BadInput(f"unknown repository {kind!r}: expected one of {', '.join(KINDS)}")
 
 
+def stash_places(settings: Settings) -> list[Location]:
+    """Where the stashes (wrapped passwords, erasure ledgers) go: beside the primary, and beside
+    the copy — through its admin path when configured, else through the append-only endpoint."""
+    places = [location(settings, PRIMARY)]
+    if settings.repo_secondary_admin:
+        places.append(location(settings, SECONDARY_ADMIN))
+    elif settings.repo_secondary:
+        places.append(location(settings, SECONDARY))
+    return places
+
+
 def from_option(raw: str | None) -> str:
     """`--from primary|secondary` (None: primary)."""
     if raw in (None, PRIMARY):

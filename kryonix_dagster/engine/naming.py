@@ -166,6 +166,16 @@ def vault_file_name(tenant_id: str, digest: str) -> str:
     return f"{validate_tenant_id(tenant_id)}-{digest}.json"
 
 
+def ledger_stash_file_name(tenant_id: str, digest: str) -> str:
+    """A tenant's erasure ledger stashed beside its repositories (engine/lgpd/ledger_stash.py)."""
+    return f"ledger-{validate_tenant_id(tenant_id)}-{digest}.json"
+
+
+def ledger_stash_file_tenant(name: str) -> str | None:
+    match = re.fullmatch(r"ledger-([a-z0-9]{1,32})-[0-9a-f]{16}\.json", name)
+    return match.group(1) if match else None
+
+
 def vault_file_tenant(name: str) -> str | None:
     """The tenant id of a stash file name, None for anything else."""
     match = re.fullmatch(r"([a-z0-9]{1,32})-[0-9a-f]{16}\.json", name)

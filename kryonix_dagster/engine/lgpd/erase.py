@@ -29,7 +29,7 @@ from ..naming import TenantNames, names_for, validate_tenant_id
 from ..operation import tenant_operation
 from ..reporting import NullReporter, Reporter
 from ..tenant_repository import open_repository
-from . import ledger
+from . import ledger, ledger_stash
 from .locations import Erased, erase_appdata, erase_database, erase_objects, erase_redis, existing_tables
 from .rules import LgpdRules, load_rules, parse_subject
 
@@ -129,6 +129,7 @@ def run_erase(settings: Settings, tenant_id: str, subject: str, dry_run: bool = 
                                   [ledger.keyed_hash(key, key_name, k) for k in keys],
                                   {"erased": cert.erased.to_json(), "persons": len(keys)})
             cert.reference, cert.erased_at = entry.reference, entry.erased_at
+            ledger_stash.stash_everywhere(settings, tenant_id)  # survives the loss of the main database
         cert.duration_seconds = op.seconds
         op.audit = {"details": {"subject_kind": kind, "reference": cert.reference, "persons": len(keys),
                                 "erased": cert.erased.to_json(),

@@ -18,6 +18,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -50,13 +51,66 @@ def ledger_key(settings: Settings, tenant_id: str, create: bool = False) -> byte
     if row is None:
         return None
     nonce, wrapped, wrapped_by = row
-    if keys._fingerprint(master) != wrapped_by:
+    return unwrap_key(settings, tenant_id, bytes(nonce), bytes(wrapped), wrapped_by)
+
+
+def unwrap_key(settings: Settings, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> bytes:
+    """With whichever known master key wrapped it (the pending one too, mid-rotation)."""
+    master = keys.known_master_keys(settings).get(wrapped_by)
+    if master is None:
         raise OperationFailed(f"tenant {tenant_id}: its ledger key is wrapped by master key {wrapped_by}, "
                               "not by the one in KRYONIX_MASTER_KEY_FILE")
     try:
-        return AESGCM(master).decrypt(bytes(nonce), bytes(wrapped), _associated(tenant_id))
+        return AESGCM(master).decrypt(nonce, wrapped, _associated(tenant_id))
     except InvalidTag:
         raise OperationFailed(f"tenant {tenant_id}: the wrapped ledger key failed authentication") from None
+
+
+@dataclass(frozen=True)
+class WrappedLedgerKey:
+    tenant_id: str
+    master_key_id: str
+    nonce: bytes = field(repr=False)
+    wrapped: bytes = field(repr=False)
+
+
+def wrapped_ledger_key(settings: Settings, tenant_id: str) -> WrappedLedgerKey | None:
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT master_key_id, nonce, wrapped_key FROM tenants.lgpd_ledger_keys WHERE cliente_id = %s",
+                    (tenant_id,))
+        row = cur.fetchone()
+    return WrappedLedgerKey(tenant_id, row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+
+def store_wrapped_key(settings: Settings, record: WrappedLedgerKey) -> bool:
+    """Insert a (recovered) wrapped ledger key unless the tenant has one; True when inserted."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, wrapped_key) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) DO NOTHING",
+                    (record.tenant_id, record.master_key_id, record.nonce, record.wrapped))
+        return cur.rowcount > 0
+
+
+def rewrap_keys(settings: Settings, new_key: bytes,
+                after_each: Callable[[str], None] = lambda tenant_id: None) -> list[str]:
+    """Every tenant's ledger key re-wrapped under `new_key` (keys rotate-master), each row in its
+    own transaction; rows already wrapped by it are left alone, so a resumed rotation finishes."""
+    new_id = keys._fingerprint(new_key)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT cliente_id, nonce, wrapped_key, master_key_id FROM tenants.lgpd_ledger_keys "
+                    "WHERE master_key_id <> %s ORDER BY cliente_id", (new_id,))
+        rows = cur.fetchall()
+    done = []
+    for tenant_id, nonce, wrapped, wrapped_by in rows:
+        key = unwrap_key(settings, tenant_id, bytes(nonce), bytes(wrapped), wrapped_by)
+        fresh = secrets.token_bytes(12)
+        sealed = AESGCM(new_key).encrypt(fresh, key, _associated(tenant_id))
+        with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE tenants.lgpd_ledger_keys SET master_key_id = %s, nonce = %s, wrapped_key = %s "
+                        "WHERE cliente_id = %s AND master_key_id = %s", (new_id, fresh, sealed, tenant_id, wrapped_by))
+        done.append(tenant_id)
+        after_each(tenant_id)
+    return done
 
 
 def keyed_hash(key: bytes, kind: str, value: object) -> str:

@@ -13,8 +13,12 @@ tenant's lease:
    version, Redis namespace, RabbitMQ vhost, application-data folder);
 3. crypto-shredding: the wrapped repository password and the ledger key are deleted from the
    main database (the only things that open the repository or link a ledger hash to a
-   person), then the repository itself is deleted. A copy of the repository made earlier
-   (an off-site copy, a disk snapshot) can no longer be opened by anything the product holds;
+   person), then their stashed copies beside the repositories (key_stash.py, ledger_stash.py)
+   at every location, then the repository itself at every location — the off-site copy
+   through its admin path (KRYONIX_REPO_SECONDARY_ADMIN; when a copy exists and no admin path
+   is configured, off-boarding is refused before anything is touched). A copy of a
+   repository made earlier (a disk snapshot) can no longer be opened by anything the product
+   holds;
 4. the registry status becomes `encerrado` (its Dagster partition is then removed by the
    partition sensor), and the audit row says what was done.
 
@@ -28,19 +32,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .. import pg, registry, services
+from .. import key_stash, locations, pg, registry, services
 from ..config import Settings
 from ..erasure import _erase
-from ..errors import BadInput, OperationFailed
+from ..errors import BadInput, OperationFailed, one_line
 from ..manifest import find_manifest
-from ..naming import TenantNames, names_for, scratch_names_for, validate_tenant_id
+from ..naming import (TenantNames, ledger_stash_file_tenant, names_for, repository_in, scratch_names_for,
+                      validate_tenant_id, vault_file_tenant)
 from ..operation import tenant_operation
 from ..plans import plan_for
 from ..reporting import NullReporter, Reporter
-from ..repository import Restic
+from ..repository import Restic, restic_location
 from ..retention import legal_hold_ids
-from ..tenant_repository import _marker_path, local_root, open_repository
-from . import ledger
+from ..tenant_repository import _marker_path, key_folder, local_root, open_repository
+from . import ledger, ledger_stash
 
 OFFBOARDED = "encerrado"
 
@@ -54,13 +59,16 @@ class OffboardResult:
     live_data_erased: bool = False
     keys_destroyed: list[str] = field(default_factory=list)
     repository_deleted: bool = False
+    repositories_deleted: list[str] = field(default_factory=list)  # primary, secondary-admin
+    stash_files_removed: int = 0
     status: str = ""
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict:
         return {"tenant": self.tenant_id, "exported_to": self.exported_to, "exported_session": self.exported_session,
                 "live_data_erased": self.live_data_erased, "keys_destroyed": self.keys_destroyed,
-                "repository_deleted": self.repository_deleted, "status": self.status,
+                "repository_deleted": self.repository_deleted, "repositories_deleted": self.repositories_deleted,
+                "stash_files_removed": self.stash_files_removed, "status": self.status,
                 "duration_seconds": self.duration_seconds}
 
 
@@ -73,6 +81,9 @@ def _refuse(settings: Settings, tenant_id: str, repo: Restic | None) -> None:
     if tenant.active:
         raise BadInput(f"tenant {tenant_id} is ativo: off-boarding is only for a tenant that left "
                        f"(`tenants set-status {tenant_id} cancelado` first)")
+    if _copy_exists(settings, tenant_id) and not settings.repo_secondary_admin:
+        raise BadInput(f"tenant {tenant_id} has an off-site copy: off-boarding must delete it through the copy's "
+                       "admin path (set KRYONIX_REPO_SECONDARY_ADMIN); nothing was changed")
     if repo is not None:
         plan, _ = plan_for(tenant.plano)
         held = legal_hold_ids(repo, plan, repo.snapshots())
@@ -124,7 +135,46 @@ def _write_export(settings: Settings, scratch: TenantNames, folder: Path) -> Non
         shutil.copytree(scratch.app_data_dir, folder / "appdata", symlinks=True, dirs_exist_ok=True)
 
 
-def _delete_repository(settings: Settings, location: str) -> None:
+def _copy_exists(settings: Settings, tenant_id: str) -> bool:
+    """An off-site copy was recorded, or the workers' path to the copy shows the repository or a
+    stashed record of the tenant (an erasure stashes its ledger there even before any copy)."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM tenants.offsite_copies WHERE cliente_id = %s", (tenant_id,))
+        if cur.fetchone():
+            return True
+    if not settings.repo_secondary:
+        return False
+    where = locations.location(settings, locations.SECONDARY)
+    folder = key_folder(settings, restic_location(repository_in(where.root, tenant_id)), where.access_key,
+                        where.secret_key)
+    try:
+        if folder is None or folder.names():  # a backend we cannot look into: assume a copy
+            return True
+        stashed = key_stash.vault_folder(settings, where).names()
+    except OSError:
+        return True
+    return any(tenant_id in (vault_file_tenant(n), ledger_stash_file_tenant(n)) for n in stashed)
+
+
+def _shred_places(settings: Settings) -> list[locations.Location]:
+    """Every location that may hold the tenant's repository and stashes, reachable with delete rights."""
+    places = [locations.location(settings, locations.PRIMARY)]
+    if settings.repo_secondary_admin:
+        places.append(locations.location(settings, locations.SECONDARY_ADMIN))
+    return places
+
+
+def _remove_stashes(settings: Settings, tenant_id: str, where: locations.Location) -> int:
+    """The tenant's wrapped passwords and ledgers stashed beside the repositories at `where`."""
+    try:
+        return key_stash.prune(settings, tenant_id, where, None) + ledger_stash.remove(settings, tenant_id, where)
+    except OSError as exc:
+        raise OperationFailed(f"tenant {tenant_id}: the key stash at the {where.kind} location could not be "
+                              f"removed ({one_line(str(exc), 160)}); run off-boarding again") from None
+
+
+def _delete_repository(settings: Settings, location: str, access_key: str | None = None,
+                       secret_key: str | None = None) -> None:
     root = local_root(location)
     if root is not None:
         shutil.rmtree(root, ignore_errors=True)
@@ -135,8 +185,8 @@ def _delete_repository(settings: Settings, location: str) -> None:
         url = urlparse(rest if "://" in rest else f"https://{rest}")
         bucket, _, prefix = url.path.lstrip("/").partition("/")
         prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        client = services.client_for(f"{url.scheme}://{url.netloc}", settings.repo_access_key,
-                                     settings.repo_secret_key, settings.s3_region)
+        client = services.client_for(f"{url.scheme}://{url.netloc}", access_key or settings.repo_access_key,
+                                     secret_key or settings.repo_secret_key, settings.s3_region)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 client.delete_object(Bucket=bucket, Key=item["Key"])
@@ -190,7 +240,16 @@ def run_offboard(settings: Settings, tenant_id: str, export: Path | None = None,
         result.live_data_erased = True
         result.keys_destroyed = destroy_keys(settings, tenant_id)
         report.info(f"tenant {tenant_id}: destroyed {', '.join(result.keys_destroyed) or 'no keys (none left)'}")
-        _delete_repository(settings, names.repository)
+        places = _shred_places(settings)
+        for where in places:  # the stashed copies of the keys just destroyed …
+            result.stash_files_removed += _remove_stashes(settings, tenant_id, where)
+        for where in places:  # … then the repositories, at every location
+            location = names.repository if where.kind == locations.PRIMARY else repository_in(where.root, tenant_id)
+            _delete_repository(settings, location, where.access_key, where.secret_key)
+            result.repositories_deleted.append(where.kind)
+        if settings.repo_secondary_admin:
+            with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+                cur.execute("DELETE FROM tenants.offsite_copies WHERE cliente_id = %s", (tenant_id,))
         result.repository_deleted = True
         result.status = registry.set_status(settings, tenant_id, OFFBOARDED).status
         result.duration_seconds = op.seconds

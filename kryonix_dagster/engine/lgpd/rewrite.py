@@ -38,7 +38,7 @@ from ..repository import Restic
 from ..tenant_repository import open_repository
 from ..tiers import appdata, compliance, object_storage, postgres, redis_keys
 from ..tiers.base import BackupContext
-from . import ledger
+from . import ledger, ledger_stash
 from .reapply import ErasureFilter, erased_object, erased_redis_key, erasure_filter, reapply_database, reapply_folder
 
 
@@ -265,6 +265,7 @@ def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Re
             report.info(f"tenant {tenant_id}: pruning the {len(done)} rewritten restore point(s)' old data")
             repo.prune()
         ledger.mark_rewritten(settings, [e.id for e in ledger.entries(settings, tenant_id) if e.rewritten_at is None])
+        ledger_stash.stash_everywhere(settings, tenant_id)
         op.audit = {"details": {"rewritten": done, "items": filt.erased.to_json()}}
     if certificate is not None:
         certificate.rewritten, certificate.rewrite_done = done, True

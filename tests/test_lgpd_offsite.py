@@ -1,0 +1,148 @@
+"""The LGPD erasure ledger and off-boarding across every copy (off-site, stash, recovered vault),
+on real services: the copy behind the real append-only endpoint, real restic, psql checks."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from kryonix_dagster.engine import keys, locations, pg, registry
+from kryonix_dagster.engine.key_recovery import recover_keys
+from kryonix_dagster.engine.key_stash import read_stash
+from kryonix_dagster.engine.lgpd import ledger, ledger_stash
+from kryonix_dagster.engine.lgpd.offboard import run_offboard
+from kryonix_dagster.engine.migrations import migrate
+from kryonix_dagster.engine.naming import names_for, repository_in
+from kryonix_dagster.engine.offsite import run_copy
+from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.session import run_backup
+from kryonix_dagster.engine.tiers import TIERS
+
+from . import lgpd_offsite_world, observe
+from .helpers import purge_tenant
+from .lgpd_offsite_world import ERASED, KEPT
+
+erasure_world = lgpd_offsite_world.erasure_world  # a fixture: one world per test process
+
+
+def opens(location: Path, password: str, cache: Path) -> bool:
+    env = dict(os.environ, RESTIC_REPOSITORY=str(location), RESTIC_PASSWORD=password, RESTIC_CACHE_DIR=str(cache))
+    return subprocess.run(["restic", "cat", "config", "--no-lock"], env=env, capture_output=True,
+                          timeout=120).returncode == 0
+
+
+def stashed_passwords(settings) -> dict[str, set[str]]:
+    """Every password the stashes beside the primary and the copy give with the master key."""
+    found: dict[str, set[str]] = {}
+    for kind in (locations.PRIMARY, locations.SECONDARY_ADMIN):
+        for tenant_id, records in read_stash(settings, locations.location(settings, kind)).items():
+            for r in records:
+                found.setdefault(tenant_id, set()).add(keys.unwrap(settings, tenant_id, r.nonce, r.wrapped,
+                                                                   r.master_key_id))
+    return found
+
+
+def ledger_files(settings, tenant_id: str) -> int:
+    return sum(len(ledger_stash.read_ledgers(settings, locations.location(settings, kind)).get(tenant_id, []))
+               for kind in (locations.PRIMARY, locations.SECONDARY_ADMIN))
+
+
+def leaving_tenant(world, tid: str) -> None:
+    """A small tenant with a ledger, backed up (no compliance tier: no legal hold), copied off-site."""
+    settings = world.dr.settings
+    registry.ensure_tenant(settings, tid, "Saindo", "basic")
+    names = names_for(settings, tid)
+    observe.psql("postgres", f"CREATE DATABASE {names.database}")
+    observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); "
+                                 "INSERT INTO notas SELECT g, 'nota ' || g FROM generate_series(1, 50) g")
+    session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
+    assert session.restore_point, session.error
+    ledger.ledger_key(settings, tid, create=True)
+    ledger_stash.stash_everywhere(settings, tid)  # what an erasure does
+    run_copy(settings, tid)  # through the append-only endpoint; stashes the password and the ledger there
+    registry.set_status(settings, tid, "cancelado")
+
+
+def test_offboarding_crypto_shreds_every_copy_and_every_stash(erasure_world, tmp_path):
+    dr = erasure_world.dr
+    settings = dr.settings
+    tid = "x" + secrets.token_hex(4)
+    try:
+        leaving_tenant(erasure_world, tid)
+        check_offboarding(erasure_world, tid, tmp_path)
+    finally:
+        purge_tenant(settings, tid)  # whatever a failure left behind
+
+
+def check_offboarding(erasure_world, tid: str, tmp_path: Path) -> None:
+    dr = erasure_world.dr
+    settings = dr.settings
+    primary = Path(restic_location(repository_in(settings.repo, tid)))
+    offsite = Path(restic_location(repository_in(settings.repo_secondary_admin, tid)))
+    earlier = {"primary": tmp_path / "primary-copy", "offsite": tmp_path / "offsite-copy"}  # disk snapshots
+    shutil.copytree(primary, earlier["primary"])
+    shutil.copytree(offsite, earlier["offsite"])
+    password = keys.repository_password(settings, tid)
+    assert all(opens(p, password, tmp_path / "cache") for p in earlier.values())  # the check below can fail
+    assert password in stashed_passwords(settings)[tid] and ledger_files(settings, tid) >= 2
+
+    refused = dr.cli("tenants", "offboard", tid, "--yes", env=dr.worker_env)  # a worker: no admin path
+    assert refused.returncode == 2 and "KRYONIX_REPO_SECONDARY_ADMIN" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert keys.repository_password(settings, tid) == password and offsite.is_dir() and primary.is_dir()
+    assert pg.database_exists(settings.pg_dsn, names_for(settings, tid).database)  # nothing touched
+
+    done = run_offboard(settings, tid).to_json()  # with the admin path (the CLI's contract: the refusal above)
+    assert done["status"] == "encerrado" and done["repositories_deleted"] == ["primary", "secondary-admin"]
+    assert not primary.exists() and not offsite.exists()
+    assert tid not in stashed_passwords(settings) and ledger_files(settings, tid) == 0
+    lost = settings.with_overrides(main_db=f"{settings.main_db}_off{secrets.token_hex(2)}")
+    try:  # the vault rebuilt from the copy's stash (through the workers' endpoint) knows nothing of the tenant
+        migrate(lost)
+        recovered = recover_keys(lost, locations.SECONDARY).to_json()
+        assert tid not in [t["tenant_id"] for t in recovered["recovered"]] + list(recovered["skipped"])
+        held = {keys.repository_password(lost, w.tenant_id) for w in keys.wrapped_keys(lost)}
+        assert dr.tenant_id in [w.tenant_id for w in keys.wrapped_keys(lost)]  # recovery itself works
+    finally:
+        pg.drop_database(settings.pg_dsn, lost.main_db)
+    held |= {w for ws in stashed_passwords(settings).values() for w in ws}
+    held |= {keys.repository_password(settings, w.tenant_id) for w in keys.wrapped_keys(settings)}
+    assert held  # the other tenant's passwords are there, and are tried
+    for copy in earlier.values():
+        for other in held:
+            assert not opens(copy, other, tmp_path / "cache")
+    assert opens(Path(restic_location(repository_in(settings.repo, dr.tenant_id))),  # the other tenant untouched
+                 keys.repository_password(settings, dr.tenant_id), tmp_path / "cache")
+
+
+def test_a_person_erased_after_the_copy_stays_absent_after_restore_from_secondary(erasure_world):
+    dr = erasure_world.dr
+    erasure_world.erased()
+    restored = dr.cli("restore", dr.tenant_id, "--from", "secondary", "--services", "postgresql", "--yes",
+                      env=dr.worker_env)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert erasure_world.person(ERASED) == 0 and erasure_world.person(KEPT) > 0
+
+
+def test_the_ledger_survives_the_loss_of_the_main_database(erasure_world):
+    dr = erasure_world.dr
+    erasure_world.erased()
+    before = ledger.entries(dr.settings, dr.tenant_id)
+    lost = {"KRYONIX_MAIN_DB": f"{dr.settings.main_db}_lost{secrets.token_hex(2)}"}
+    try:
+        recovered = dr.cli_json("keys", "recover", "--from", "secondary", env=lost)
+        mine = [t for t in recovered["recovered"] if t["tenant_id"] == dr.tenant_id]
+        assert mine and mine[0]["ledger_entries"] == len(before) >= 1
+        rebuilt = dr.settings.with_overrides(main_db=lost["KRYONIX_MAIN_DB"])
+        after = ledger.entries(rebuilt, dr.tenant_id)
+        assert [(e.subject_kind, e.value_hash, e.key_hashes) for e in after] == \
+            [(e.subject_kind, e.value_hash, e.key_hashes) for e in before]
+        assert ledger.ledger_key(rebuilt, dr.tenant_id) == ledger.ledger_key(dr.settings, dr.tenant_id)
+        restored = dr.cli("restore", dr.tenant_id, "--snapshot", erasure_world.session,  # before the erasure
+                          "--services", "postgresql", "--yes", env=lost)
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert erasure_world.person(ERASED) == 0 and erasure_world.person(KEPT) > 0
+    finally:
+        pg.drop_database(dr.settings.pg_dsn, lost["KRYONIX_MAIN_DB"])
