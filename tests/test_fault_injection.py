@@ -246,19 +246,26 @@ def test_damaged_packs_fail_restore_and_verify_naming_tenant_and_tier(cli, setti
     assert verify.returncode == 1 and dump_pack.name[:8] in verify.stdout + verify.stderr, verify.stdout
     faults.restore_file(dump_pack, original)
 
-    # 2. a deleted pack of the object copies; the live bucket (and the live database, whose extra
-    # table a full restore would drop) have moved on since: nothing of either may change
+    # 2. a damaged pack of the object copies; the live bucket (and the live database, whose extra
+    # table a full restore would drop) have moved on since: nothing of either may change. The pack
+    # is damaged, not deleted: restic 0.14 retries a missing pack for ~45 s with back-off before it
+    # fails; the same failure path with a deleted pack is test_hardening_files'
+    # test_deleted_pack_changes_no_bucket.
     client.put_object(Bucket=bucket, Key="h7/after-backup.txt", Body=b"written after the backup")
     client.put_object(Bucket=bucket, Key=key, Body=b"overwritten after the backup")
     before = live_state(settings, tid)
-    object_pack.unlink()
+    original = faults.flip_byte(object_pack)
     result = cli("restore", tid, "--yes")
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
     assert f"tenant {tid}" in line and "object_storage" in line, line
     assert live_state(settings, tid) == before, "a failed restore changed the live data"
     assert "h7_after_backup" in observe.psql(names.database, "SELECT string_agg(relname, ',') FROM pg_class")
-    # the index names the missing pack (reading all data would only add restic's retry back-off)
+    faults.restore_file(object_pack, original)
+
+    # 3. the pack deleted: the index names the missing pack (reading all data would only add
+    # restic's retry back-off)
+    object_pack.unlink()
     verify = cli("verify", tid)
     assert verify.returncode == 1 and object_pack.name[:8] in verify.stdout + verify.stderr, verify.stdout
 
