@@ -37,9 +37,10 @@ def restore_points(cli, tid):
     ["backup", "{id}"], ["snapshots", "{id}"], ["verify", "{id}"], ["restore", "{id}"],
     ["restore", "okid", "--into", "{id}"], ["restic", "{id}", "--", "snapshots"], ["backup", "okid", "{id}"],
 ])
-def test_every_bad_id_is_refused_before_any_service(cli, command):
-    for bad in BAD_IDS:
-        result = cli(*[part.replace("{id}", bad) for part in command], env=UNREACHABLE)
+def test_every_bad_id_is_refused_before_any_service(cli, cli_in_process, command):
+    # the first id through the installed console script, the others through its entry function
+    for run, bad in [(cli, BAD_IDS[0])] + [(cli_in_process, bad) for bad in BAD_IDS[1:]]:
+        result = run(*[part.replace("{id}", bad) for part in command], env=UNREACHABLE)
         assert result.returncode == 2, (command, bad, result.stderr)
         assert result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and "invalid tenant id" in result.stderr
