@@ -199,14 +199,22 @@ def psql(test_env):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: one of the suite's longest tests; collected first so that pytest-xdist starts "
-                   "them early and the run ends on short tests on every worker")
+        "markers", "slow(seconds): one of the suite's longest tests (seconds: its time on a loaded "
+                   "2-core machine); collected first, longest first, so that pytest-xdist starts them "
+                   "early and the run ends on short tests on every worker")
+
+
+def slowness(item) -> float:
+    marker = item.get_closest_marker("slow")
+    if marker is None:
+        return 0.0
+    return float(marker.kwargs.get("seconds", marker.args[0] if marker.args else 1))
 
 
 def pytest_collection_modifyitems(config, items):
     """Longest tests first (stable: otherwise collection order), so no worker starts a long test
-    while the other one is finishing: the wall time is then about the serial time / workers."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    while the other is finishing: the wall time is then about the serial time / workers."""
+    items.sort(key=lambda item: -slowness(item))
 
 
 def pytest_sessionfinish(session, exitstatus):

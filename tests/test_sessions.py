@@ -66,6 +66,7 @@ def test_other_bad_input_is_refused(cli, settings, tenant_factory):
         assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, (args, result.stderr)
 
 
+@pytest.mark.slow(88)
 def test_inactive_unregistered_and_missing_database(cli, settings, tenant_factory, psql):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
@@ -108,6 +109,7 @@ def wait_for_dump_waiting(db, timeout=30):
     raise AssertionError("pg_dump never started waiting")
 
 
+@pytest.mark.slow(139)
 def test_sigkill_mid_session_leaves_no_restore_point_and_the_lease_expires(cli, settings, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.2)
