@@ -187,17 +187,20 @@ def test_bad_tenant_ids_are_refused_with_and_without_json(cli, cli_in_process, c
             assert doc["ok"] is False and doc["exit_code"] == 2, (args, doc)
 
 
-def test_restic_options_that_pick_another_repository_or_password_are_refused(cli):
-    for args in (["--repo", "/tmp/elsewhere", "init"], ["-r", "/tmp/x", "snapshots"], ["-r/tmp/x", "snapshots"],
-                 ["snapshots", "--repo=/tmp/x"], ["--password-command", "echo x", "snapshots"],
-                 ["--password-file=/etc/passwd", "snapshots"], ["-p", "/etc/passwd", "snapshots"],
-                 ["copy", "--repo2", "/tmp/x"], ["copy", "--from-repo", "/tmp/x"],
-                 ["--repository-file", "/tmp/f", "snapshots"], ["-vr", "/tmp/x", "init"]):
-        refused(cli("restic", "t1", "--", *args, env=UNREACHABLE), "restic option")
+def test_restic_options_that_pick_another_repository_or_password_are_refused(cli, cli_in_process):
+    # the first case of each list through the installed console script, the others in-process
+    for i, args in enumerate((["--repo", "/tmp/elsewhere", "init"], ["-r", "/tmp/x", "snapshots"],
+                              ["-r/tmp/x", "snapshots"], ["snapshots", "--repo=/tmp/x"],
+                              ["--password-command", "echo x", "snapshots"], ["--password-file=/etc/passwd", "snapshots"],
+                              ["-p", "/etc/passwd", "snapshots"], ["copy", "--repo2", "/tmp/x"],
+                              ["copy", "--from-repo", "/tmp/x"], ["--repository-file", "/tmp/f", "snapshots"],
+                              ["-vr", "/tmp/x", "init"])):
+        refused((cli if i == 0 else cli_in_process)("restic", "t1", "--", *args, env=UNREACHABLE), "restic option")
     # ordinary restic arguments pass the check and reach the services (unreachable here: exit 1)
-    for args in (["snapshots", "--json"], ["restore", "latest", "--target", "/tmp/x"], ["ls", "-l", "latest"],
-                 ["find", "-i", "x"], ["check", "--read-data-subset=1/10"], ["forget", "--prune", "-n"]):
-        result = cli("restic", "t1", "--", *args, env=UNREACHABLE)
+    for i, args in enumerate((["snapshots", "--json"], ["restore", "latest", "--target", "/tmp/x"],
+                              ["ls", "-l", "latest"], ["find", "-i", "x"], ["check", "--read-data-subset=1/10"],
+                              ["forget", "--prune", "-n"])):
+        result = (cli if i == 0 else cli_in_process)("restic", "t1", "--", *args, env=UNREACHABLE)
         assert result.returncode == 1 and "restic option" not in result.stderr, (args, result.stderr)
 
 
