@@ -130,9 +130,47 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600, s
     )
 
 
+def run_main(*args: str, env: dict[str, str] | None = None):
+    """The console script's entry function (`kryonix_dagster.cli:main`) in this process: the same
+    argv and environment give the same exit code, stdout and stderr as `run_cli`, without starting
+    an interpreter (~0.5-1 s each). For long lists of bad-input cases; every command keeps at least
+    one `run_cli` case, so the installed console script stays under test."""
+    import contextlib
+    import io
+    import logging
+
+    from kryonix_dagster import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    cli_module._OUTPUT.json_emitted = False  # a fresh process starts with nothing printed
+    handler = logging.StreamHandler(err)  # what main()'s basicConfig does in a fresh process
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_module.main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["kryonix-backup", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def cli(test_env):
     return run_cli
+
+
+@pytest.fixture
+def cli_in_process(test_env):
+    return run_main
 
 
 @pytest.fixture
@@ -157,6 +195,26 @@ def psql(test_env):
         return out.stdout.strip()
 
     return run
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow(seconds): one of the suite's longest tests (seconds: its time on a loaded "
+                   "2-core machine); collected first, longest first, so that pytest-xdist starts them "
+                   "early and the run ends on short tests on every worker")
+
+
+def slowness(item) -> float:
+    marker = item.get_closest_marker("slow")
+    if marker is None:
+        return 0.0
+    return float(marker.kwargs.get("seconds", marker.args[0] if marker.args else 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest tests first (stable: otherwise collection order), so no worker starts a long test
+    while the other is finishing: the wall time is then about the serial time / workers."""
+    items.sort(key=lambda item: -slowness(item))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -154,6 +154,11 @@ class CatalogStepper:
     """Holds SHARE on pg_database, so every CREATE/DROP/ALTER DATABASE of the product waits;
     lets them through one at a time and looks at the databases between any two of them.
 
+    Two connections take turns holding the lock: before one lets the waiting statement through,
+    the other's SHARE request is already queued behind that statement, so the statement after it
+    waits again however slowly this process runs (releasing and then re-locking left a window
+    in which, on a loaded machine, the product's two renames ran back to back unseen).
+
     `kill_when_live_missing`: SIGKILL the CLI (and end its waiting backend, as the kill would
     have before the statement ran) at the first step where the live database is gone.
     Otherwise only record every step at which neither the live database nor `previous` exists.
@@ -166,6 +171,8 @@ class CatalogStepper:
     violations: list[str] = field(default_factory=list)
     seen_queries: list[str] = field(default_factory=list)
 
+    LOCK = "LOCK TABLE pg_catalog.pg_database IN SHARE MODE"
+
     @property
     def live(self) -> str:
         return f"kryonix_cliente_{self.tenant_id}"
@@ -175,18 +182,21 @@ class CatalogStepper:
         return f"{self.live}__previous"
 
     def run(self, proc: subprocess.Popen, timeout: float = 180) -> None:
-        lock = psycopg2.connect(dbname="postgres", application_name="h7-stepper-lock", **PG)
+        holders = [psycopg2.connect(dbname="postgres", application_name=f"h7-stepper-lock-{i}", **PG) for i in (0, 1)]
         watch = psycopg2.connect(dbname="postgres", application_name="h7-stepper-watch", **PG)
         watch.autocommit = True
         deadline = time.monotonic() + timeout
         try:
-            lock_cur, cur = lock.cursor(), watch.cursor()
-            lock_cur.execute("SET lock_timeout = '60s'")
-            lock_cur.execute("LOCK TABLE pg_catalog.pg_database IN SHARE MODE")
+            for holder in holders:
+                holder.cursor().execute("SET lock_timeout = '60s'")
+                holder.commit()
+            cur, current = watch.cursor(), 0
+            holders[current].cursor().execute(self.LOCK)
             while proc.poll() is None:
                 assert time.monotonic() < deadline, "restore did not finish under the stepper"
                 cur.execute("SELECT pid, query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND pid <> %s AND query LIKE %s", (lock.get_backend_pid(), f"%{self.tenant_id}%"))
+                            "AND NOT pid = ANY(%s) AND query LIKE %s",
+                            ([h.get_backend_pid() for h in holders], f"%{self.tenant_id}%"))
                 waiting = cur.fetchall()
                 if not waiting:
                     time.sleep(0.02)
@@ -203,15 +213,52 @@ class CatalogStepper:
                     proc.wait(timeout=30)
                     for pid, _ in waiting:
                         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    time.sleep(0.2)
+                    self._wait_gone(cur, [pid for pid, _ in waiting], deadline)
                     self.killed = True
                     return
-                lock.commit()  # the waiting statement is granted before our next request
-                lock_cur.execute("LOCK TABLE pg_catalog.pg_database IN SHARE MODE")
+                current = self._hand_over(cur, holders, current, deadline)
         finally:
-            lock.rollback()
-            lock.close()
+            for holder in holders:
+                holder.rollback()
+                holder.close()
             watch.close()
+
+    def _hand_over(self, cur, holders, current: int, deadline: float) -> int:
+        """Queue the other connection's SHARE request, then let the waiting statement through;
+        returns the index of the connection that holds the lock afterwards."""
+        nxt = holders[1 - current]
+        failure: list[BaseException] = []
+
+        def lock() -> None:
+            try:
+                nxt.cursor().execute(self.LOCK)
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+        locker = threading.Thread(target=lock, daemon=True)
+        locker.start()
+        while True:  # the request is in pg_database's lock queue (or granted: nobody waited on it)
+            cur.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'relation' "
+                        "AND relation = 'pg_catalog.pg_database'::regclass", (nxt.get_backend_pid(),))
+            if cur.fetchone() or not locker.is_alive():
+                break
+            assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
+            time.sleep(0.01)
+        holders[current].commit()  # the waiting statement is granted; our queued request follows it
+        locker.join(timeout=max(1.0, deadline - time.monotonic()))
+        assert not locker.is_alive(), "the stepper's next lock was never granted"
+        assert not failure, failure
+        return 1 - current
+
+    @staticmethod
+    def _wait_gone(cur, pids: list[int], deadline: float) -> None:
+        """Poll until the terminated backends have exited, so releasing the lock grants them nothing."""
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+            if cur.fetchone()[0] == 0:
+                return
+            assert time.monotonic() < deadline, f"backends {pids} did not exit after pg_terminate_backend"
+            time.sleep(0.02)
 
 
 # --- app data: pause a CLI right after it moved the live folder away ----------------------------

@@ -163,37 +163,44 @@ BAD_SNAPSHOTS = ["-x", "--all", "", "../x", "LATEST", "lätest", "a" * 65, "abc"
 
 
 @pytest.mark.parametrize("bad", BAD_SNAPSHOTS)
-def test_bad_snapshot_ids_are_refused_before_any_service(cli, bad):
-    refused(cli("restore", "t1", "--snapshot", bad, "--yes", env=UNREACHABLE), "invalid --snapshot")
-    refused(cli("restore", "t1", f"--snapshot={bad}", "--into", "t2", "--yes", env=UNREACHABLE), "invalid --snapshot")
+def test_bad_snapshot_ids_are_refused_before_any_service(cli, cli_in_process, bad):
+    # the first case through the installed console script, the others through its entry function
+    run = cli if bad == BAD_SNAPSHOTS[0] else cli_in_process
+    refused(run("restore", "t1", "--snapshot", bad, "--yes", env=UNREACHABLE), "invalid --snapshot")
+    refused(run("restore", "t1", f"--snapshot={bad}", "--into", "t2", "--yes", env=UNREACHABLE), "invalid --snapshot")
 
 
 @pytest.mark.parametrize("command", [["restore", "{id}", "--yes"], ["restore", "t1", "--into", "{id}", "--yes"],
                                      ["snapshots", "{id}"], ["verify", "{id}"], ["forget", "{id}"],
                                      ["backup", "{id}"], ["restic", "{id}", "--", "snapshots"],
                                      ["tenants", "set-status", "{id}", "ativo"]])
-def test_bad_tenant_ids_are_refused_with_and_without_json(cli, command):
-    for bad in ["-x", "--", "Ab", "ção", "../t1", "t1/..", "", "a" * 33, "t1 ", "t\n1"]:
+def test_bad_tenant_ids_are_refused_with_and_without_json(cli, cli_in_process, command):
+    # the first id through the installed console script, the others through its entry function
+    for i, bad in enumerate(["-x", "--", "Ab", "ção", "../t1", "t1/..", "", "a" * 33, "t1 ", "t\n1"]):
+        run = cli if i == 0 else cli_in_process
         args = [part.replace("{id}", bad) for part in command]
-        result = cli(*args, env=UNREACHABLE)
+        result = run(*args, env=UNREACHABLE)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         if bad != "--" and command[0] in ("restore", "snapshots", "verify", "forget", "backup"):
-            doc = json.loads(cli(*args, "--json", env=UNREACHABLE).stdout)
+            doc = json.loads(run(*args, "--json", env=UNREACHABLE).stdout)
             assert doc["ok"] is False and doc["exit_code"] == 2, (args, doc)
 
 
-def test_restic_options_that_pick_another_repository_or_password_are_refused(cli):
-    for args in (["--repo", "/tmp/elsewhere", "init"], ["-r", "/tmp/x", "snapshots"], ["-r/tmp/x", "snapshots"],
-                 ["snapshots", "--repo=/tmp/x"], ["--password-command", "echo x", "snapshots"],
-                 ["--password-file=/etc/passwd", "snapshots"], ["-p", "/etc/passwd", "snapshots"],
-                 ["copy", "--repo2", "/tmp/x"], ["copy", "--from-repo", "/tmp/x"],
-                 ["--repository-file", "/tmp/f", "snapshots"], ["-vr", "/tmp/x", "init"]):
-        refused(cli("restic", "t1", "--", *args, env=UNREACHABLE), "restic option")
+def test_restic_options_that_pick_another_repository_or_password_are_refused(cli, cli_in_process):
+    # the first case of each list through the installed console script, the others in-process
+    for i, args in enumerate((["--repo", "/tmp/elsewhere", "init"], ["-r", "/tmp/x", "snapshots"],
+                              ["-r/tmp/x", "snapshots"], ["snapshots", "--repo=/tmp/x"],
+                              ["--password-command", "echo x", "snapshots"], ["--password-file=/etc/passwd", "snapshots"],
+                              ["-p", "/etc/passwd", "snapshots"], ["copy", "--repo2", "/tmp/x"],
+                              ["copy", "--from-repo", "/tmp/x"], ["--repository-file", "/tmp/f", "snapshots"],
+                              ["-vr", "/tmp/x", "init"])):
+        refused((cli if i == 0 else cli_in_process)("restic", "t1", "--", *args, env=UNREACHABLE), "restic option")
     # ordinary restic arguments pass the check and reach the services (unreachable here: exit 1)
-    for args in (["snapshots", "--json"], ["restore", "latest", "--target", "/tmp/x"], ["ls", "-l", "latest"],
-                 ["find", "-i", "x"], ["check", "--read-data-subset=1/10"], ["forget", "--prune", "-n"]):
-        result = cli("restic", "t1", "--", *args, env=UNREACHABLE)
+    for i, args in enumerate((["snapshots", "--json"], ["restore", "latest", "--target", "/tmp/x"],
+                              ["ls", "-l", "latest"], ["find", "-i", "x"], ["check", "--read-data-subset=1/10"],
+                              ["forget", "--prune", "-n"])):
+        result = (cli if i == 0 else cli_in_process)("restic", "t1", "--", *args, env=UNREACHABLE)
         assert result.returncode == 1 and "restic option" not in result.stderr, (args, result.stderr)
 
 

@@ -283,6 +283,7 @@ def session_warnings(cli, tid: str) -> tuple[dict, list[str]]:
     return session["tiers"]["appdata"], session["warnings"]
 
 
+@pytest.mark.slow(82)
 def test_empty_folder_after_files_warns(settings, cli, psql, tenant_factory):
     tid, root = app_tenant(settings, tenant_factory)
     psql("postgres", f"CREATE DATABASE kryonix_cliente_{tid}")  # a whole session needs its critical tier

@@ -209,6 +209,7 @@ def test_a_frozen_session_past_its_lease_writes_no_restore_point(cli, settings, 
     assert len(restore_points(cli, tid)) == len(before) + 1
 
 
+@pytest.mark.slow(80)
 def test_forget_and_verify_during_a_backup_are_refused_and_nothing_is_lost(cli, settings, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)

@@ -35,6 +35,7 @@ def leftovers(db: str) -> str:
 
 # --- item 2 / finding 4: temporary and foreign tables ---------------------------------------
 
+@pytest.mark.slow(93)
 def test_backup_ignores_other_sessions_temp_tables_and_records_foreign_tables(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)

@@ -3,6 +3,7 @@ import json
 import secrets
 from pathlib import Path
 
+import pytest
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from kryonix_dagster.backup.assets import tenant_backup_session
@@ -57,6 +58,7 @@ def test_a_flipped_byte_fails_the_integrity_check_naming_the_tenant(settings, cl
                                              f"WHERE cliente_id = '{tid}' AND operation = 'check'") == "true,false"
 
 
+@pytest.mark.slow(86)
 def test_the_drill_passes_on_a_good_session_and_fails_on_a_tampered_one(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.1)

@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from kryonix_dagster.demo import seed_tenant
 
 from . import observe
@@ -88,6 +90,7 @@ def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     assert int(observe.psql(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")) == 7
 
 
+@pytest.mark.slow(93)
 def test_into_another_tenant_leaves_the_source_untouched(settings, cli, tenant_factory):
     source, target = tenant_factory("a"), tenant_factory("b")
     seed_tenant(settings, source, scale=0.2)
@@ -118,6 +121,7 @@ def repo_bytes(settings, tid) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow(84)
 def test_unchanged_second_backup_adds_under_one_percent(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=4.0)
@@ -130,6 +134,7 @@ def test_unchanged_second_backup_adds_under_one_percent(settings, cli, tenant_fa
     assert growth < 0.01 * after_first, (growth, after_first)
 
 
+@pytest.mark.slow(91)
 def test_s3_repository_round_trip(settings, cli, tenant_factory, moto_endpoint):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.1)

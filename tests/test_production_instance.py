@@ -97,6 +97,7 @@ PARTITIONS = """query { partitionSetsOrError(repositorySelector: {repositoryLoca
   ... on PartitionSets { results { name } } } }"""
 
 
+@pytest.mark.slow(456)
 def test_instance_graphql_queue_pools_and_backfill(production, settings, tenant_factory, cli):
     gql, env, _db = production
     t1, t2 = tenant_factory("a"), tenant_factory("b")

@@ -36,14 +36,15 @@ def test_add_list_set_status(cli, tenant_factory):
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
-def test_bad_ids_are_refused_before_any_service(cli, psql, bad):
+def test_bad_ids_are_refused_before_any_service(cli, cli_in_process, psql, bad):
+    run = cli if bad == BAD_IDS[0] else cli_in_process  # one case through the installed console script
     before = registry_rows(psql)
     # An unreachable PostgreSQL proves the id is refused before any service is touched.
-    result = cli("tenants", "add", bad, "--name", "x", "--plan", "basic",
+    result = run("tenants", "add", bad, "--name", "x", "--plan", "basic",
                  env={"KRYONIX_PG_DSN": "postgresql://postgres@127.0.0.1:1/postgres"})
     assert_refused(result, "invalid tenant id")
     assert registry_rows(psql) == before
-    assert_refused(cli("tenants", "set-status", bad, "ativo"), "invalid tenant id")
+    assert_refused(run("tenants", "set-status", bad, "ativo"), "invalid tenant id")
 
 
 def test_unknown_plan_duplicate_and_bad_status(cli, psql, tenant_factory):

@@ -4,6 +4,8 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.plans import PLANS, plan_for
 from kryonix_dagster.engine.retention import check_retention
@@ -81,6 +83,7 @@ def test_plans_match_the_seed():
     assert plan.name == "basic" and "unknown plan 'gold'" in warning
 
 
+@pytest.mark.slow(133)
 def test_forget_keeps_what_restic_keeps_for_every_plan(settings, cli, tenant_factory):
     tid = tenant_factory()
     registry.add_tenant(settings, tid, "Retenção", "basic")

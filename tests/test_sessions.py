@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -37,9 +38,10 @@ def restore_points(cli, tid):
     ["backup", "{id}"], ["snapshots", "{id}"], ["verify", "{id}"], ["restore", "{id}"],
     ["restore", "okid", "--into", "{id}"], ["restic", "{id}", "--", "snapshots"], ["backup", "okid", "{id}"],
 ])
-def test_every_bad_id_is_refused_before_any_service(cli, command):
-    for bad in BAD_IDS:
-        result = cli(*[part.replace("{id}", bad) for part in command], env=UNREACHABLE)
+def test_every_bad_id_is_refused_before_any_service(cli, cli_in_process, command):
+    # the first id through the installed console script, the others through its entry function
+    for run, bad in [(cli, BAD_IDS[0])] + [(cli_in_process, bad) for bad in BAD_IDS[1:]]:
+        result = run(*[part.replace("{id}", bad) for part in command], env=UNREACHABLE)
         assert result.returncode == 2, (command, bad, result.stderr)
         assert result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and "invalid tenant id" in result.stderr
@@ -65,6 +67,7 @@ def test_other_bad_input_is_refused(cli, settings, tenant_factory):
         assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, (args, result.stderr)
 
 
+@pytest.mark.slow(88)
 def test_inactive_unregistered_and_missing_database(cli, settings, tenant_factory, psql):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
@@ -107,6 +110,37 @@ def wait_for_dump_waiting(db, timeout=30):
     raise AssertionError("pg_dump never started waiting")
 
 
+def children_named(pid: int, name: str) -> list[int]:
+    """Processes whose parent is `pid` and whose command name is `name`, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if comm == name and int(rest[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2:].split()[0] != "Z"
+
+
+def wait_until(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.mark.slow(139)
 def test_sigkill_mid_session_leaves_no_restore_point_and_the_lease_expires(cli, settings, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.2)
@@ -118,17 +152,21 @@ def test_sigkill_mid_session_leaves_no_restore_point_and_the_lease_expires(cli, 
     try:
         proc = start_backup(tid, env)
         wait_for_dump_waiting(db)
+        dumps = children_named(proc.pid, "pg_dump")
+        assert dumps, "the waiting pg_dump is not a child of the session"
         # a second session of the same tenant is refused while the first holds the lease
         busy = cli("backup", tid, env=env)
         assert busy.returncode == 1 and "holds the lease" in busy.stderr
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+        # the killed session's children went with it: still blocked by the lock, pg_dump cannot
+        # have ended by finishing its dump
+        wait_until(lambda: not any(alive(pid) for pid in dumps), 30, f"pg_dump {dumps} outlived its session")
     finally:
         lock.close()
-    # the killed session's children went with it
-    time.sleep(1)
-    assert observe.psql("postgres", f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
-                                    "AND application_name = 'pg_dump'") == "0"
+    wait_until(lambda: observe.psql("postgres", f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
+                                                "AND application_name = 'pg_dump'") == "0",
+               30, "the killed pg_dump's backend stayed")
     assert restore_points(cli, tid) == before
     flag = names_for(settings, tid).backup_flag_key
     import redis
