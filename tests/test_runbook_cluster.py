@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .conftest import run_cli
@@ -29,6 +30,10 @@ def _switch_and_see_in_repository(world, timeout: float = 60) -> str:
         assert time.monotonic() < deadline, f"WAL segment {segment} never reached the repository"
         time.sleep(0.2)
     return segment
+
+
+def _utc_iso(server_timestamp: str) -> str:
+    return datetime.fromisoformat(server_timestamp).astimezone(timezone.utc).isoformat()
 
 
 def _lose_the_cluster(world) -> None:
@@ -94,20 +99,28 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     assert world.rows(b) == _rows(b, 3) + [f"5:{b}-t5"]
 
 
-def test_moves_a_left_over_data_directory_aside(pitr_world):
-    """A data directory that is there but unusable (a stale postmaster.pid, garbage) is kept aside,
-    never deleted."""
+def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world):
+    """`--at` recovers the whole cluster to that moment; a data directory that is there but unusable
+    (a stale postmaster.pid, garbage) is kept aside, never deleted."""
     world = pitr_world
-    _switch_and_see_in_repository(world)  # t1..t3 (and t4 when the other test ran first) archived
+    b = world.tenants["witness"]
+    before = world.rows(b)
+    moment = world.psql("postgres", "SELECT clock_timestamp()")
+    deadline = time.monotonic() + 5
+    while world.psql("postgres", f"SELECT clock_timestamp() > '{moment}'::timestamptz") != "t":
+        assert time.monotonic() < deadline
+    world.psql(f"kryonix_cliente_{b}", f"INSERT INTO app.orders VALUES (9, '{b}-late')")
+    _switch_and_see_in_repository(world)  # the late row is in the archive: --at must leave it out
     _lose_the_cluster(world)
     world.data_dir.mkdir()
     (world.data_dir / "postmaster.pid").write_text("999999\n")  # a dead pid: nothing runs there
     (world.data_dir / "evidence").write_text("keep me")
     shutil.chown(world.data_dir, "postgres", "postgres")
-    result = world.cli("pitr", "restore-cluster", "--yes", "--json")
+    at = _utc_iso(moment)
+    result = world.cli("pitr", "restore-cluster", "--at", at, "--yes", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["moved_aside"] and (Path(doc["moved_aside"]) / "evidence").read_text() == "keep me"
-    a = world.tenants["self"]
-    assert world.rows(a)[:3] == _rows(a, 3)
+    assert doc["target"] and doc["archive_checked"] is True
+    assert world.rows(b) == before
     shutil.rmtree(doc["moved_aside"])
