@@ -78,6 +78,9 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     assert Path(doc["data_dir"]) == world.data_dir
     assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)
     assert world.psql("postgres", "SELECT pg_is_in_recovery()") == "f"
+    status = world.cli("pitr", "status", "--json")  # the runbook's next command
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["archiving"]["healthy"] is True
 
     # archiving works on the new timeline: a new row, its segment in the repository
     world.psql(f"kryonix_cliente_{a}", f"INSERT INTO app.orders VALUES (4, '{a}-t4')")
