@@ -69,3 +69,27 @@ def pitr_status(as_json: bool) -> None:
                    f"latest {state.window.to_json()['latest'] or '-'}")
     if not state.archiving.healthy:
         raise OperationFailed(f"stanza {state.stanza}: {state.archiving.problem}")
+
+
+@pitr.command("restore-cluster")
+@click.option("--at", "at", metavar="ISO-8601", help="Recover to this moment (default: the end of the WAL archive).")
+@click.option("--yes", is_flag=True, help="Replace without asking (required when stdin is not a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def pitr_restore_cluster(at: str | None, yes: bool, as_json: bool) -> None:
+    """The whole cluster back from pgBackRest after it is lost (refused while it runs or answers)."""
+    from .engine.config import load_settings
+    from .engine.pitr.cluster_restore import restore_cluster
+
+    root = _cli()
+    moment = root.parse_point_in_time(at) if at else None
+    settings = load_settings()  # not ready_settings: the main database may be in the lost cluster
+    result = restore_cluster(settings, moment, lambda question: root.confirm_replacement(question, yes),
+                             TerminalReporter(quiet=as_json))
+    if as_json:
+        root.emit_json(result.to_json())
+    else:
+        click.echo(f"cluster {result.data_dir} restored from stanza {result.stanza} "
+                   f"({'to ' + result.target if result.target else 'to the end of the archive'}"
+                   + (", with --delta" if result.delta else "") + f"), started with {result.started_with}, "
+                   f"timeline {result.timeline}, archiving checked"
+                   + (f"; the old data directory is in {result.moved_aside}" if result.moved_aside else ""))

@@ -8,6 +8,7 @@ each test restores tenants no other test restores, so the tests run in any order
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -172,6 +173,13 @@ def pitr_world_fixture():
         backup = run_cli("pitr", "backup", "--type", "full", "--json", env=env)
         assert backup.returncode == 0, backup.stderr
         world.extra["backup"] = backup.stdout
+        world.backup_stopped = datetime.fromisoformat(json.loads(backup.stdout)["stopped"])
+        with world.cursor() as cur:  # pgBackRest recovers only to a second after the stop's second
+            deadline = time.monotonic() + 5
+            cur.execute("SELECT clock_timestamp() >= %s", (world.backup_stopped + timedelta(seconds=1),))
+            while not cur.fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+                cur.execute("SELECT clock_timestamp() >= %s", (world.backup_stopped + timedelta(seconds=1),))
         _write_rows(world, 1)
         _write_rows(world, 2)
         with world.cursor() as cur:

@@ -1,6 +1,6 @@
 """docs/runbook.md, executed: one test per scenario, the runbook's commands in its order, on
 real services, with the off-site copy behind the real append-only endpoint. (Scenario 6, the
-PostgreSQL cluster lost, comes with the PITR work.)"""
+PostgreSQL cluster lost, is tests/test_runbook_cluster.py: it needs a cluster of its own.)"""
 from __future__ import annotations
 
 import os

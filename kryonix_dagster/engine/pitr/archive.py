@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from psycopg2 import sql
 
@@ -214,6 +214,13 @@ def archiving(settings: Settings, expected_command: str | None) -> Archiving:
     return state
 
 
+def earliest_target(backups) -> datetime | None:
+    """The first moment pgBackRest can recover to: it picks a backup whose stop time (whole
+    seconds) is strictly before the target's whole second, so one second after the first stop."""
+    first = min((b.stopped for b in backups), default=None)
+    return None if first is None else first + timedelta(seconds=1)
+
+
 def status(settings: Settings) -> PitrStatus:
     pgbr, _, cfg = engine_for(settings)
     configured = cfg.config_path.exists()
@@ -222,7 +229,7 @@ def status(settings: Settings) -> PitrStatus:
     if configured:
         info = pgbr.info()
         backups = list(info.backups) if info else []
-    earliest = min((b.stopped for b in backups), default=None)
+    earliest = earliest_target(backups)
     latest = state.last_archived_time if earliest and state.last_archived_time else earliest
     repository = cfg.repo.path if cfg.repo.kind == "posix" else f"s3 bucket {cfg.repo.bucket}{cfg.repo.path}"
     return PitrStatus(cfg.stanza, repository, state, backups, Window(earliest, latest))
@@ -258,7 +265,7 @@ def window_fields(settings: Settings) -> dict:
             return {}
         pgbr = PgBackRest(cfg.config_path, cfg.stanza, clusters.discover(settings).owner)
         info = pgbr.info()
-        earliest = min((b.stopped for b in info.backups), default=None) if info else None
+        earliest = earliest_target(info.backups) if info else None
         if earliest is None:
             return {}
         with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:

@@ -75,13 +75,17 @@ def pending_restart(settings: Settings, *names: str) -> list[str]:
 
 
 def _debian_cluster(cluster: Cluster) -> tuple[str, str] | None:
+    return debian_cluster_of(cluster.data_dir)
+
+
+def debian_cluster_of(data_dir: str) -> tuple[str, str] | None:
     """(version, name) when the data directory is a Debian-managed cluster's."""
     if not shutil.which("pg_lsclusters"):
         return None
     out = procs.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and os.path.realpath(fields[5]) == os.path.realpath(cluster.data_dir):
+        if len(fields) >= 6 and os.path.realpath(fields[5]) == os.path.realpath(data_dir):
             return fields[0], fields[1]
     return None
 
