@@ -112,7 +112,7 @@ def test_instance_graphql_queue_pools_and_backfill(production, settings, tenant_
     assert set(TIER_ASSETS) | {"fleet_backup_report"} <= set(nodes)
     assert all(nodes[a]["isPartitioned"] for a in TIER_ASSETS)
     checks = {c["name"] for c in nodes["restore_point"]["assetChecksOrError"]["checks"]}
-    assert checks == {"consistency", "retention", "freshness", "integrity", "restore_drill"}
+    assert checks == {"consistency", "retention", "freshness", "integrity", "restore_drill", "erasure_ledger_applied"}
     schedules = {s["name"] for s in repo["schedules"]}
     assert {"basic_incremental_backup_schedule", "pro_full_backup_schedule", "enterprise_integrity_schedule",
             "retention_schedule"} <= schedules
