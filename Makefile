@@ -57,7 +57,7 @@ demo: install system-deps services s3
 	$(OFFSITE_ENV) $(BIN)/kryonix-backup snapshots demo1 --from secondary
 	@# retention, freshness, integrity and a restore drill once per tenant, recorded in DAGSTER_HOME,
 	@# so the UI shows every check of restore_point with a result
-	$(BIN)/python -c "from kryonix_dagster.fleet.tenant_checks import main; raise SystemExit(main())"
+	$(BIN)/python -W "ignore:Specifying a partitions_def" -c "from kryonix_dagster.fleet.tenant_checks import main; raise SystemExit(main())"
 	@# point-in-time recovery live on the local cluster (restarts it once for archive_mode)
 	$(BIN)/kryonix-backup pitr setup --restart
 	$(BIN)/kryonix-backup pitr backup --type full
