@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 from . import keys, registry
 from .config import Settings
@@ -124,21 +125,29 @@ def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
     ledger_stash.ensure_stashed(settings, tenant_id, where)
 
 
-def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecord]]:
-    """Every tenant's stashed records at `where`, newest first; unreadable files are skipped."""
+def read_vault_files(settings: Settings, where: Location, tenant_of: Callable[[str], str | None],
+                     parse: Callable[[bytes], Any], what: str) -> dict[str, list]:
+    """Every tenant's records of one kind in the vault folder at `where` (a record counts only
+    when it names the tenant and the file it is in); unreadable files are skipped, warned."""
     folder = vault_folder(settings, where)
-    found: dict[str, list[StashRecord]] = {}
+    found: dict[str, list] = {}
     for name in folder.names():
-        tenant_id = vault_file_tenant(name)
+        tenant_id = tenant_of(name)
         if tenant_id is None:
             continue
         try:
-            record = StashRecord.from_bytes(folder.read(name))
+            record = parse(folder.read(name))
         except (OSError, ValueError, KeyError) as exc:
-            log.warning("key vault stash %s unreadable: %s", name, type(exc).__name__)
+            log.warning("%s %s unreadable: %s", what, name, type(exc).__name__)
             continue
         if record.tenant_id == tenant_id and record.file_name == name:
             found.setdefault(tenant_id, []).append(record)
+    return found
+
+
+def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecord]]:
+    """Every tenant's stashed records at `where`, newest first; unreadable files are skipped."""
+    found = read_vault_files(settings, where, vault_file_tenant, StashRecord.from_bytes, "key vault stash")
     for records in found.values():
         records.sort(key=lambda r: r.created, reverse=True)
     return found

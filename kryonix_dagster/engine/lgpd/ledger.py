@@ -66,12 +66,7 @@ def unwrap_key(settings: Settings, tenant_id: str, nonce: bytes, wrapped: bytes,
         raise OperationFailed(f"tenant {tenant_id}: the wrapped ledger key failed authentication") from None
 
 
-@dataclass(frozen=True)
-class WrappedLedgerKey:
-    tenant_id: str
-    master_key_id: str
-    nonce: bytes = field(repr=False)
-    wrapped: bytes = field(repr=False)
+WrappedLedgerKey = keys.WrappedKey  # the same shape: a secret wrapped by the master key for one tenant
 
 
 def wrapped_ledger_key(settings: Settings, tenant_id: str) -> WrappedLedgerKey | None:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from .. import locations, pg
 from ..config import Settings
 from ..errors import OperationFailed
-from ..key_stash import _has, vault_folder
+from ..key_stash import _has, read_vault_files, vault_folder
 from ..locations import Location
 from ..naming import ledger_stash_file_name, ledger_stash_file_tenant
 from . import ledger
@@ -115,19 +115,8 @@ def stash_everywhere(settings: Settings, tenant_id: str) -> None:
 
 def read_ledgers(settings: Settings, where: Location) -> dict[str, list[LedgerRecord]]:
     """Every tenant's stashed ledger versions at `where`, most complete first."""
-    folder = vault_folder(settings, where)
-    found: dict[str, list[LedgerRecord]] = {}
-    for name in folder.names():
-        tenant_id = ledger_stash_file_tenant(name)
-        if tenant_id is None:
-            continue
-        try:
-            record = LedgerRecord.from_bytes(folder.read(name))
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("erasure ledger stash %s unreadable: %s", name, type(exc).__name__)
-            continue
-        if record.tenant_id == tenant_id and record.file_name == name:
-            found.setdefault(tenant_id, []).append(record)
+    found = read_vault_files(settings, where, ledger_stash_file_tenant, LedgerRecord.from_bytes,
+                             "erasure ledger stash")
     for records in found.values():
         records.sort(key=lambda r: r.completeness, reverse=True)
     return found
