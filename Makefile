@@ -25,7 +25,7 @@ OFFSITE_ENV := KRYONIX_REPO_SECONDARY=$${KRYONIX_REPO_SECONDARY:-rest:http://127
 	KRYONIX_REPO_SECONDARY_ADMIN=$${KRYONIX_REPO_SECONDARY_ADMIN:-file://$(KRYONIX_LOCAL_DIR)/offsite}
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 3
 
 .PHONY: install system-deps services s3 demo dev test bench screenshot clean workers stop-workers
 

@@ -49,7 +49,7 @@ def celery_workers_used(instance, run_id: str) -> set[str]:
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records:
         metadata = record.event_log_entry.dagster_event.event_specific_data.metadata or {}
         if "Celery worker" in metadata:
-            used.add(metadata["Celery worker"].value.split("@")[0])
+            used.add(metadata["Celery worker"].value.split("@")[0].split("-")[0])  # w1-<token>@host -> w1
     return used
 
 

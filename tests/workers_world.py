@@ -56,12 +56,18 @@ class Workers:
     queue: str
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # node names unique to this fixture: two pytest-xdist workers may each run some of the
+    # module's tests, and a node name's control queue is exclusive in the shared broker vhost
+    token: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    def node(self, name: str) -> str:
+        return f"{name}-{self.token}"
 
     def start(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "a")
         self.procs[name] = subprocess.Popen(
             [str(Path(sys.executable).parent / "celery"), "-A", "kryonix_dagster.workers.app", "worker",
-             "-Q", self.queue, "-n", f"{name}@%h", "-c", "1", "--without-gossip", "--without-mingle",
+             "-Q", self.queue, "-n", f"{self.node(name)}@%h", "-c", "1", "--without-gossip", "--without-mingle",
              "--loglevel", "INFO"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -72,7 +78,8 @@ class Workers:
         app = Celery("ping", broker=broker_url())
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            replies = app.control.ping(destination=[f"{n}@{os.uname().nodename}" for n in names], timeout=1.0)
+            replies = app.control.ping(destination=[f"{self.node(n)}@{os.uname().nodename}" for n in names],
+                                       timeout=1.0)
             if len(replies) == len(names):
                 return
         raise AssertionError(f"celery workers {names} did not answer; see {self.logs}")
