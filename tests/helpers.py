@@ -25,6 +25,12 @@ def purge_tenant(settings, tenant_id: str) -> None:
     if names.repository.startswith("file://"):
         shutil.rmtree(Path(names.repository[len("file://"):]), ignore_errors=True)
     shutil.rmtree(Path(settings.state_dir) / "mirror" / f"cliente_{tenant_id}", ignore_errors=True)
+    forget_registry_rows(settings, tenant_id)
+
+
+
+def forget_registry_rows(settings, tenant_id: str) -> None:
+    """The tenant's rows in every tenants.* table of the main database, and its registry row."""
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT table_name FROM information_schema.columns "
                     "WHERE table_schema = 'tenants' AND column_name = 'cliente_id'")
@@ -32,7 +38,6 @@ def purge_tenant(settings, tenant_id: str) -> None:
             cur.execute(sql.SQL("DELETE FROM tenants.{} WHERE cliente_id = %s").format(sql.Identifier(table)),
                         (tenant_id,))
         cur.execute("DELETE FROM tenants.clientes WHERE id = %s", (tenant_id,))
-
 
 def failed_session_run(instance, tenant_id: str):
     """Materialize the session of a registered tenant that has no database: a failed run."""

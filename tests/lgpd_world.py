@@ -19,7 +19,7 @@ from kryonix_dagster.demo.database import SCHEMA_DDL
 from kryonix_dagster.engine import pg, registry
 from kryonix_dagster.engine.naming import names_for
 
-from psycopg2 import sql
+from .helpers import forget_registry_rows
 
 ANONYMISED = ("ANONIMIZADO", "anonimizado@exemplo.com", "+55000000000")
 ANONYMISED_IDS = {1, 3}
@@ -82,10 +82,4 @@ def drop_lgpd_tenant(settings, tenant_id: str) -> None:
     """Everything such a tenant owns: its database, its registry, lease and audit rows (it
     never touches the other services: no S3 server needed)."""
     pg.drop_database(settings.pg_dsn, names_for(settings, tenant_id).database)
-    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM information_schema.columns "
-                    "WHERE table_schema = 'tenants' AND column_name = 'cliente_id'")
-        for (table,) in cur.fetchall():
-            cur.execute(sql.SQL("DELETE FROM tenants.{} WHERE cliente_id = %s").format(sql.Identifier(table)),
-                        (tenant_id,))
-        cur.execute("DELETE FROM tenants.clientes WHERE id = %s", (tenant_id,))
+    forget_registry_rows(settings, tenant_id)

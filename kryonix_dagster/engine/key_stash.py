@@ -90,15 +90,21 @@ def current_record(settings: Settings, tenant_id: str) -> StashRecord | None:
                        datetime.now(timezone.utc).isoformat())
 
 
+
+def add_to_vault(settings: Settings, where: Location, record):
+    """Write a record (anything with file_name and to_bytes) into the vault folder at `where`
+    unless that very version is there: files are only ever added (the append-only endpoint)."""
+    folder = vault_folder(settings, where)
+    if not _has(folder, record.file_name):
+        folder.write(record.file_name, record.to_bytes())
+    return record
+
 def stash(settings: Settings, tenant_id: str, where: Location) -> StashRecord | None:
     """Add the tenant's current record at `where` unless that very version is there."""
     record = current_record(settings, tenant_id)
     if record is None:
         return None
-    folder = vault_folder(settings, where)
-    if not _has(folder, record.file_name):
-        folder.write(record.file_name, record.to_bytes())
-    return record
+    return add_to_vault(settings, where, record)
 
 
 def _has(folder: KeyFolder, name: str) -> bool:

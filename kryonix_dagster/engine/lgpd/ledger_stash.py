@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from .. import locations, pg
 from ..config import Settings
 from ..errors import OperationFailed
-from ..key_stash import _has, read_vault_files, vault_folder
+from ..key_stash import add_to_vault, read_vault_files, vault_folder
 from ..locations import Location
 from ..naming import ledger_stash_file_name, ledger_stash_file_tenant
 from . import ledger
@@ -93,10 +93,7 @@ def stash(settings: Settings, tenant_id: str, where: Location) -> LedgerRecord |
     record = current_record(settings, tenant_id)
     if record is None:
         return None
-    folder = vault_folder(settings, where)
-    if not _has(folder, record.file_name):
-        folder.write(record.file_name, record.to_bytes())
-    return record
+    return add_to_vault(settings, where, record)
 
 
 def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
