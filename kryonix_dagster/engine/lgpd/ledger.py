@@ -45,7 +45,7 @@ def ledger_key(settings: Settings, tenant_id: str, create: bool = False) -> byte
             cur.execute(
                 "INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, wrapped_key) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) DO NOTHING",
-                (tenant_id, keys._fingerprint(master), nonce, wrapped))
+                (tenant_id, keys.fingerprint(master), nonce, wrapped))
             cur.execute(select, (tenant_id,))
             row = cur.fetchone()
     if row is None:
@@ -90,7 +90,7 @@ def rewrap_keys(settings: Settings, new_key: bytes,
                 after_each: Callable[[str], None] = lambda tenant_id: None) -> list[str]:
     """Every tenant's ledger key re-wrapped under `new_key` (keys rotate-master), each row in its
     own transaction; rows already wrapped by it are left alone, so a resumed rotation finishes."""
-    new_id = keys._fingerprint(new_key)
+    new_id = keys.fingerprint(new_key)
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT cliente_id, nonce, wrapped_key, master_key_id FROM tenants.lgpd_ledger_keys "
                     "WHERE master_key_id <> %s ORDER BY cliente_id", (new_id,))

@@ -63,7 +63,7 @@ def repository_passphrase(settings: Settings, stanza: str, create: bool = False)
             wrapped = AESGCM(key).encrypt(nonce, secrets.token_urlsafe(48).encode(), _aad(stanza))
             cur.execute("INSERT INTO tenants.pitr_keys (stanza, master_key_id, nonce, wrapped_password) "
                         "VALUES (%s, %s, %s, %s) ON CONFLICT (stanza) DO NOTHING",
-                        (stanza, keys._fingerprint(key), nonce, wrapped))
+                        (stanza, keys.fingerprint(key), nonce, wrapped))
             cur.execute(query, (stanza,))
             row = cur.fetchone()
     if row is None:
@@ -77,7 +77,7 @@ def _unwrap(settings: Settings, stanza: str, nonce: bytes, wrapped: bytes, wrapp
     key = keys.known_master_keys(settings).get(wrapped_by)
     if key is None:
         raise OperationFailed(f"PITR stanza {stanza}: its repository passphrase is wrapped by master key {wrapped_by}, "
-                              f"but KRYONIX_MASTER_KEY_FILE holds {keys._fingerprint(keys.master_key(settings))}")
+                              f"but KRYONIX_MASTER_KEY_FILE holds {keys.fingerprint(keys.master_key(settings))}")
     try:
         return AESGCM(key).decrypt(nonce, wrapped, _aad(stanza)).decode()
     except InvalidTag:
@@ -87,7 +87,7 @@ def _unwrap(settings: Settings, stanza: str, nonce: bytes, wrapped: bytes, wrapp
 def rewrap_passphrases(settings: Settings, new_key: bytes) -> list[str]:
     """Every stanza's passphrase re-wrapped under `new_key` (keys rotate-master), each row in its
     own transaction; rows already wrapped by it are left alone, so a resumed rotation finishes."""
-    new_id = keys._fingerprint(new_key)
+    new_id = keys.fingerprint(new_key)
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT stanza, nonce, wrapped_password, master_key_id FROM tenants.pitr_keys "
                     "WHERE master_key_id <> %s ORDER BY stanza", (new_id,))
