@@ -20,6 +20,13 @@ from . import procs
 from .errors import OperationFailed, one_line
 
 HOST = "kryonix"  # fixed, so snapshots group and find parents whatever machine ran them
+# Reads take no restic lock. restic 0.14 waits 200 ms after writing a lock file (to see a
+# competing exclusive lock) and each read is its own process, so locks made every dump, listing
+# and restore cost ≥ 0.2 s of wall time. A lock would only protect a read from a concurrent
+# prune, and every prune here (forget, the LGPD rewrite, offboarding) runs under the tenant's
+# lease, which a session, a restore, a verify or a drill of that tenant holds too. Writes
+# (backup, forget, prune, copy, key changes) and `check` still lock.
+NO_LOCK = ("--no-lock",)
 Progress = Callable[["BackupProgress"], None]
 
 
@@ -332,7 +339,7 @@ class Restic:
     # -- reading -------------------------------------------------------------------------------
 
     def snapshots(self, tags: Sequence[str] = ()) -> list[Snapshot]:
-        args = ["snapshots"]
+        args = [*NO_LOCK, "snapshots"]
         if tags:
             args += ["--tag", ",".join(tags)]
         docs = self.run_json(args, "snapshots") or []
@@ -340,7 +347,7 @@ class Restic:
 
     def dump_to(self, snapshot_id: str, path: str, out: IO[bytes]) -> None:
         with tempfile.TemporaryFile() as errfile:
-            proc = procs.run(["restic", "dump", snapshot_id, path], stdout=out, stderr=errfile, env=self.env())
+            proc = procs.run(["restic", *NO_LOCK, "dump", snapshot_id, path], stdout=out, stderr=errfile, env=self.env())
             if proc.returncode != 0:
                 errfile.seek(0)
                 raise self._fail(f"dump {snapshot_id[:8]}:{path}", errfile.read().decode(errors="replace"))
@@ -350,7 +357,7 @@ class Restic:
         or copies it as it comes; raises at the end if restic failed. A reader that stops early
         closes the pipe and restic exits."""
         with tempfile.TemporaryFile() as errfile:
-            proc = procs.popen(["restic", "dump", snapshot_id, path], stdout=subprocess.PIPE, stderr=errfile,
+            proc = procs.popen(["restic", *NO_LOCK, "dump", snapshot_id, path], stdout=subprocess.PIPE, stderr=errfile,
                                env=self.env())
             try:
                 while chunk := proc.stdout.read(size):
@@ -370,7 +377,7 @@ class Restic:
 
     def dump_latest(self, path: str, tags: Sequence[str]) -> bytes | None:
         """A file of the newest snapshot carrying all `tags`, in one restic call; None if none."""
-        proc = procs.run(["restic", "dump", "latest", path, "--tag", ",".join(tags)], capture_output=True, env=self.env())
+        proc = procs.run(["restic", *NO_LOCK, "dump", "latest", path, "--tag", ",".join(tags)], capture_output=True, env=self.env())
         if proc.returncode == 0:
             return proc.stdout
         err = proc.stderr.decode(errors="replace")
@@ -379,17 +386,17 @@ class Restic:
         raise self._fail(f"dump latest:{path}", err)
 
     def dump_bytes(self, snapshot_id: str, path: str) -> bytes:
-        return self.run(["dump", snapshot_id, path], f"dump {snapshot_id[:8]}:{path}").stdout
+        return self.run([*NO_LOCK, "dump", snapshot_id, path], f"dump {snapshot_id[:8]}:{path}").stdout
 
     def restore(self, snapshot_id: str, target: Path, includes: Iterable[str] = ()) -> None:
-        args = ["restore", snapshot_id, "--target", str(target)]
+        args = [*NO_LOCK, "restore", snapshot_id, "--target", str(target)]
         for pattern in includes:
             args += ["--include", pattern]
         self.run(args, f"restore {snapshot_id[:8]}")
 
     def list_nodes(self, snapshot_id: str) -> list["SnapshotNode"]:
         """Every node inside a snapshot (`restic ls --json`): path, type, size."""
-        out = self.run(["ls", "--json", snapshot_id], f"ls {snapshot_id[:8]}").stdout.decode()
+        out = self.run([*NO_LOCK, "ls", "--json", snapshot_id], f"ls {snapshot_id[:8]}").stdout.decode()
         nodes = []
         for line in out.splitlines():
             try:

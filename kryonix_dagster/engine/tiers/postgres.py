@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -164,27 +165,31 @@ def backup(ctx: BackupContext) -> TierResult:
         raise OperationFailed(f"tenant {names.tenant_id}, tier postgresql: database {names.database} does not exist")
     tags = lambda part: tier_tags(ctx.session_id, TIER, part, ctx.backup_type)  # noqa: E731
     digest = hashlib.sha256()
-    # One exported snapshot: pg_dump and the row checksums see exactly the same data.
-    with pg.connection(ctx.settings.pg_dsn, names.database) as conn, conn.cursor() as cur:
+    # One exported snapshot: pg_dump and the row checksums see exactly the same data. The
+    # exporting transaction hashes the rows while pg_dump streams into restic (the server reads
+    # the tables twice, but side by side, not one after the other), and the roles are written
+    # by a second restic process meanwhile: the tier waits for the slower of the three.
+    with pg.connection(ctx.settings.pg_dsn, names.database) as conn, conn.cursor() as cur, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-tier") as pool:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
         snapshot, server_version = cur.fetchone()
         ctx.report.info(f"tenant {names.tenant_id}: dumping {names.database}")
-        dump = ctx.repo.backup_stream(_dump_chunks(ctx.settings, names, snapshot, digest), DUMP_FILE,
-                                      tags("dump"), ctx.session_time, ctx.restic_progress("postgresql dump"))
-        ctx.captured[TIER] = _consistency_queries(cur)  # before the hashing fixes the rendering
-        checksums = table_checksums(cur)
-        schemas = _schemas(cur)
-        foreign = _foreign_tables(cur)
-        properties = database_properties(cur, names.database)
+        catalog = pool.submit(_snapshot_facts, cur, names.database)
+        roles_write = pool.submit(_backup_roles, ctx, tags("roles"))
+        try:
+            dump = ctx.repo.backup_stream(_dump_chunks(ctx.settings, names, snapshot, digest), DUMP_FILE,
+                                          tags("dump"), ctx.session_time, ctx.restic_progress("postgresql dump"))
+        finally:
+            wait([catalog, roles_write])  # the connection stays open until the hashing is done
+        ctx.captured[TIER], checksums, schemas, foreign, properties = catalog.result()
+    roles, roles_snap = roles_write.result()
     if foreign:
         ctx.report.warn(f"tenant {names.tenant_id}: foreign table(s) {', '.join(foreign[:5])}: their definition is "
                         "backed up, their rows are not (they live outside the database)")
     snapshots = {"dump": dump.snapshot_id}
     added = dump.data_added
-    roles = tenant_roles(ctx.settings, names)
-    if roles:
-        roles_snap = ctx.repo.backup_bytes(json.dumps(roles).encode(), ROLES_FILE, tags("roles"), ctx.session_time)
+    if roles_snap is not None:
         snapshots["roles"] = roles_snap.snapshot_id
         added += roles_snap.data_added
     rows = sum(count for count, _ in checksums.values())
@@ -197,6 +202,22 @@ def backup(ctx: BackupContext) -> TierResult:
                  "roles": [r["name"] for r in roles], "server_version": server_version,
                  "foreign_tables": foreign, "database_properties": properties},
     )
+
+
+def _snapshot_facts(cur, database: str) -> tuple:
+    """What the session keeps of the exported snapshot besides the dump: the consistency rules'
+    results (before the hashing fixes the rendering), row counts and hashes, schemas, foreign
+    tables, database properties."""
+    captured = _consistency_queries(cur)
+    return captured, table_checksums(cur), _schemas(cur), _foreign_tables(cur), database_properties(cur, database)
+
+
+def _backup_roles(ctx: BackupContext, tags: list[str]):
+    """The tenant's roles as their own small snapshot (None when it has none)."""
+    roles = tenant_roles(ctx.settings, ctx.names)
+    if not roles:
+        return roles, None
+    return roles, ctx.repo.backup_bytes(json.dumps(roles).encode(), ROLES_FILE, tags, ctx.session_time)
 
 
 def _consistency_queries(cur) -> dict[str, list[str] | str]:
