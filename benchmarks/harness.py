@@ -66,10 +66,10 @@ class Report:
         RESULTS.mkdir(exist_ok=True)
         rows = [c.row() for c in self.comparisons]
         (RESULTS / f"{self.section}.json").write_text(json.dumps({"facts": self.facts, "results": rows}, indent=2))
-        columns = ["comparison", "ours", "baseline", "time_ratio", "bytes_ratio", "ours_per_second",
-                   "baseline_per_second"]
+        columns = ["comparison", "ours", "baseline", "time_ratio", "ours_seconds", "baseline_seconds",
+                   "bytes_ratio", "ours_per_second", "baseline_per_second"]
         table = tabulate([[str(r.get(c, "")).replace("|", "\\|") for c in columns] for r in rows],
-                         headers=["comparison", "ours", "baseline", "time ratio", "bytes ratio", "ours/s",
+                         headers=["comparison", "ours", "baseline", "time ratio", "ours s", "baseline s", "bytes ratio", "ours/s",
                                   "baseline/s"], tablefmt="github", disable_numparse=True)
         lines = [f"# {self.section}", "", *(f"- {k}: {v}" for k, v in self.facts.items()), "", table]
         path = RESULTS / f"{self.section}.md"

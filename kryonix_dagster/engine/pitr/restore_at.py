@@ -156,8 +156,8 @@ def _restore_database(settings, pgbr, cluster, scratch_root: Path, source, targe
                 raise OperationFailed(f"tenant {source.tenant_id}: database {source.database} did not exist at "
                                       f"{archive._iso(at)}; nothing was changed")
             roles = pgtier.tenant_roles(scratch_settings, source)
+            checksums = pgtier.staged_checksums(scratch.dsn, source.database)  # nobody writes the scratch cluster
             with pg.connection(scratch.dsn, source.database) as conn, conn.cursor() as cur:
-                checksums = pgtier.table_checksums(cur)
                 properties = pgtier.database_properties(cur, source.database)
             report.info(f"dumping {source.database} from the scratch cluster")
             pg_dump_scratch(scratch, cluster, source.database, dump)
