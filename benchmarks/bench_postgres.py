@@ -20,7 +20,7 @@ from kryonix_dagster.engine.naming import names_for
 
 from tests.helpers import purge_tenant
 
-from .harness import Comparison, Measurement, Report, World, cli, dir_bytes, sh, timed
+from .harness import Comparison, create_repository, Measurement, Report, World, cli, dir_bytes, sh, timed
 
 TENANT = "benchpg"
 
@@ -49,6 +49,7 @@ def run(scale: float) -> Path:
         restic_env = {"RESTIC_REPOSITORY": str(manual_repo), "RESTIC_PASSWORD": secrets.token_hex(16),
                       "RESTIC_CACHE_DIR": str(world.base / "cache")}
         sh("restic init -q", restic_env)
+        report.facts["repository_creation_seconds"] = create_repository(TENANT)  # untimed, like `restic init`
 
         ours, _ = timed("kryonix-backup backup --type full (first)", lambda: cli("backup", TENANT, "--type", "full"))
         ours.bytes = dir_bytes(world.repo_dir(TENANT))
