@@ -117,7 +117,7 @@ def staged_checksums(dsn: str, database: str, fixed_rendering: bool = True,
     workers = max(1, min(jobs, len(queue)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pg-verify") as pool:
         parts = list(pool.map(lambda _: worker(), range(workers)))
-    return {table: value for part in parts for table, value in sorted(part.items())}
+    return dict(sorted((table, value) for part in parts for table, value in part.items()))
 
 
 def _schemas(cur) -> list[str]:
