@@ -19,6 +19,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -196,24 +197,30 @@ def backup(ctx: BackupContext) -> TierResult:
         raise OperationFailed(f"tenant {names.tenant_id}, tier postgresql: database {names.database} does not exist")
     tags = lambda part: tier_tags(ctx.session_id, TIER, part, ctx.backup_type)  # noqa: E731
     digest = hashlib.sha256()
-    # One exported snapshot: pg_dump and the row checksums see exactly the same data. The
-    # exporting transaction hashes the rows while pg_dump streams into restic (the server reads
-    # the tables twice, but side by side, not one after the other), and the roles are written
-    # by a second restic process meanwhile: the tier waits for the slower of the three.
+    reusable = _reusable_hashes(ctx)
+    # One exported snapshot: pg_dump and the row checksums see exactly the same data. Without
+    # hashes to reuse, the exporting transaction hashes the rows while pg_dump streams into
+    # restic (the server reads the tables twice, side by side); with them, it hashes after the
+    # dump only if the dump changed. The roles are written by a second restic process meanwhile.
     with pg.connection(ctx.settings.pg_dsn, names.database) as conn, conn.cursor() as cur, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-tier") as pool:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
         snapshot, server_version = cur.fetchone()
         ctx.report.info(f"tenant {names.tenant_id}: dumping {names.database}")
-        catalog = pool.submit(_snapshot_facts, cur, names.database)
+        catalog = pool.submit(_snapshot_facts, cur, names.database, reusable is None)
         roles_write = pool.submit(_backup_roles, ctx, tags("roles"))
         try:
             dump = ctx.repo.backup_stream(_dump_chunks(ctx.settings, names, snapshot, digest), DUMP_FILE,
                                           tags("dump"), ctx.session_time, ctx.restic_progress("postgresql dump"))
         finally:
             wait([catalog, roles_write])  # the connection stays open until the hashing is done
-        ctx.captured[TIER], checksums, schemas, foreign, properties = catalog.result()
+        ctx.captured[TIER], schemas, foreign, properties, checksums = catalog.result()
+        checksums_of = None
+        if checksums is None and reusable.dump_sha256 == digest.hexdigest():
+            checksums, checksums_of = reusable.tables, reusable.session_id  # the same bytes: the same rows
+        elif checksums is None:
+            checksums = table_checksums(cur)  # still the exported snapshot's transaction
     roles, roles_snap = roles_write.result()
     if foreign:
         ctx.report.warn(f"tenant {names.tenant_id}: foreign table(s) {', '.join(foreign[:5])}: their definition is "
@@ -228,19 +235,47 @@ def backup(ctx: BackupContext) -> TierResult:
         tier=TIER, status=STATUS_OK, snapshots=snapshots, bytes_processed=dump.total_bytes_processed,
         bytes_added=added, items=rows, duration_seconds=watch.seconds,
         checksums={"dump_sha256": digest.hexdigest(), "dump_bytes": dump.total_bytes_processed, "tables": checksums,
-                   "rendering": HASH_RENDERING},
+                   "rendering": HASH_RENDERING} | ({"tables_hashed_by": checksums_of} if checksums_of else {}),
         details={"database": names.database, "schemas": schemas, "tables": len(checksums),
                  "roles": [r["name"] for r in roles], "server_version": server_version,
                  "foreign_tables": foreign, "database_properties": properties},
     )
 
 
-def _snapshot_facts(cur, database: str) -> tuple:
+@dataclass(frozen=True)
+class ReusableHashes:
+    """The previous restore point's row hashes, good for this session if its dump is the same."""
+    session_id: str
+    dump_sha256: str
+    tables: dict[str, list]
+
+
+def _reusable_hashes(ctx: BackupContext) -> ReusableHashes | None:
+    """An incremental whose dump comes out byte-identical to the previous restore point's (same
+    sha256 of the same pg_dump rendering of the same snapshot contents) has the same table
+    contents, so that restore point's row hashes — taken from the data that produced those
+    bytes, and what its restores are verified against — verify this one as well, and the tables
+    are read once, by pg_dump. A full session always hashes afresh."""
+    try:
+        previous = ctx.previous_tier(TIER)
+    except Exception as exc:  # the previous manifest unreadable: hash afresh, as a full session does
+        ctx.report.warn(f"previous restore point unreadable, hashing afresh: {one_line(str(exc), 200)}")
+        return None
+    if previous is None or previous.status != STATUS_OK:
+        return None
+    sums = previous.checksums
+    if sums.get("rendering") != HASH_RENDERING or not sums.get("dump_sha256") or not isinstance(sums.get("tables"), dict):
+        return None
+    session_id = sums.get("tables_hashed_by") or ctx.previous.session_id
+    return ReusableHashes(session_id, sums["dump_sha256"], sums["tables"])
+
+
+def _snapshot_facts(cur, database: str, hash_rows: bool) -> tuple:
     """What the session keeps of the exported snapshot besides the dump: the consistency rules'
-    results (before the hashing fixes the rendering), row counts and hashes, schemas, foreign
-    tables, database properties."""
-    captured = _consistency_queries(cur)
-    return captured, table_checksums(cur), _schemas(cur), _foreign_tables(cur), database_properties(cur, database)
+    results (first: the hashing fixes the rendering), schemas, foreign tables, database
+    properties, then row counts and hashes (None unless `hash_rows`)."""
+    facts = (_consistency_queries(cur), _schemas(cur), _foreign_tables(cur), database_properties(cur, database))
+    return (*facts, table_checksums(cur) if hash_rows else None)
 
 
 def _backup_roles(ctx: BackupContext, tags: list[str]):
