@@ -15,7 +15,7 @@ SECTIONS = {
         keys=int(os.environ.get("BENCH_KEYS", "200000")),
         messages=int(os.environ.get("BENCH_MESSAGES", "20000")),
     ),
-    "fleet": lambda: bench_fleet.run(int(os.environ.get("BENCH_FLEET_TENANTS", "40"))),
+    "fleet": lambda: bench_fleet.run(int(os.environ.get("BENCH_FLEET_TENANTS", "50"))),
 }
 
 if __name__ == "__main__":

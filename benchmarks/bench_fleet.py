@@ -145,7 +145,7 @@ def tick_times(settings, count: int) -> dict[str, float]:
     return out
 
 
-def run(tenants: int = 40, scale: float = 0.05) -> Path:
+def run(tenants: int = 50, scale: float = 0.05) -> Path:
     from kryonix_dagster.demo import seed_tenant
     from kryonix_dagster.workers.broker import ensure_vhost
 
