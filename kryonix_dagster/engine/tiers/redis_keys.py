@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import redis
@@ -31,6 +32,8 @@ STREAM_FILE = "keys.bin"
 MAGIC = b"KRYONIX-REDIS-2\n"
 TRAILER = b"\nKRYONIX-EXPIRIES\n"
 BATCH = 500
+PIPELINE_BYTES = 1 << 20  # a restore sends its RESTOREs in batches of about this size
+PIPELINE_COMMANDS = 2000  # … and at most this many commands
 NO_EXPIRY = -1
 _RECORD = struct.Struct("<BII")  # record marker 1, key length, payload length
 _EXPIRY = struct.Struct("<Iq")  # index of the key in the stream, absolute expiry in ms
@@ -71,17 +74,18 @@ def parse_records(data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
     """(key, absolute expiry in ms or NO_EXPIRY, DUMP payload) in stream order."""
     if not data.startswith(MAGIC):
         raise OperationFailed("redis snapshot: unknown format")
-    pos, records = len(MAGIC), []
-    while pos < len(data) and data[pos] == 1:
-        _marker, key_len, payload_len = _RECORD.unpack_from(data, pos)
-        pos += _RECORD.size
+    pos, records, unpack, head = len(MAGIC), [], _RECORD.unpack_from, _RECORD.size
+    end = len(data)
+    while pos < end and data[pos] == 1:
+        _marker, key_len, payload_len = unpack(data, pos)
+        pos += head
         records.append((data[pos:pos + key_len], data[pos + key_len:pos + key_len + payload_len]))
         pos += key_len + payload_len
     if data[pos:pos + len(TRAILER)] != TRAILER:
         raise OperationFailed("redis snapshot: truncated (no expiry trailer)")
     pos += len(TRAILER)
     expiry = {}
-    while pos < len(data):
+    while pos < end:
         index, at = _EXPIRY.unpack_from(data, pos)
         expiry[index] = at
         pos += _EXPIRY.size
@@ -126,17 +130,89 @@ def backup(ctx: BackupContext) -> TierResult:
 def planned_keys(ctx: RestoreContext, data: bytes, where: str) -> list[tuple[bytes, int, bytes]]:
     """Every record renamed to the target, all checked before Redis is touched."""
     target, flag = ctx.target, ctx.target.backup_flag_key.encode()
-    planned = []
+    prefix = target.redis_prefix.encode()
     try:
-        for key, expiry, payload in parse_records(data):
-            if ctx.into_other:
-                key = rename_redis_key(key, ctx.source, target)
-            if not target.owns_redis_key(key) or key == flag:
+        planned = list(parse_records(data))
+        if ctx.into_other:
+            planned = [(rename_redis_key(key, ctx.source, target), expiry, payload) for key, expiry, payload in planned]
+        for key, _expiry, _payload in planned:
+            if not key.startswith(prefix) or key == flag:
                 raise ValueError("key outside the tenant's namespace")
-            planned.append((key, expiry, payload))
     except (ValueError, struct.error, OperationFailed) as exc:
         raise OperationFailed(f"{where}: snapshot refused, nothing was changed: {one_line(str(exc), 200)}") from None
     return planned
+
+
+def _restore_command(key: bytes, expiry: int, payload: bytes) -> bytes:
+    """RESTORE key ttl payload REPLACE [ABSTTL], encoded in RESP by hand: packing and parsing
+    through redis-py's generic command path costs more than Redis takes to run the command."""
+    if expiry == NO_EXPIRY:
+        return b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%b\r\n$1\r\n0\r\n$%d\r\n%b\r\n$7\r\nREPLACE\r\n" % (
+            len(key), key, len(payload), payload)
+    ttl = b"%d" % expiry
+    return b"*6\r\n$7\r\nRESTORE\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n" % (
+        len(key), key, len(ttl), ttl, len(payload), payload)
+
+
+@dataclass
+class Restored:
+    keys: set[bytes] = field(default_factory=set)  # every key sent to RESTORE
+    expired: int = 0  # planned keys whose expiry had passed: not resurrected
+
+
+def _batches(planned: list[tuple[bytes, int, bytes]], now_ms: int, done: Restored) -> Iterator[tuple[bytes, int]]:
+    """(RESP bytes, number of commands) of about PIPELINE_BYTES each, skipping keys whose
+    expiry has passed; `done` records what each batch holds."""
+    parts: list[bytes] = []
+    size = 0
+    for key, expiry, payload in planned:
+        if expiry != NO_EXPIRY and expiry <= now_ms + 1:
+            done.expired += 1
+            continue
+        done.keys.add(key)
+        command = _restore_command(key, expiry, payload)
+        parts.append(command)
+        size += len(command)
+        if size >= PIPELINE_BYTES or len(parts) >= PIPELINE_COMMANDS:
+            yield b"".join(parts), len(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts), len(parts)
+
+
+def _read_replies(conn, count: int) -> None:
+    for _ in range(count):
+        conn.read_response()  # raises redis.ResponseError on an error reply
+
+
+def restore_keys(client: redis.Redis, planned: list[tuple[bytes, int, bytes]], now_ms: int) -> Restored:
+    """RESTORE … REPLACE every planned key that has not expired, pipelined on one connection
+    with one batch in flight while the next is packed."""
+    done = Restored()
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    owed = 0
+    try:
+        for blob, count in _batches(planned, now_ms, done):
+            conn.send_packed_command([blob], check_health=False)
+            _read_replies(conn, owed)
+            owed = count
+        _read_replies(conn, owed)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection back as it is
+        raise
+    finally:
+        pool.release(conn)
+    return done
+
+
+def remove_stale(client: redis.Redis, target, wanted: set[bytes]) -> int:
+    """Replace semantics: the namespace's keys the snapshot lacks go (the backup flag stays)."""
+    flag = target.backup_flag_key.encode()
+    stale = [k for k in client.scan_iter(match=target.redis_match, count=1000) if k not in wanted and k != flag]
+    for start in range(0, len(stale), BATCH):
+        client.delete(*stale[start:start + BATCH])
+    return len(stale)
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
@@ -146,30 +222,13 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     planned = planned_keys(ctx, verified_stream(ctx, "keys", STREAM_FILE, where), where)
     outcome.details.update(ctx.reapply(TIER, planned))  # drops the erased persons' keys (the erasure ledger)
     client = services.redis_client(ctx.settings)
-    flag = target.backup_flag_key.encode()
     try:
-        wanted = set()
-        now_ms = int(time.time() * 1000)
-        pipe = client.pipeline(transaction=False)
-        expired = 0
-        for key, expiry, payload in planned:
-            if expiry != NO_EXPIRY and expiry <= now_ms + 1:
-                expired += 1
-                continue
-            wanted.add(key)
-            pipe.restore(key, 0 if expiry == NO_EXPIRY else expiry, payload, replace=True,
-                         absttl=expiry != NO_EXPIRY)
-            if len(pipe) >= BATCH:
-                pipe.execute()
-        pipe.execute()
-        # replace semantics: keys created after the backup go (the backup flag stays)
-        stale = [k for k in client.scan_iter(match=target.redis_match, count=1000) if k not in wanted and k != flag]
-        for start in range(0, len(stale), BATCH):
-            client.delete(*stale[start:start + BATCH])
+        done = restore_keys(client, planned, int(time.time() * 1000))
+        removed = remove_stale(client, target, done.keys)
     except redis.RedisError as exc:
         raise OperationFailed(f"{where}: RESTORE failed: {one_line(exc)}") from None
-    outcome.restored = len(wanted)
-    outcome.details.update(expired_not_restored=expired, removed=len(stale))
+    outcome.restored = len(done.keys)
+    outcome.details.update(expired_not_restored=done.expired, removed=removed)
     return outcome
 
 
