@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -33,7 +34,8 @@ MAGIC = b"KRYONIX-REDIS-2\n"
 TRAILER = b"\nKRYONIX-EXPIRIES\n"
 BATCH = 500
 PIPELINE_BYTES = 1 << 20  # a restore sends its RESTOREs in batches of about this size
-PIPELINE_COMMANDS = 2000  # … and at most this many commands
+PIPELINE_COMMANDS = 4000  # … and at most this many commands
+SCAN_COUNT = 2000  # keyspace slots one SCAN call of a restore walks
 NO_EXPIRY = -1
 _RECORD = struct.Struct("<BII")  # record marker 1, key length, payload length
 _EXPIRY = struct.Struct("<Iq")  # index of the key in the stream, absolute expiry in ms
@@ -70,27 +72,26 @@ def _records(client: redis.Redis, keys: list[bytes], stats: dict) -> Iterator[by
     yield TRAILER + b"".join(expiries)
 
 
-def parse_records(data: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+def parse_records(data: bytes) -> list[tuple[bytes, int, bytes]]:
     """(key, absolute expiry in ms or NO_EXPIRY, DUMP payload) in stream order."""
     if not data.startswith(MAGIC):
         raise OperationFailed("redis snapshot: unknown format")
-    pos, records, unpack, head = len(MAGIC), [], _RECORD.unpack_from, _RECORD.size
-    end = len(data)
+    pos, end, keys, payloads = len(MAGIC), len(data), [], []
+    unpack, head, key_append, payload_append = _RECORD.unpack_from, _RECORD.size, keys.append, payloads.append
     while pos < end and data[pos] == 1:
         _marker, key_len, payload_len = unpack(data, pos)
         pos += head
-        records.append((data[pos:pos + key_len], data[pos + key_len:pos + key_len + payload_len]))
-        pos += key_len + payload_len
+        key_append(data[pos:pos + key_len])
+        pos += key_len
+        payload_append(data[pos:pos + payload_len])
+        pos += payload_len
     if data[pos:pos + len(TRAILER)] != TRAILER:
         raise OperationFailed("redis snapshot: truncated (no expiry trailer)")
-    pos += len(TRAILER)
-    expiry = {}
-    while pos < end:
-        index, at = _EXPIRY.unpack_from(data, pos)
-        expiry[index] = at
-        pos += _EXPIRY.size
-    for index, (key, payload) in enumerate(records):
-        yield key, expiry.get(index, NO_EXPIRY), payload
+    expiries = [NO_EXPIRY] * len(keys)
+    for index, at in _EXPIRY.iter_unpack(data[pos + len(TRAILER):]):
+        if index < len(expiries):
+            expiries[index] = at
+    return list(zip(keys, expiries, payloads))
 
 
 def backup(ctx: BackupContext) -> TierResult:
@@ -132,7 +133,7 @@ def planned_keys(ctx: RestoreContext, data: bytes, where: str) -> list[tuple[byt
     target, flag = ctx.target, ctx.target.backup_flag_key.encode()
     prefix = target.redis_prefix.encode()
     try:
-        planned = list(parse_records(data))
+        planned = parse_records(data)
         if ctx.into_other:
             planned = [(rename_redis_key(key, ctx.source, target), expiry, payload) for key, expiry, payload in planned]
         for key, _expiry, _payload in planned:
@@ -206,29 +207,50 @@ def restore_keys(client: redis.Redis, planned: list[tuple[bytes, int, bytes]], n
     return done
 
 
-def remove_stale(client: redis.Redis, target, wanted: set[bytes]) -> int:
-    """Replace semantics: the namespace's keys the snapshot lacks go (the backup flag stays)."""
-    flag = target.backup_flag_key.encode()
-    stale = [k for k in client.scan_iter(match=target.redis_match, count=1000) if k not in wanted and k != flag]
-    for start in range(0, len(stale), BATCH):
-        client.delete(*stale[start:start + BATCH])
-    return len(stale)
+def present_keys(client: redis.Redis, target) -> set[bytes]:
+    """The target namespace's keys as the restore begins, but the backup flag."""
+    present: set[bytes] = set()
+    cursor = 0
+    while True:  # SCAN's own loop, not scan_iter: a page at a time into the set, no per-key Python
+        cursor, page = client.scan(cursor, match=target.redis_match, count=SCAN_COUNT)
+        present.update(page)
+        if not int(cursor):
+            break
+    present.discard(target.backup_flag_key.encode())
+    return present
+
+
+def delete_keys(client: redis.Redis, keys: set[bytes]) -> None:
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), BATCH):
+        client.delete(*ordered[start:start + BATCH])
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
+    """Verify and plan every key while a SCAN in a second thread lists the namespace's current
+    keys (Redis walks its keyspace while this process checks the snapshot); then RESTORE every
+    key and delete the listed keys the snapshot lacks (replace semantics: keys created after
+    the backup go, the backup flag stays). Nothing is written before both have finished."""
     outcome = RestoreOutcome(tier=TIER)
     target = ctx.target
     where = f"tenant {target.tenant_id}, tier redis" + (f" (from tenant {ctx.source.tenant_id})" if ctx.into_other else "")
-    planned = planned_keys(ctx, verified_stream(ctx, "keys", STREAM_FILE, where), where)
-    outcome.details.update(ctx.reapply(TIER, planned))  # drops the erased persons' keys (the erasure ledger)
     client = services.redis_client(ctx.settings)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-scan") as pool:
+        listing = pool.submit(present_keys, client, target)
+        planned = planned_keys(ctx, verified_stream(ctx, "keys", STREAM_FILE, where), where)
+        outcome.details.update(ctx.reapply(TIER, planned))  # drops the erased persons' keys (the erasure ledger)
+        try:
+            present = listing.result()
+        except redis.RedisError as exc:
+            raise OperationFailed(f"{where}: SCAN failed, nothing was changed: {one_line(exc)}") from None
     try:
         done = restore_keys(client, planned, int(time.time() * 1000))
-        removed = remove_stale(client, target, done.keys)
+        stale = present - done.keys
+        delete_keys(client, stale)
     except redis.RedisError as exc:
         raise OperationFailed(f"{where}: RESTORE failed: {one_line(exc)}") from None
     outcome.restored = len(done.keys)
-    outcome.details.update(expired_not_restored=done.expired, removed=removed)
+    outcome.details.update(expired_not_restored=done.expired, removed=len(stale))
     return outcome
 
 
