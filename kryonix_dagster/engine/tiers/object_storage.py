@@ -22,7 +22,9 @@ Each object's size, ETag and sha256 come from the download itself (never from th
 which a concurrent write can outdate), and the sha256 is recorded in the manifest. Tags can
 change without touching ETag or last-modified, so an incremental session re-reads the tags
 of every object it reuses. A restore verifies every byte of the snapshot against the
-manifest (and refuses index paths outside its staging folder) before it changes a bucket.
+manifest (and refuses index paths outside its staging folder) before it changes a bucket;
+the target buckets' keys are listed while restic fetches the snapshot, and the uploads and
+the deletions of keys the snapshot lacks share one pool across buckets.
 Leftovers of a killed run (backup and restore staging, and the per-tenant plaintext mirrors
 older versions kept under `$KRYONIX_STATE_DIR/mirror`) are swept at the start of the next one.
 """

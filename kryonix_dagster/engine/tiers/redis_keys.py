@@ -7,8 +7,10 @@ times (whole seconds) for the keys that have one; keeping the expiries apart let
 unchanged namespace deduplicate in restic. Restore uses RESTORE … REPLACE with the time
 each key has left; keys that expired since the backup are not resurrected. The whole snapshot
 is checked first (manifest checksum, format, every key in the tenant's namespace), so a bad
-snapshot changes nothing; then keys of the namespace that the snapshot lacks are deleted. The session's
-own `backup:in_progress` flag is never captured nor restored.
+snapshot changes nothing; then the keys the namespace held when the restore began (listed by
+a SCAN that runs while the snapshot is checked) and the snapshot lacks are deleted. The
+RESTOREs go out as hand-encoded RESP batches, one batch in flight. The session's own
+`backup:in_progress` flag is never captured nor restored.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ MAGIC = b"KRYONIX-REDIS-2\n"
 TRAILER = b"\nKRYONIX-EXPIRIES\n"
 BATCH = 500
 PIPELINE_BYTES = 1 << 20  # a restore sends its RESTOREs in batches of about this size
-PIPELINE_COMMANDS = 4000  # … and at most this many commands
+PIPELINE_COMMANDS = 2000  # … and at most this many commands
 SCAN_COUNT = 2000  # keyspace slots one SCAN call of a restore walks
 NO_EXPIRY = -1
 _RECORD = struct.Struct("<BII")  # record marker 1, key length, payload length
