@@ -365,3 +365,21 @@ def test_redis_snapshot_with_a_foreign_key_late_in_the_stream_writes_nothing(set
     stripped = dataclasses.replace(bad, result=dataclasses.replace(bad.result, checksums={}))
     with pytest.raises(KryonixError):
         redis_keys.restore(stripped)
+
+
+def test_a_restore_that_redis_refuses_mid_batch_fails_and_the_client_reads_true_replies(settings, tenant_factory):
+    """RESTOREs go out as raw pipelined batches: an error reply stops the restore, and the
+    replies still owed on that connection never reach the next command (it would read an OK)."""
+    names = names_for(settings, tenant_factory())
+    client = redis.Redis.from_url(settings.redis_url, max_connections=1)  # every command on the same connection
+    good = [f"{names.redis_prefix}ok:{n}".encode() for n in range(3)]
+    client.set(good[0], b"valor")
+    payload = client.dump(good[0])
+    planned = [(f"{names.redis_prefix}ruim".encode(), redis_keys.NO_EXPIRY, b"not a dump payload"),
+               *[(k, redis_keys.NO_EXPIRY, payload) for k in good]]
+    try:
+        with pytest.raises(redis.ResponseError):
+            redis_keys.restore_keys(client, planned, 0)
+        assert client.get(good[0]) == b"valor" and client.get(f"{names.redis_prefix}nada") is None
+    finally:
+        client.delete(*good)

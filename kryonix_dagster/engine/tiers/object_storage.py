@@ -22,7 +22,9 @@ Each object's size, ETag and sha256 come from the download itself (never from th
 which a concurrent write can outdate), and the sha256 is recorded in the manifest. Tags can
 change without touching ETag or last-modified, so an incremental session re-reads the tags
 of every object it reuses. A restore verifies every byte of the snapshot against the
-manifest (and refuses index paths outside its staging folder) before it changes a bucket.
+manifest (and refuses index paths outside its staging folder) before it changes a bucket;
+the target buckets' keys are listed while restic fetches the snapshot, and the uploads and
+the deletions of keys the snapshot lacks share one pool across buckets.
 Leftovers of a killed run (backup and restore staging, and the per-tenant plaintext mirrors
 older versions kept under `$KRYONIX_STATE_DIR/mirror`) are swept at the start of the next one.
 """
@@ -59,7 +61,8 @@ LAYOUT = "version-mtime-1"  # index marker: every file's mtime is version_mtime_
 OBJECT_FILE = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{64}")
 TAG_READERS = 8  # concurrent GetObjectTagging calls for reused objects
 DOWNLOADERS = 4  # concurrent GetObject calls
-UPLOADERS = 4  # concurrent PutObject calls (restore)
+VERIFIERS = 4  # files hashed at once before a restore (hashlib and reads release the GIL)
+UPLOADERS = 8  # concurrent PutObject/DeleteObject calls of a restore (botocore pools 10 connections)
 
 
 def object_file(bucket: str, key: str) -> str:
@@ -385,20 +388,27 @@ def verify_staged(ctx: RestoreContext, index: dict, root: Path) -> None:
         odd = sorted(set(expected) ^ set(listed))[:3]
         raise OperationFailed(f"{where}: the snapshot's index does not list the objects of the manifest "
                               f"({', '.join(odd)}); nothing was changed")
-    for name, obj in sorted(listed.items()):
-        record = (expected or {}).get(name)  # [etag, size] before sha256 was recorded, [etag, size, sha256] since
-        size = (record[1] if record else obj.get("size")) or 0
-        sha256 = (record[2] if record and len(record) > 2 else None) or obj.get("sha256")
-        path = root / obj["file"]
-        try:
-            st = os.lstat(path)
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            raise OperationFailed(f"{where}: object {name} is missing from the snapshot or has the wrong size; "
-                                  f"nothing was changed")
-        if sha256 and _file_sha256(path) != sha256:
-            raise OperationFailed(f"{where}: object {name} does not match its manifest checksum; nothing was changed")
+    with ThreadPoolExecutor(max_workers=VERIFIERS, thread_name_prefix="object-verify") as pool:
+        for problem in pool.map(lambda item: _staged_problem(item[0], item[1], (expected or {}).get(item[0]), root),
+                                sorted(listed.items())):
+            if problem:  # the first in key order, as a sequential check would report it
+                raise OperationFailed(f"{where}: {problem}; nothing was changed")
+
+
+def _staged_problem(name: str, obj: dict, record: list | None, root: Path) -> str | None:
+    """Why one staged object does not match the manifest, or None (hashed off the GIL)."""
+    size = (record[1] if record else obj.get("size")) or 0  # [etag, size] before sha256 was recorded
+    sha256 = (record[2] if record and len(record) > 2 else None) or obj.get("sha256")
+    path = root / obj["file"]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return f"object {name} is missing from the snapshot or has the wrong size"
+    if sha256 and _file_sha256(path) != sha256:
+        return f"object {name} does not match its manifest checksum"
+    return None
 
 
 def _upload(client, bucket: str, key: str, entry: dict, root: Path) -> None:
@@ -417,25 +427,81 @@ def _upload(client, bucket: str, key: str, entry: dict, root: Path) -> None:
         client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=TRANSFER)
 
 
-def _restore_bucket(client, bucket: str, entries: dict, root: Path, region: str, outcome: RestoreOutcome) -> None:
-    if not services.bucket_exists(client, bucket):
-        services.create_bucket(client, bucket, region)
-    for key in sorted(_present(client, bucket) - entries.keys()):
-        client.delete_object(Bucket=bucket, Key=key)  # replace semantics: the bucket ends as it was
+@dataclass
+class Live:
+    """What the target's buckets hold: the keys of each bucket listed (None: bucket absent)."""
+
+    keys: dict[str, set[str] | None]
+
+    def of(self, client, bucket: str) -> set[str] | None:
+        if bucket not in self.keys:  # not listed ahead (a manifest without its bucket list)
+            self.keys[bucket] = _present(client, bucket) if services.bucket_exists(client, bucket) else None
+        return self.keys[bucket]
+
+
+def _list_live(settings, buckets: list[str]) -> tuple[object, Live]:
+    """A client and the current keys of these buckets: built and read while restic fetches the
+    snapshot (reads only; a client costs ~80 ms of CPU that restic's process does not need)."""
+    client = services.s3_client(settings)
+    live = Live({})
+    for bucket in buckets:
+        live.of(client, bucket)
+    return client, live
+
+
+def _replace_objects(client, plan: dict[str, dict], live: Live, root: Path, region: str, where: str,
+                     outcome: RestoreOutcome) -> None:
+    """Every verified object of every bucket uploaded, and the keys the snapshot lacks deleted
+    (replace semantics: each bucket ends as it was), all through one pool of UPLOADERS; the
+    first failure cancels what has not started and names its bucket."""
+    tasks = []
+    for bucket, entries in sorted(plan.items()):
+        try:
+            present = live.of(client, bucket)
+            if present is None:
+                services.create_bucket(client, bucket, region)
+        except S3Errors as exc:
+            raise OperationFailed(f"{where}: bucket {bucket}: {one_line(exc)}") from None
+        tasks += [(bucket, key, None) for key in sorted((present or set()) - entries.keys())]
+        tasks += [(bucket, key, entry) for key, entry in entries.items()]
+
+    def run(task) -> bool:
+        bucket, key, entry = task
+        try:
+            if entry is None:
+                client.delete_object(Bucket=bucket, Key=key)
+            else:
+                _upload(client, bucket, key, entry, root)
+        except S3Errors as exc:
+            raise OperationFailed(f"{where}: bucket {bucket}: {one_line(exc)}") from None
+        return entry is not None
+
     with ThreadPoolExecutor(max_workers=UPLOADERS, thread_name_prefix="object-put") as pool:
-        for _ in pool.map(lambda item: _upload(client, bucket, item[0], item[1], root), entries.items()):
-            outcome.restored += 1
+        futures = [pool.submit(run, task) for task in tasks]
+        try:
+            for future in futures:
+                outcome.restored += future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
+    """Fetch the snapshot into private staging while the target buckets are listed, verify
+    every object against the manifest, re-apply the erasure ledger, then replace: nothing is
+    written to a bucket before every byte of the snapshot has been checked."""
     outcome = RestoreOutcome(tier=TIER)
     where = f"tenant {ctx.target.tenant_id}, tier object_storage"
     sweep_leftovers(ctx.settings, ctx.target)
-    client = services.s3_client(ctx.settings)
     staging = restore_staging_dir(ctx.settings)
     _private_dir(staging, staging)
-    with tempfile.TemporaryDirectory(prefix=f"{ctx.target.local_name}-objects-", dir=staging) as tmp:
+    expected = [rename_bucket(b, ctx.source, ctx.target) for b in ctx.result.details.get("buckets", [])
+                if ctx.source.owns_bucket(b)]
+    with tempfile.TemporaryDirectory(prefix=f"{ctx.target.local_name}-objects-", dir=staging) as tmp, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="object-list") as lister:
         root = Path(tmp)
+        listing = lister.submit(_list_live, ctx.settings, expected)
         try:
             ctx.repo.restore(ctx.result.snapshots["objects"], root)
         except OperationFailed as exc:
@@ -447,18 +513,22 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
                                   f"nothing was changed") from None
         verify_staged(ctx, index, root)
         outcome.details.update(ctx.reapply(TIER, index))  # drops the erased persons' objects (the erasure ledger)
-        for bucket, entry in sorted(index["buckets"].items()):
-            target_bucket = rename_bucket(bucket, ctx.source, ctx.target)
-            ctx.report.info(f"restoring {len(entry['objects'])} object(s) into bucket {target_bucket}")
-            try:
-                _restore_bucket(client, target_bucket, entry["objects"], root, ctx.settings.s3_region, outcome)
-            except S3Errors as exc:
-                raise OperationFailed(f"{where}: bucket {target_bucket}: {one_line(exc)}") from None
-        restored_buckets = {rename_bucket(b, ctx.source, ctx.target) for b in index["buckets"]}
-        others = [b for b in tenant_buckets(client, ctx.target) if b not in restored_buckets]
+        try:
+            client, live = listing.result()
+        except S3Errors as exc:
+            raise OperationFailed(f"{where}: listing the buckets failed, nothing was changed: {one_line(exc)}") from None
+        plan = {rename_bucket(bucket, ctx.source, ctx.target): entry["objects"]
+                for bucket, entry in index["buckets"].items()}
+        for bucket, entries in sorted(plan.items()):
+            ctx.report.info(f"restoring {len(entries)} object(s) into bucket {bucket}")
+        _replace_objects(client, plan, live, root, ctx.settings.s3_region, where, outcome)
+        try:
+            others = [b for b in tenant_buckets(client, ctx.target) if b not in plan]
+        except S3Errors as exc:
+            raise OperationFailed(f"{where}: listing the buckets failed: {one_line(exc)}") from None
         if others:
             outcome.warnings.append(f"bucket(s) not in the session, left as they are: {', '.join(others)}")
-        outcome.details["buckets"] = sorted(restored_buckets)
+        outcome.details["buckets"] = sorted(plan)
     return outcome
 
 
