@@ -22,5 +22,10 @@ if __name__ == "__main__":
     wanted = sys.argv[1:] or list(SECTIONS)
     for name in wanted:
         print(f"== {name}", flush=True)
-        path = SECTIONS[name]()
+        environment = dict(os.environ)  # a section points KRYONIX_* at its own world (pitr: its own cluster)
+        try:
+            path = SECTIONS[name]()
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
         print(path.read_text())
