@@ -59,10 +59,13 @@ _RELATIONS = ("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
               "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1")
 
 
-def _tables(cur) -> list[str]:
+def _tables(cur, largest_first: bool = False) -> list[str]:
     """The tables whose rows the dump holds: not temporary tables (other sessions' are unreadable
     and pg_dump skips them), not foreign tables (their rows live elsewhere; see `_foreign_tables`)."""
-    cur.execute(_RELATIONS.format(kinds="'r', 'p'"))
+    query = _RELATIONS.format(kinds="'r', 'p'")
+    if largest_first:
+        query = query.replace("ORDER BY 1", "ORDER BY pg_total_relation_size(c.oid) DESC, 1")
+    cur.execute(query)
     return [row[0] for row in cur.fetchall()]
 
 
@@ -85,10 +88,14 @@ def table_checksums(cur, fixed_rendering: bool = True) -> dict[str, list]:
         fix_rendering(cur)
     result = {}
     for table in _tables(cur):
-        cur.execute(table_checksum_sql(table))
-        count, digest = cur.fetchone()
-        result[table] = [int(count), digest]
+        result[table] = _table_checksum(cur, table)
     return result
+
+
+def _table_checksum(cur, table: str) -> list:
+    cur.execute(table_checksum_sql(table))
+    count, digest = cur.fetchone()
+    return [int(count), digest]
 
 
 def staged_checksums(dsn: str, database: str, fixed_rendering: bool = True,
@@ -96,9 +103,7 @@ def staged_checksums(dsn: str, database: str, fixed_rendering: bool = True,
     """`table_checksums` of a database nobody else writes (a staging database), the tables
     spread over `jobs` connections, largest first: the server hashes on every core."""
     with pg.connection(dsn, database) as conn, conn.cursor() as cur:
-        cur.execute(_RELATIONS.format(kinds="'r', 'p'").replace(
-            "ORDER BY 1", "ORDER BY pg_total_relation_size(c.oid) DESC, 1"))
-        queue = [row[0] for row in cur.fetchall()]
+        queue = _tables(cur, largest_first=True)
     lock = threading.Lock()
 
     def worker() -> dict[str, list]:
@@ -111,9 +116,7 @@ def staged_checksums(dsn: str, database: str, fixed_rendering: bool = True,
                     if not queue:
                         return found
                     table = queue.pop(0)
-                cur.execute(table_checksum_sql(table))
-                count, digest = cur.fetchone()
-                found[table] = [int(count), digest]
+                found[table] = _table_checksum(cur, table)
 
     workers = max(1, min(jobs, len(queue)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pg-verify") as pool:
