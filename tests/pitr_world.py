@@ -25,7 +25,6 @@ import pytest
 from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.config import load_settings
 from kryonix_dagster.engine.migrations import migrate
-from kryonix_dagster.engine.pitr.archive import switch_and_wait
 
 from .conftest import free_port, run_cli
 
@@ -192,9 +191,6 @@ def pitr_world_fixture():
                 if cur.fetchone()[0]:
                     break
         _write_rows(world, 3)
-        # t1..t3 archived, as archive_timeout would do: the window ends after them, not at the
-        # backup's own segment (which can be archived within the backup's stop second)
-        switch_and_wait(settings)
         yield world
     finally:
         remove_cluster(base)
