@@ -7,7 +7,7 @@ import time
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetSpec, Config, Failure, MetadataValue, multi_asset
 
 from ..engine.errors import KryonixError, one_line
-from ..engine.tiers import TIERS, TierSpec, upstream
+from ..engine.tiers import TIERS, TierSpec
 from .metadata import RESTORE_POINT_ASSET, tier_assets
 from ..partitions import kryonix_tenants
 from .pools import SESSION_POOL, ServicePoolGate
@@ -42,11 +42,12 @@ class DagsterReporter:
 
 
 def tier_asset_specs(tiers: tuple[TierSpec, ...] = TIERS) -> list[AssetSpec]:
-    """One asset per tier, from the tier's own spec; each depends on the tiers of the phase
-    before it, as the session runs them."""
+    """One asset per tier, from the tier's own spec. The tiers are siblings: none is derived
+    from another (the session only reads them in the seed's phase order, which each asset's
+    description and metadata name); all of them feed the restore point."""
     return [
-        AssetSpec(key=t.asset_key, group_name=GROUP, kinds=set(t.kinds), description=t.description,
-                  skippable=True, deps=[u.asset_key for u in upstream(t, tiers)])
+        AssetSpec(key=t.asset_key, group_name=GROUP, kinds=set(t.kinds), skippable=True,
+                  description=f"{t.description} (read in phase {t.phase!r} of the session)")
         for t in tiers
     ]
 
