@@ -35,8 +35,10 @@ class DagsterReporter:
         self.log.warning(message)
 
     def progress(self, task: str, done: int, total: int | None) -> None:
+        """restic's first status of a task says 0 bytes: nothing to log (a short tier would
+        otherwise leave only "0 bytes of N" in the run's log; its end line gives the bytes)."""
         now = time.monotonic()
-        if now - self._last.get(task, 0) >= 15:
+        if done > 0 and now - self._last.get(task, 0) >= 15:
             self._last[task] = now
             self.log.info(f"{task}: {done} bytes" + (f" of {total}" if total else ""))
 
