@@ -9,7 +9,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, AssetSpec, Config, Fa
 
 from ..engine.errors import KryonixError, one_line
 from ..engine.tiers import TIERS, TierSpec
-from .metadata import RESTORE_POINT_ASSET, tier_assets
+from .metadata import RESTORE_POINT_ASSET, TIER_DATA_CHECK, tier_assets
 from ..partitions import kryonix_tenants
 from .pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
@@ -73,6 +73,12 @@ with warnings.catch_warnings():
         description="Cross-service consistency of what the session captured: database ↔ objects, cache ↔ rows, "
                     "expected queues ↔ vhost, config ↔ files. Fails naming what is missing; ERROR below the threshold.",
     )
+    TIER_DATA_CHECK_SPEC = AssetCheckSpec(
+        TIER_DATA_CHECK, asset=RESTORE_POINT_ASSET, partitions_def=kryonix_tenants,
+        description="No tier came out empty while the previous restore point had items in it (a wiped Redis "
+                    "namespace, emptied buckets): such a session is a restore point of lost data, and "
+                    "`restore` without --snapshot warns and names the newest point that still has the data.",
+    )
 
 
 def build_backup_session(tiers: tuple[TierSpec, ...] = TIERS, name: str = "tenant_backup_session"):
@@ -82,7 +88,7 @@ def build_backup_session(tiers: tuple[TierSpec, ...] = TIERS, name: str = "tenan
     @multi_asset(
         name=name,
         specs=[*tier_specs, restore_point_spec(tier_specs)],
-        check_specs=[CONSISTENCY_CHECK],
+        check_specs=[CONSISTENCY_CHECK, TIER_DATA_CHECK_SPEC],
         partitions_def=kryonix_tenants,
         can_subset=False,
         pool=SESSION_POOL,

@@ -31,7 +31,7 @@ from .config import Settings
 from .errors import KryonixError, OperationFailed, one_line
 from .lease import Lease
 from .manifest import new_session_id
-from .naming import names_for
+from .naming import TENANT_ID_PATTERN, names_for
 from .reporting import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,11 @@ def tenant_operation(settings: Settings, tenant_id: str, operation: str, *, wait
                 _release(op)
                 raise
             op.leases[tenant] = held
-            sweep_backup_staging(settings, tenant)
+            if TENANT_ID_PATTERN.fullmatch(tenant):  # not a drill's scratch lease: it has no backup staging
+                try:
+                    sweep_backup_staging(settings, tenant)
+                except OSError as exc:  # tidying up never costs the operation (nor leaks its lease)
+                    log.warning("tenant %s: backup staging not swept: %s", tenant, one_line(str(exc), 200))
     try:
         yield op
         if op.success is None:
