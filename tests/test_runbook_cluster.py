@@ -14,7 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .conftest import run_cli
-from .pitr_world import PG_BIN, as_postgres, pitr_world_fixture
+from kryonix_dagster.engine.pitr.cluster_record import postmaster_options
+
+from .pitr_world import CLUSTER_NAME, PG_BIN, as_postgres, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture (this module's own cluster)
 
@@ -56,6 +58,14 @@ def _lose_the_cluster(world) -> None:
         subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(world.data_dir), "-m", "immediate", "-w",
                                    "stop"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True)
     shutil.rmtree(world.data_dir)
+
+
+def test_postmaster_options_keep_all_but_the_data_directory_and_port():
+    opts = ('/usr/lib/postgresql/15/bin/postgres "-D" "/srv/pg data" "-p" "5433" "-c" "cluster_name=a b" '
+            '"-k" "/run/pg" "--port=5434" "-p5435" "-D/other"\n')
+    assert postmaster_options(opts) == ("-c", "cluster_name=a b", "-k", "/run/pg")
+    assert postmaster_options('/usr/lib/postgresql/15/bin/postgres "-D" "/srv/data"') == ()
+    assert postmaster_options('postgres "-c" "unterminated') == ()
 
 
 def test_refusals_touch_nothing(pitr_world):
@@ -100,9 +110,11 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     world = pitr_world
     a, b = world.tenants["self"], world.tenants["witness"]
     assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)  # t1..t3: after the base backup
-    # the world's cluster runs on a port given as `pg_ctl -o '-p PORT'`, none in postgresql.conf
-    assert not re.search(r"(?m)^\s*port\s*=", (world.data_dir / "postgresql.conf").read_text())
+    # the world's cluster runs on a port and a cluster_name given as `pg_ctl -o`, none in postgresql.conf
+    conf = (world.data_dir / "postgresql.conf").read_text()
+    assert not re.search(r"(?m)^\s*(port|cluster_name)\s*=", conf)
     assert world.psql("postgres", "SHOW port") == str(world.port)
+    assert world.psql("postgres", "SHOW cluster_name") == CLUSTER_NAME
     _switch_and_see_in_repository(world)  # what the archive holds is what can come back
     _lose_the_cluster(world)
 
@@ -136,6 +148,7 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     assert Path(doc["data_dir"]) == world.data_dir and doc["port"] == world.port and doc["warnings"] == []
     assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)  # on its own port, not 5432
     assert world.psql("postgres", "SELECT pg_is_in_recovery()") == "f"
+    assert world.psql("postgres", "SHOW cluster_name") == CLUSTER_NAME  # its other options too
     # the cluster-wide audit row, in the restored main database
     audit = world.psql(world.env["KRYONIX_MAIN_DB"], "SELECT success, details->>'data_dir', details->>'port' "
                        "FROM tenants.backup_audit WHERE cliente_id = '*' AND operation = 'restore-cluster' "
