@@ -279,14 +279,14 @@ def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lamb
     result = ClusterRestore(cfg.stanza, str(lost.data_dir), at.astimezone(timezone.utc).isoformat() if at else None,
                             port=lost.port)
     pgbr = PgBackRest(cfg.config_path, cfg.stanza, lost.owner)
-    where = [f"--pg1-path={lost.data_dir}", f"--pg1-port={lost.port}"]  # never the config file's
+    pg1_path = f"--pg1-path={lost.data_dir}"  # the record's, even should the config file change meanwhile
     clock = time.monotonic()
     _prepare_data_dir(lost, result)
     if result.moved_aside:
         report.info(f"moved what was left of the data directory to {result.moved_aside}")
     report.info(f"pgbackrest restore of stanza {cfg.stanza} into {lost.data_dir}"
                 + (" (--delta)" if result.delta else "") + (f", to {result.target}" if at else ", to the archive's end"))
-    pgbr.run("restore", where[0], *_restore_args(at, result.delta), timeout=timeout)
+    pgbr.run("restore", pg1_path, *_restore_args(at, result.delta), timeout=timeout)
     result.seconds["restore"] = time.monotonic() - clock
     clock = time.monotonic()
     report.info("starting the restored cluster and waiting for the end of recovery")
@@ -296,7 +296,7 @@ def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lamb
     clock = time.monotonic()
     report.info(f"timeline {result.timeline}: checking that WAL reaches the repository")
     try:
-        pgbr.run("check", *where, timeout=120)
+        pgbr.run("check", pg1_path, f"--pg1-port={lost.port}", timeout=120)
     except OperationFailed as exc:
         _audit(settings, result, started, str(exc), report)
         raise
