@@ -309,6 +309,9 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
             raise BadInput("give --snapshot or --at, not both")
         if schema is not None:
             raise BadInput("--at restores the whole database: give --snapshot with --schema")
+        if from_ == "secondary":
+            raise BadInput("--at comes from pgBackRest's repository (PITR), not the off-site copy: drop "
+                           "--from secondary, or give --snapshot SESSION --from secondary")
         moment = parse_point_in_time(at)
         confirm_replacement(f"Replace tenant {target}'s current data with tenant {tenant_id}'s as of {at}?", yes)
         restore_at(moment, tenant_id, into, wanted, wait_seconds, as_json)

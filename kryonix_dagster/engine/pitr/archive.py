@@ -15,6 +15,7 @@ from ..pgbackrest import BaseBackup, ConfigFile, PgBackRest, as_user, write_conf
 from ..plans import PLANS
 from ..reporting import NullReporter, Reporter
 from . import cluster as clusters
+from . import cluster_record
 from .config import PitrConfig, load_pitr_config, repository_passphrase
 
 MAX_LAG_SECONDS = 300  # the archiving check's promise: WAL lag under 5 minutes
@@ -84,6 +85,7 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     if not _owner_can_read(cluster.owner, cfg.config_path):
         raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read {cfg.config_path}: set "
                               "KRYONIX_PITR_WORK_DIR to a folder it can reach")
+    cluster_record.write(settings, cfg.stanza, cluster)  # what restore-cluster trusts, not the config file
     result = SetupResult(cfg.stanza, False, False)
     result.archive_command_set = _alter_system(settings, "archive_command", pgbr.archive_command())
     if cluster.wal_level == "minimal":
