@@ -63,9 +63,10 @@ def test_dry_run_changes_nothing_and_writes_no_ledger_entry(world, cli):
     assert cert["dry_run"] and cert["persons"] == 1 and cert["erased"]["total"] > 0
     assert person_counts(world.settings, world.tenant, KEPT) == before
     assert len(ledger.entries(world.settings, world.tenant)) == entries
-    # a value is data, never a pattern: `*` names nobody (no Redis glob, no path, no prefix)
+    # a value is data, never a pattern: `*` is not a contact id, refused before anything runs
     from kryonix_dagster.engine.lgpd.erase import run_erase
-    assert run_erase(world.settings, world.tenant, "contato_id=*", dry_run=True).erased.total == 0
+    with pytest.raises(BadInput, match="contact id"):
+        run_erase(world.settings, world.tenant, "contato_id=*", dry_run=True)
 
 
 def test_erasure_ledger_applied_check_fails_when_the_person_comes_back(world, cli):
