@@ -1,4 +1,5 @@
-"""`lgpd erase` subject values (issue 22, items 3 and 4), on the real services.
+"""`lgpd erase` subject values (issue 22, items 3 and 4) and the ledger step failing closed
+(item 6), on the real services.
 
 One small tenant without a database (so a contact id names the person directly, as in the
 confirmed bug `--subject contato_id=.`): persons 1001, 1002 and 918273645 each have a Redis key,
@@ -25,8 +26,8 @@ from kryonix_dagster.engine.tiers import appdata, redis_keys
 from . import observe
 from .helpers import purge_tenant
 
-STDIN_PERSON, CONTROL, ARGV_PERSON = "1001", "1002", "918273645"
-PERSONS = (STDIN_PERSON, CONTROL, ARGV_PERSON)
+STDIN_PERSON, CONTROL, ARGV_PERSON, KEYLESS_PERSON = "1001", "1002", "918273645", "1003"
+PERSONS = (STDIN_PERSON, CONTROL, ARGV_PERSON, KEYLESS_PERSON)
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +203,31 @@ def test_the_value_never_appears_in_any_command_line(subjects_tenant, settings, 
     assert ARGV_PERSON not in (out + err).decode()
     state = live_state(settings, tid)
     assert not person_items(state, ARGV_PERSON) and person_items(state, CONTROL)
+
+
+def test_a_ledger_without_its_key_fails_the_restore_closed(subjects_tenant, settings, cli):
+    """Entries exist, the ledger key row is gone (a main database partly recovered): the restore
+    exits 1 before any tier, never "re-erased 0" with the erased person back in Redis."""
+    from kryonix_dagster.engine.lgpd.erase import run_erase
+
+    tid = subjects_tenant
+    names = names_for(settings, tid)
+    r = redis.Redis.from_url(settings.redis_url)
+    person_key = f"{names.redis_prefix}contato:{KEYLESS_PERSON}"
+    run_erase(settings, tid, f"contato_id={KEYLESS_PERSON}")
+    assert not r.exists(person_key)
+    saved = observe.psql(settings.main_db, "SELECT master_key_id || ' ' || encode(nonce, 'hex') || ' ' || "
+                         f"encode(wrapped_key, 'hex') FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{tid}'").split()
+    assert len(saved) == 3
+    observe.psql(settings.main_db, f"DELETE FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{tid}'")
+    try:
+        before = live_state(settings, tid)
+        result = cli("restore", tid, "--services", "redis", "--yes", "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "ledger" in result.stderr and "no ledger key" in result.stderr
+        assert not r.exists(person_key)
+        assert live_state(settings, tid)["redis"] == before["redis"]
+    finally:
+        observe.psql(settings.main_db, "INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, "
+                     f"wrapped_key) VALUES ('{tid}', '{saved[0]}', decode('{saved[1]}', 'hex'), "
+                     f"decode('{saved[2]}', 'hex')) ON CONFLICT DO NOTHING")
