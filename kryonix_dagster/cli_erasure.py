@@ -133,3 +133,5 @@ def offboard(tenant_id: str, export: Path | None, yes: bool, wait_seconds: float
         click.echo(f"exported session {result.exported_session} to {result.exported_to}")
     click.echo(f"tenant {tenant_id}: live data erased; destroyed {', '.join(result.keys_destroyed) or 'no keys'}; "
                f"repository deleted; status {result.status}")
+    if result.pitr.get("statement"):
+        click.echo(f"point-in-time recovery: {result.pitr['statement']}")
