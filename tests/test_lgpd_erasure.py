@@ -248,6 +248,8 @@ def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["status"] == "encerrado" and "repository password" in doc["keys_destroyed"]
+    # this world has no pgBackRest stanza: the certificate says no PITR repository holds the database
+    assert doc["pitr_retention"]["configured"] is False and "no PITR configured" in doc["pitr_retention"]["statement"]
     # the export: the newest restore point, ledger-filtered
     sql = subprocess.run(["pg_restore", "-f", "-", str(export / "postgresql.dump")], capture_output=True, check=True)
     assert f"contato{KEPT}@exemplo.com.br".encode() in sql.stdout and EMAIL.encode() not in sql.stdout
