@@ -122,6 +122,8 @@ def test_subject_file_refusals(subjects_tenant, settings, cli_in_process, tmp_pa
         assert refused.returncode == 2, (case, refused.stderr)
         assert CONTROL not in refused.stdout + refused.stderr, case
     assert live_state(settings, tid) == before
+    helped = cli_in_process("lgpd", "erase", "--help")
+    assert helped.returncode == 0 and "interactive use only" in " ".join(helped.stdout.split())
 
 
 def test_redis_patterns_escape_the_key(subjects_tenant, settings):
