@@ -9,21 +9,27 @@ Each test erases its own person and keeps 1002, the control, intact.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 import redis
 
-from kryonix_dagster.engine import registry
+from kryonix_dagster.engine import pg, registry
+from kryonix_dagster.engine.errors import OperationFailed
+from kryonix_dagster.engine.lgpd.erase import run_erase
 from kryonix_dagster.engine.lgpd.locations import Erased, erase_redis
+from kryonix_dagster.engine.lgpd.rules import RULES_FILE, LgpdRules
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import appdata, redis_keys
 
 from . import observe
+from .conftest import VENV_BIN
 from .helpers import purge_tenant
 
 STDIN_PERSON, CONTROL, ARGV_PERSON, KEYLESS_PERSON = "1001", "1002", "918273645", "1003"
@@ -165,10 +171,6 @@ def _tree(root: int) -> set[int]:
 def test_the_value_never_appears_in_any_command_line(subjects_tenant, settings, tmp_path):
     """`--subject-file`: a reader of /proc/*/cmdline over the CLI's whole process tree (restic
     included) runs for as long as the CLI does and never sees the value."""
-    import subprocess
-
-    from .conftest import VENV_BIN
-
     tid = subjects_tenant
     subject = tmp_path / "subject"
     subject.write_text(f"contato_id={ARGV_PERSON}\n")
@@ -210,8 +212,6 @@ def test_the_value_never_appears_in_any_command_line(subjects_tenant, settings, 
 def test_a_ledger_without_its_key_fails_the_restore_closed(subjects_tenant, settings, cli):
     """Entries exist, the ledger key row is gone (a main database partly recovered): the restore
     exits 1 before any tier, never "re-erased 0" with the erased person back in Redis."""
-    from kryonix_dagster.engine.lgpd.erase import run_erase
-
     tid = subjects_tenant
     names = names_for(settings, tid)
     r = redis.Redis.from_url(settings.redis_url)
@@ -233,3 +233,25 @@ def test_a_ledger_without_its_key_fails_the_restore_closed(subjects_tenant, sett
         observe.psql(settings.main_db, "INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, "
                      f"wrapped_key) VALUES ('{tid}', '{saved[0]}', decode('{saved[1]}', 'hex'), "
                      f"decode('{saved[2]}', 'hex')) ON CONFLICT DO NOTHING")
+
+
+def test_a_resolved_key_that_is_not_one_path_component_is_refused_before_anything(subjects_tenant, settings):
+    """Defence in depth: rules whose person key is a text column (`nome`) and a live row whose key
+    is `.`: the erasure refuses (exit 1 in the CLI) before erasing anything, where `contatos/.`
+    would have been every contact's folder."""
+    tid = subjects_tenant
+    names = names_for(settings, tid)
+    doc = json.loads(RULES_FILE.read_text())
+    doc["subjects"]["email"]["resolve"] = {"table": "crm.contatos", "column": "email", "key": "nome", "as": "contato_id"}
+    rules = LgpdRules.model_validate(doc)
+    observe.psql("postgres", f"CREATE DATABASE {names.database}")
+    try:
+        observe.psql(names.database, "CREATE SCHEMA crm; CREATE TABLE crm.contatos (id int PRIMARY KEY, nome text, "
+                     "email text, telefone text); INSERT INTO crm.contatos VALUES (1, '.', 'ponto@exemplo.com.br', '1')")
+        before = live_state(settings, tid)
+        with pytest.raises(OperationFailed, match="not one safe path component"):
+            run_erase(settings, tid, "email=ponto@exemplo.com.br", rules=rules)
+        assert live_state(settings, tid) | {"audit": None} == before | {"audit": None}  # the refusal is audited
+        assert observe.psql(names.database, "SELECT nome || email FROM crm.contatos") == ".ponto@exemplo.com.br"
+    finally:
+        pg.drop_database(settings.pg_dsn, names.database)
