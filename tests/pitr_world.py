@@ -30,7 +30,8 @@ from .conftest import free_port, run_cli
 
 PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 # The tenants of the world; each test restores only its own (see the module docstring).
-ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased")
+ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased", "erase_waited", "offboarded")
+WITH_CONTACTS = ("erased", "erase_waited")  # tenants with two persons in crm.contatos
 ERASED_EMAIL = "contato7@exemplo.com.br"  # a person of the "erased" tenant the LGPD rules find
 CLUSTER_NAME = "kryonix-pitr-world"  # a postmaster option the cluster is started with (pg_ctl -o)
 
@@ -170,10 +171,11 @@ def pitr_world_fixture():
                 cur.execute(f"CREATE DATABASE kryonix_cliente_{tid}")
             with world.cursor(f"kryonix_cliente_{tid}") as cur:
                 cur.execute("CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, note text NOT NULL)")
-        with world.cursor(f"kryonix_cliente_{tenants['erased']}") as cur:
-            cur.execute("CREATE SCHEMA crm; CREATE TABLE crm.contatos (id int PRIMARY KEY, nome text, email text, "
-                        "telefone text); INSERT INTO crm.contatos VALUES (7, 'Contato 7', %s, '+5511900000007'), "
-                        "(8, 'Contato 8', 'contato8@exemplo.com.br', '+5511900000008')", (ERASED_EMAIL,))
+        for role in WITH_CONTACTS:
+            with world.cursor(f"kryonix_cliente_{tenants[role]}") as cur:
+                cur.execute("CREATE SCHEMA crm; CREATE TABLE crm.contatos (id int PRIMARY KEY, nome text, email text, "
+                            "telefone text); INSERT INTO crm.contatos VALUES (7, 'Contato 7', %s, '+5511900000007'), "
+                            "(8, 'Contato 8', 'contato8@exemplo.com.br', '+5511900000008')", (ERASED_EMAIL,))
         backup = run_cli("pitr", "backup", "--type", "full", "--json", env=env)
         assert backup.returncode == 0, backup.stderr
         world.extra["backup"] = backup.stdout

@@ -289,3 +289,132 @@ def test_restore_at_a_moment_before_an_erasure_re_erases_the_person(pitr_world, 
     assert world.psql(f"kryonix_cliente_{tid}", contacts).splitlines() == [
         "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
     assert ERASED_EMAIL not in erase.stdout + erase.stderr + result.stdout + result.stderr
+
+
+def _pgbackrest_info(world) -> list[dict]:
+    """The stanza's backups through the pgbackrest binary itself (as the cluster's owner)."""
+    import subprocess
+
+    from .pitr_world import as_postgres
+
+    conf = world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
+    out = subprocess.run(as_postgres("pgbackrest", f"--config={conf}", f"--stanza={world.env['KRYONIX_PITR_STANZA']}",
+                                     "info", "--output=json"), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]["backup"]
+
+
+def _retention_days(world) -> int:
+    conf = (world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf").read_text()
+    assert "repo1-retention-full-type=time" in conf and "repo1-cipher-type=aes-256-cbc" in conf
+    return int(next(line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("repo1-retention-full=")))
+
+
+def test_an_offboarded_tenant_is_never_restored_again_and_its_certificate_says_until_when(pitr_world, test_env):
+    """pgBackRest's repository is shared and still holds the off-boarded tenant's database: the
+    certificate says until when (encrypted), and every restore path refuses the tenant with exit 2
+    before touching anything."""
+    from kryonix_dagster.engine.drill import run_drill
+
+    from .conftest import run_main
+
+    world = pitr_world
+    tid, witness = world.tenants["offboarded"], world.tenants["witness"]
+    database = f"kryonix_cliente_{tid}"
+    assert world.cli("tenants", "set-status", tid, "cancelado").returncode == 0
+    before = datetime.now(timezone.utc)
+    offboarded = world.cli("tenants", "offboard", tid, "--yes", "--json")
+    assert offboarded.returncode == 0, offboarded.stderr
+    after = datetime.now(timezone.utc)
+    doc = json.loads(offboarded.stdout)
+    assert doc["status"] == "encerrado"
+    hold = doc["pitr_retention"]
+    days = _retention_days(world)
+    assert (hold["configured"], hold["encryption"], hold["retention_full_type"], hold["retention_full"]) == (
+        True, "aes-256-cbc", "time", days)
+    assert hold["base_backups_before"] == len(_pgbackrest_info(world)) >= 1
+    until = datetime.fromisoformat(hold["held_until_at_least"].replace("Z", "+00:00"))
+    assert before + timedelta(days=days) <= until + timedelta(seconds=1) and until <= after + timedelta(days=days)
+    assert hold["held_until_at_least"][:10] in hold["statement"] and "encrypted" in hold["statement"]
+    assert world.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == "0"
+    witness_rows = world.rows(witness)
+    at = _iso(world.t_mid)
+    refused = [world.cli("restore", tid, "--at", at, "--yes")]  # the installed script, on the path the bug took
+    for args in (["--at", at, "--into", witness], [], ["--from", "secondary"], ["--into", witness],
+                 ["--snapshot", "latest", "--services", "postgresql"]):
+        refused.append(run_main("restore", tid, *args, "--yes", env=world.env))
+    refused.append(run_main("restore", witness, "--at", at, "--into", tid, "--yes", env=world.env))  # as the target
+    for result in refused:
+        assert result.returncode == 2, (result.args, result.stdout, result.stderr)
+        assert "off-boarded" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(BadInput, match="off-boarded"):
+        run_drill(world.settings, tid)
+    assert world.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == "0"
+    assert world.rows(witness) == witness_rows
+    assert not list(world.scratch_root.glob("*"))
+
+
+def _wait_for(what: str, check, proc, deadline_seconds: float = 180) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while not check():
+        assert proc.poll() is None, f"{what}: the process exited first ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{what}: not seen within {deadline_seconds:.0f}s"
+        time.sleep(0.05)
+
+
+def test_restore_at_applies_an_erasure_committed_while_it_waited_for_the_lease(pitr_world, test_env, tmp_path):
+    """A real erasure holds the tenant's lease (held mid-transaction by a row lock of the test's);
+    `restore --at` (a moment when the person existed) is started and seen waiting at the lease;
+    then the erasure commits its ledger entry and releases: the restore must apply it."""
+    import psycopg2
+
+    world = pitr_world
+    tid = world.tenants["erase_waited"]
+    database = f"kryonix_cliente_{tid}"
+    subject = tmp_path / "subject"
+    subject.write_text(f"email={ERASED_EMAIL}\n")
+    connect = dict(host="127.0.0.1", port=world.port, user="postgres")
+    row_lock = psycopg2.connect(dbname=database, **connect)
+    lease_lock = psycopg2.connect(dbname=world.env["KRYONIX_MAIN_DB"], **connect)
+    erase = restore = None
+    try:
+        with row_lock.cursor() as cur:  # the erasure will block on this row, holding its lease
+            cur.execute("SELECT id FROM crm.contatos WHERE id = 7 FOR UPDATE")
+            assert cur.fetchone() == (7,)
+        erase = world.popen_cli("lgpd", "erase", tid, "--subject-file", str(subject), "--yes", "--json")
+
+        def erasure_blocked() -> bool:
+            return world.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                              f"'{database}' AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE%contatos%'") == "1"
+
+        _wait_for("the erasure blocked in its transaction", erasure_blocked, erase)
+        with lease_lock.cursor() as cur:  # the lease row, so the restore's next attempt waits visibly
+            cur.execute("SELECT operation FROM tenants.backup_leases WHERE cliente_id = %s AND expires_at > now() "
+                        "FOR UPDATE", (tid,))
+            assert cur.fetchone() == ("lgpd_erase",)
+        restore = world.popen_cli("restore", tid, "--at", _iso(world.t_mid), "--wait", "300", "--yes", "--json")
+
+        def restore_waits_for_the_lease() -> bool:
+            return world.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                              "AND query ILIKE 'INSERT INTO tenants.backup_leases%'") == "1"
+
+        _wait_for("the restore waiting for the lease", restore_waits_for_the_lease, restore)
+        assert world.psql(database, "SELECT email FROM crm.contatos WHERE id = 7") == ERASED_EMAIL  # not erased yet
+        lease_lock.rollback()
+        row_lock.rollback()  # the erasure goes on, appends its ledger entry, releases the lease
+        erased_out, erased_err = erase.communicate(timeout=300)
+        assert erase.returncode == 0, erased_err.decode()
+        out, err = restore.communicate(timeout=600)
+        assert restore.returncode == 0, err.decode()
+    finally:
+        for proc in (erase, restore):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        row_lock.close()
+        lease_lock.close()
+    doc = json.loads(out)
+    assert doc["lgpd"]["subjects_reerased"] == 1
+    assert world.rows(tid) == _rows(world, tid, 2)  # really as of t_mid, when the person existed
+    assert world.psql(database, "SELECT id || ':' || email FROM crm.contatos ORDER BY id").splitlines() == [
+        "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
+    assert ERASED_EMAIL.encode() not in erased_out + erased_err + out + err

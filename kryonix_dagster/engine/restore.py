@@ -121,6 +121,7 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     target_id = into or tenant_id
     if into and registry.get_tenant(settings, into) is None:
         raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
+    registry.refuse_offboarded(settings, tenant_id, target_id)
     repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
@@ -136,6 +137,7 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also,
                           started_at=result.started_at) as op:
         op.audit = _audit_fields(result)
+        registry.refuse_offboarded(settings, tenant_id, target_id)  # off-boarded while we waited
         manifest = _manifest(repo, tenant_id, manifest.session_id)  # re-read under the leases
         todo, result.skipped = _plan(manifest, services, schema, report)
         if snapshot == "latest":

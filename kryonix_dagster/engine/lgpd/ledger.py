@@ -186,13 +186,21 @@ class Matcher:
 
 
 def matcher(settings: Settings, tenant_id: str) -> Matcher | None:
-    """The tenant's ledger as a Matcher; None when nobody was ever erased from it."""
+    """The tenant's ledger as a Matcher; None when nobody was ever erased from it.
+
+    Fails closed: entries without a readable key (the key row lost, a wrong master key) raise
+    OperationFailed, never "nobody to re-erase", since the restored data would bring back every
+    person of those entries. (An off-boarded tenant, whose key was destroyed on purpose, is
+    refused before any restore reaches here.)"""
     found = entries(settings, tenant_id)
     if not found:
         return None
-    key = ledger_key(settings, tenant_id)
-    if key is None:  # off-boarded: nothing can be recognised any more, and nothing is restored
-        return None
+    key = ledger_key(settings, tenant_id)  # raises when the wrapped key cannot be unwrapped
+    if key is None:
+        raise OperationFailed(f"tenant {tenant_id}: the erasure ledger has {len(found)} entr"
+                              f"{'y' if len(found) == 1 else 'ies'} but no ledger key to recognise them "
+                              "(`kryonix-backup keys recover` restores it from the stash): it cannot be applied, "
+                              "so nothing was done")
     result = Matcher(key)
     for entry in found:
         result.value_hashes.setdefault(entry.subject_kind, set()).add(entry.value_hash)

@@ -276,3 +276,55 @@ def window_fields(settings: Settings) -> dict:
         return {"pitr_earliest": _iso(earliest), "pitr_latest": _iso(latest or earliest)}
     except Exception:  # noqa: BLE001 - see the docstring
         return {}
+
+
+# --- how long the repository still holds a database that is gone ---------------------------
+
+def _retention_setting(cfg: PitrConfig) -> tuple[str, int, str]:
+    """(retention type, value, cipher type) as the stanza's config file says; where the file
+    cannot be read, what `setup` writes (time-based, the longest plan promise, aes-256-cbc).
+    Only these three keys are read: the file also holds the cipher passphrase."""
+    found = {"repo1-retention-full-type": "count", "repo1-retention-full": "",
+             "repo1-cipher-type": "none"}
+    try:
+        lines = cfg.config_path.read_text().splitlines()
+    except OSError:
+        return "time", max(1, longest_promise_days()), "aes-256-cbc"
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip() in found:
+            found[name.strip()] = value.strip()
+    value = found["repo1-retention-full"]
+    return found["repo1-retention-full-type"], int(value) if value.isdigit() else 0, found["repo1-cipher-type"]
+
+
+def database_hold(settings: Settings, gone_at: datetime) -> dict:
+    """Until when pgBackRest's repository still holds a database dropped at `gone_at` (an
+    off-boarded tenant's): in every base backup taken before then and the WAL after them, until
+    retention expires them. With time-based retention of D days, pgBackRest keeps one full backup
+    older than D days, so the last backup holding the database goes once a full backup taken
+    after `gone_at` is D days old: not before `gone_at` + D days, and only while full backups
+    keep being taken (each one runs `expire`)."""
+    cfg = load_pitr_config(settings)
+    if not cfg.config_path.exists():
+        return {"configured": False, "statement": "no PITR configured: no pgBackRest repository holds the database"}
+    kind, value, cipher = _retention_setting(cfg)
+    doc: dict = {"configured": True, "stanza": cfg.stanza, "encryption": cipher, "retention_full_type": kind,
+                 "retention_full": value, "base_backups_before": None, "held_until_at_least": None}
+    try:
+        info = engine_for(settings, cfg)[0].info()
+        doc["base_backups_before"] = sum(1 for b in (info.backups if info else ()) if b.started <= gone_at)
+    except (OperationFailed, OSError) as exc:
+        doc["info_error"] = str(exc)[:300]
+    held = f"encrypted ({cipher})" if cipher != "none" else "NOT encrypted"
+    if kind == "time" and value:
+        until = gone_at + timedelta(days=value)
+        doc["held_until_at_least"] = _iso(until)
+        doc["statement"] = (f"pgBackRest stanza {cfg.stanza} still holds the database, {held}, in its base backups "
+                            f"taken before {_iso(gone_at)} and their WAL, until a full backup taken after that is "
+                            f"{value} days old: not before {_iso(until)}")
+    else:
+        doc["statement"] = (f"pgBackRest stanza {cfg.stanza} still holds the database, {held}, in its base backups "
+                            f"taken before {_iso(gone_at)} and their WAL, until {value} newer full backup(s) "
+                            "have been taken")
+    return doc
