@@ -1,0 +1,156 @@
+"""The key vault under concurrency, kills and loss (issue 20, items 1, 2 and 7), on real
+services: rotate-master runs in a child process (tests/vault_children.py) that pauses at one of
+its steps, while real writers run in other processes or the process is killed with SIGKILL;
+afterwards every tenant's repository is opened by the restic binary with the vault's password."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from kryonix_dagster.engine import keys
+from kryonix_dagster.engine.lgpd import ledger
+from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.pitr.config import repository_passphrase
+from kryonix_dagster.engine.tenant_repository import open_repository
+
+from . import faults
+from .conftest import ROOT, run_cli
+from .offsite_world import new_master_key_file
+
+STANZA = "vaultstanza"
+
+
+@dataclass
+class Vault:
+    settings: object
+    env: dict[str, str]
+    base: Path
+    tenants: list[str] = field(default_factory=list)  # with a repository
+
+    def child(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tests.vault_children", *args], cwd=ROOT,
+                                env=dict(os.environ, **self.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def cli(self, *args: str):
+        return run_cli(*args, env=self.env)
+
+    def rotation_paused_at(self, new_key: Path, step: str) -> tuple[subprocess.Popen, Path]:
+        """rotate-master in a child process, returned once it waits at `step` (create the
+        returned file to let it go on)."""
+        marker, go = self.base / f"at-{secrets.token_hex(3)}", self.base / f"go-{secrets.token_hex(3)}"
+        proc = self.child("rotate-master", str(new_key), step, str(marker), str(go))
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"rotate-master ended before step {step}: {proc.communicate()}")
+            assert time.monotonic() < deadline, f"rotate-master never reached step {step}"
+            time.sleep(0.05)
+        return proc, go
+
+    def opens(self, tenant_id: str) -> bool:
+        """The restic binary opens the tenant's repository with the password the vault holds now."""
+        password = keys.repository_password(self.settings, tenant_id)
+        env = dict(os.environ, RESTIC_REPOSITORY=names_for(self.settings, tenant_id).repository.removeprefix("file://"),
+                   RESTIC_PASSWORD=password)
+        return subprocess.run(["restic", "--no-cache", "--no-lock", "cat", "config"], env=env,
+                              capture_output=True, timeout=120).returncode == 0
+
+    def wrapped_by(self) -> set[str]:
+        """Every master key id a secret of the vault is wrapped by (read with psycopg2's own SQL)."""
+        with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=self.settings.main_db) as conn, \
+                conn.cursor() as cur:
+            cur.execute("SELECT master_key_id FROM tenants.backup_keys UNION SELECT master_key_id FROM "
+                        "tenants.lgpd_ledger_keys UNION SELECT master_key_id FROM tenants.pitr_keys")
+            found = {row[0] for row in cur.fetchall()}
+        conn.close()
+        return found
+
+
+@pytest.fixture
+def vault(own_registry, tmp_path) -> Vault:
+    """Its own main database, master key and primary repositories; two tenants backed up once,
+    each with a ledger key, and a PITR passphrase: every kind of wrapped secret."""
+    env = {"KRYONIX_MAIN_DB": own_registry.main_db, "KRYONIX_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
+           "KRYONIX_REPO": f"file://{tmp_path / 'repos'}", "KRYONIX_STATE_DIR": str(tmp_path / "state")}
+    own = own_registry.with_overrides(master_key_file=Path(env["KRYONIX_MASTER_KEY_FILE"]), repo=env["KRYONIX_REPO"],
+                                      state_dir=tmp_path / "state", repo_secondary=None, repo_secondary_admin=None)
+    world = Vault(own, env, tmp_path)
+    for n in range(2):
+        tid = f"v{secrets.token_hex(3)}{n}"
+        open_repository(own, tid, create=True).backup_bytes(b"data\n", "data.txt", ["vault"])
+        ledger.ledger_key(own, tid, create=True)
+        world.tenants.append(tid)
+    world.tenants.sort()  # rotate-master re-wraps in id order
+    repository_passphrase(own, STANZA, create=True)
+    return world
+
+
+def finished(proc: subprocess.Popen, timeout: float = 300) -> None:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-2000:]
+
+
+def test_first_backups_key_rotations_and_ledger_keys_during_rotate_master_lose_nothing(vault, tmp_path):
+    """Writers run to completion while rotate-master is paused after its listing (so every write
+    overlaps it): first backups of new tenants, `keys rotate` of an existing one, a first ledger key."""
+    new_key = new_master_key_file(tmp_path / "new.key")
+    old_id, new_id = keys.fingerprint(keys.master_key(vault.settings)), keys.fingerprint(keys.read_key_file(new_key))
+    fresh = [f"n{secrets.token_hex(3)}{n}" for n in range(2)]
+    erased = f"e{secrets.token_hex(3)}"
+    before = keys.repository_password(vault.settings, vault.tenants[1])
+    rotation, go = vault.rotation_paused_at(new_key, vault.tenants[0])  # the rows were listed, one re-wrapped
+    writers = [vault.child("first-backup", tid) for tid in fresh] + [vault.child("ledger-key", erased)]
+    rotate = faults.start_cli("keys", "rotate", vault.tenants[1], "--json", env=vault.env)
+    for proc in writers + [rotate]:
+        finished(proc)
+    assert rotation.poll() is None  # still paused: every write above happened inside the rotation
+    go.touch()
+    finished(rotation)
+    assert keys.fingerprint(keys.master_key(vault.settings)) == new_id and not keys.pending_key_file(vault.settings).exists()
+    assert vault.wrapped_by() == {new_id}
+    assert keys.repository_password(vault.settings, vault.tenants[1]) != before  # the rotation's new password kept
+    for tid in vault.tenants + fresh:
+        assert vault.opens(tid), tid
+    assert len(ledger.ledger_key(vault.settings, erased)) == 32
+    with pytest.raises(psycopg2.Error, match="retired"):  # the database refuses a secret under the old key
+        with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=vault.settings.main_db) as conn, \
+                conn.cursor() as cur:
+            cur.execute("INSERT INTO tenants.lgpd_ledger_keys (cliente_id, master_key_id, nonce, wrapped_key) "
+                        "VALUES ('late', %s, '\\x00', '\\x00')", (old_id,))
+
+
+def test_rotate_master_killed_at_every_step_in_turn_leaves_every_tenant_open_and_resumes(vault, tmp_path):
+    """SIGKILL at each step, each run resuming the one killed before it: after every kill the
+    key file is still the old one and every repository opens; then the CLI finishes the rotation."""
+    new_key = new_master_key_file(tmp_path / "new.key")
+    new_id = keys.fingerprint(keys.read_key_file(new_key))
+    old_key_text = vault.settings.master_key_file.read_text()
+    passphrase = repository_passphrase(vault.settings, STANZA)
+    first = vault.tenants[0]
+    for step in ("pending", first, f"ledger:{first}", "stashed", "final"):
+        rotation, _go = vault.rotation_paused_at(new_key, step)
+        assert rotation.poll() is None  # alive right before the kill
+        faults.kill9(rotation)
+        assert rotation.returncode == -9
+        assert vault.settings.master_key_file.read_text() == old_key_text, step  # the key file is replaced last
+        assert keys.pending_key_file(vault.settings).exists(), step
+        for tid in vault.tenants:
+            assert vault.opens(tid), (step, tid)
+        assert repository_passphrase(vault.settings, STANZA) == passphrase
+    assert vault.wrapped_by() == {new_id}  # killed after the final pass: nothing left under the old key
+    resumed = vault.cli("keys", "rotate-master", "--new-key-file", str(new_key), "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert vault.settings.master_key_file.read_text() == new_key.read_text()
+    assert not keys.pending_key_file(vault.settings).exists()
+    for tid in vault.tenants:
+        assert vault.opens(tid), tid
+    assert repository_passphrase(vault.settings, STANZA) == passphrase
