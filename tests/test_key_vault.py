@@ -4,6 +4,7 @@ its steps, while real writers run in other processes or the process is killed wi
 afterwards every tenant's repository is opened by the restic binary with the vault's password."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -16,8 +17,9 @@ import psycopg2
 import pytest
 
 from kryonix_dagster.engine import keys
-from kryonix_dagster.engine.lgpd import ledger
-from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.errors import OperationFailed
+from kryonix_dagster.engine.lgpd import ledger, ledger_stash
+from kryonix_dagster.engine.naming import VAULT_FOLDER, names_for
 from kryonix_dagster.engine.pitr.config import repository_passphrase
 from kryonix_dagster.engine.tenant_repository import open_repository
 
@@ -154,3 +156,52 @@ def test_rotate_master_killed_at_every_step_in_turn_leaves_every_tenant_open_and
     for tid in vault.tenants:
         assert vault.opens(tid), tid
     assert repository_passphrase(vault.settings, STANZA) == passphrase
+
+
+@contextlib.contextmanager
+def immutable(*folders: Path):
+    """Folders nobody can add to or remove from, root included (`chattr +i`), for the block."""
+    for folder in folders:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        for folder in reversed(folders):
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def restic_key_files(vault: Vault, tenant_id: str) -> list[str]:
+    return sorted(p.name for p in (faults.repository_dir(vault.settings, tenant_id) / "keys").iterdir())
+
+
+def test_a_stash_that_cannot_be_written_stops_rotations_and_the_ledger_write_before_anything_old_goes(vault, tmp_path):
+    stash = tmp_path / "repos" / VAULT_FOLDER
+    tid = vault.tenants[0]
+    old_password = keys.repository_password(vault.settings, tid)
+    old_key_files = restic_key_files(vault, tid)
+    old_master = vault.settings.master_key_file.read_text()
+    new_key = new_master_key_file(tmp_path / "new.key")
+    stashed_before = sorted(p.name for p in (stash / "keys").iterdir())
+    with immutable(stash, stash / "keys"):
+        rotated = vault.cli("keys", "rotate", tid)
+        assert rotated.returncode == 1 and "stash beside the primary repository could not be updated" in rotated.stdout
+        assert set(old_key_files) < set(restic_key_files(vault, tid))  # the new key added, the old one kept
+        assert vault.opens(tid)  # with the vault's new password
+        old_env = dict(os.environ, RESTIC_REPOSITORY=str(faults.repository_dir(vault.settings, tid)),
+                       RESTIC_PASSWORD=old_password)
+        assert subprocess.run(["restic", "--no-cache", "--no-lock", "cat", "config"], env=old_env,
+                              capture_output=True, timeout=120).returncode == 0  # and with the stashed one
+
+        master = vault.cli("keys", "rotate-master", "--new-key-file", str(new_key))
+        assert master.returncode == 1 and "could not be updated" in master.stderr, master.stderr[-2000:]
+        assert vault.settings.master_key_file.read_text() == old_master  # the key file was not replaced
+
+        ledger.append(vault.settings, tid, "email", "0" * 64, [], {})
+        with pytest.raises(OperationFailed, match="erasure ledger could not be stashed beside the primary"):
+            ledger_stash.stash_everywhere(vault.settings, tid)  # what `lgpd erase` calls after its ledger row
+        assert sorted(p.name for p in (stash / "keys").iterdir()) == stashed_before
+    resumed = vault.cli("keys", "rotate-master", "--new-key-file", str(new_key))  # the location is fixed
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert vault.settings.master_key_file.read_text() == new_key.read_text()
+    for tenant_id in vault.tenants:
+        assert vault.opens(tenant_id)
