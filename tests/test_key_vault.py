@@ -5,6 +5,7 @@ afterwards every tenant's repository is opened by the restic binary with the vau
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from kryonix_dagster.engine import keys
+from kryonix_dagster.engine import keys, registry
 from kryonix_dagster.engine.errors import OperationFailed
 from kryonix_dagster.engine.lgpd import ledger, ledger_stash
 from kryonix_dagster.engine.naming import VAULT_FOLDER, names_for
@@ -88,6 +89,7 @@ def vault(own_registry, tmp_path) -> Vault:
     world = Vault(own, env, tmp_path)
     for n in range(2):
         tid = f"v{secrets.token_hex(3)}{n}"
+        registry.add_tenant(own, tid, f"Vault {tid}", "pro")
         open_repository(own, tid, create=True).backup_bytes(b"data\n", "data.txt", ["vault"])
         ledger.ledger_key(own, tid, create=True)
         world.tenants.append(tid)
@@ -205,3 +207,71 @@ def test_a_stash_that_cannot_be_written_stops_rotations_and_the_ledger_write_bef
     assert vault.settings.master_key_file.read_text() == new_key.read_text()
     for tenant_id in vault.tenants:
         assert vault.opens(tenant_id)
+
+
+def rows(vault: Vault, query: str) -> list[tuple]:
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=vault.settings.main_db) as conn, \
+            conn.cursor() as cur:
+        cur.execute(query)
+        found = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in cur.fetchall()]
+    conn.close()
+    return found
+
+
+def sql(vault: Vault, statement: str) -> int:
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=vault.settings.main_db) as conn, \
+            conn.cursor() as cur:
+        cur.execute(statement)
+        count = cur.rowcount
+    conn.close()
+    return count
+
+
+def test_keys_recover_fills_exactly_what_is_missing_in_a_live_main_database_and_ignores_forged_records(vault):
+    """One tenant's key row deleted, another's registry row and erasure ledger deleted: recover
+    fills exactly those and touches nothing else; a forged and an altered ledger record in the
+    stash are ignored with a warning (their entries never reach the ledger)."""
+    lost_key, lost_rest = vault.tenants
+    ledger.append(vault.settings, lost_rest, "email", "a" * 64, ["b" * 64], {})
+    ledger_stash.stash_everywhere(vault.settings, lost_rest)
+    erased = rows(vault, "SELECT subject_kind, value_hash, key_hashes FROM tenants.lgpd_ledger")
+    sql(vault, f"DELETE FROM tenants.lgpd_ledger WHERE cliente_id = '{lost_rest}'")  # the main database rolled back
+    ledger.append(vault.settings, lost_rest, "email", "c" * 64, [], {})  # ... then another erasure
+    ledger_stash.stash_everywhere(vault.settings, lost_rest)
+    erased += rows(vault, "SELECT subject_kind, value_hash, key_hashes FROM tenants.lgpd_ledger")
+    folder = vault.base / "repos" / VAULT_FOLDER / "keys"
+    authentic = sorted(p for p in folder.iterdir() if p.name.startswith(f"ledger-{lost_rest}-"))
+    assert len(authentic) == 2 and len(erased) == 2  # two versions, one entry each: recovery needs their union
+    forged_doc = json.loads(authentic[0].read_bytes())
+    forged_doc["entries"].append(dict(forged_doc["entries"][0], id=999, value_hash="f" * 64))
+    forged_doc["mac"] = "0" * 64  # a forger without the master key
+    forged = ledger_stash.LedgerRecord.from_bytes(json.dumps(forged_doc).encode())
+    (folder / forged.file_name).write_text(json.dumps(forged_doc))
+    altered = json.loads(authentic[0].read_bytes())
+    altered["entries"][0]["value_hash"] = "e" * 64  # an authentic record with one field changed, seal kept
+    altered_name = ledger_stash.LedgerRecord.from_bytes(json.dumps(altered).encode()).file_name
+    (folder / altered_name).write_text(json.dumps(altered))
+    untouched = rows(vault, f"SELECT * FROM tenants.backup_keys WHERE cliente_id = '{lost_rest}'")
+    for statement in (f"DELETE FROM tenants.backup_keys WHERE cliente_id = '{lost_key}'",
+                      f"DELETE FROM tenants.clientes WHERE id = '{lost_rest}'",
+                      f"DELETE FROM tenants.lgpd_ledger WHERE cliente_id = '{lost_rest}'",
+                      f"DELETE FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{lost_rest}'"):
+        assert sql(vault, statement) == 1, statement
+
+    result = vault.cli("keys", "recover", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    filled = {t["tenant_id"]: t["filled"] for t in doc["recovered"]}
+    assert filled == {lost_key: ["key"], lost_rest: ["registry", "ledger"]}
+    assert doc["pitr_passphrases"] == [] and doc["skipped"] == {}
+    assert f"{forged.file_name} at the primary location ignored: its seal does not verify" in result.stderr
+    assert f"{altered_name} at the primary location ignored: its seal does not verify" in result.stderr
+    assert vault.opens(lost_key)
+    assert rows(vault, f"SELECT * FROM tenants.backup_keys WHERE cliente_id = '{lost_rest}'") == untouched
+    assert rows(vault, f"SELECT nome, plano, status FROM tenants.clientes WHERE id = '{lost_rest}'") == \
+        [(f"Vault {lost_rest}", "pro", "ativo")]
+    assert sorted(rows(vault, "SELECT subject_kind, value_hash, key_hashes FROM tenants.lgpd_ledger")) == sorted(erased)
+    assert len(ledger.ledger_key(vault.settings, lost_rest)) == 32
+
+    again = vault.cli("keys", "recover")  # nothing missing any more: nothing filled, nothing changed
+    assert again.returncode == 0 and "nothing was missing" in again.stdout, again.stderr[-2000:]
