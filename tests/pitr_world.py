@@ -30,7 +30,7 @@ from .conftest import free_port, run_cli
 
 PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 # The tenants of the world; each test restores only its own (see the module docstring).
-ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased")
+ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased", "main_db_lost")
 ERASED_EMAIL = "contato7@exemplo.com.br"  # a person of the "erased" tenant the LGPD rules find
 
 
