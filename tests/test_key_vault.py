@@ -258,6 +258,12 @@ def test_keys_recover_fills_exactly_what_is_missing_in_a_live_main_database_and_
                       f"DELETE FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{lost_rest}'"):
         assert sql(vault, statement) == 1, statement
 
+    symptom = vault.cli("restic", lost_key, "--", "cat", "config")
+    assert symptom.returncode == 2 and "never been backed up" in symptom.stderr  # the vault lost its password
+    backup = vault.child("first-backup", lost_key)  # a backup before the recovery must not write a new password
+    out, err = backup.communicate(timeout=300)
+    assert backup.returncode != 0 and "run `kryonix-backup keys recover`" in err
+    assert rows(vault, f"SELECT 1 FROM tenants.backup_keys WHERE cliente_id = '{lost_key}'") == []
     result = vault.cli("keys", "recover", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(result.stdout)
@@ -267,6 +273,8 @@ def test_keys_recover_fills_exactly_what_is_missing_in_a_live_main_database_and_
     assert f"{forged.file_name} at the primary location ignored: its seal does not verify" in result.stderr
     assert f"{altered_name} at the primary location ignored: its seal does not verify" in result.stderr
     assert vault.opens(lost_key)
+    opened = vault.cli("restic", lost_key, "--", "cat", "config")
+    assert opened.returncode == 0 and '"chunker_polynomial"' in opened.stdout, opened.stderr[-2000:]
     assert rows(vault, f"SELECT * FROM tenants.backup_keys WHERE cliente_id = '{lost_rest}'") == untouched
     assert rows(vault, f"SELECT nome, plano, status FROM tenants.clientes WHERE id = '{lost_rest}'") == \
         [(f"Vault {lost_rest}", "pro", "ativo")]
