@@ -176,7 +176,7 @@ def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
 
 
 def read_vault_files(settings: Settings, where: Location, tenant_of: Callable[[str], str | None],
-                     parse: Callable[[bytes], Any], what: str) -> dict[str, list]:
+                     parse: Callable[[bytes], Any], what: str, newest_first: bool = False) -> dict[str, list]:
     """Every tenant's records of one kind in the vault folder at `where` (a record counts only
     when its seal verifies and it names the tenant and the file it is in); unreadable, forged
     or altered files are skipped with a warning."""
@@ -202,15 +202,16 @@ def read_vault_files(settings: Settings, where: Location, tenant_of: Callable[[s
         else:
             log.warning("%s %s at the %s location ignored: its content belongs to another file", what, name,
                         where.kind)
+    if newest_first:
+        for records in found.values():
+            records.sort(key=lambda r: r.created, reverse=True)
     return found
 
 
 def read_stash(settings: Settings, where: Location) -> dict[str, list[StashRecord]]:
     """Every tenant's stashed records at `where`, newest first; unreadable files are skipped."""
-    found = read_vault_files(settings, where, vault_file_tenant, StashRecord.from_bytes, "key vault stash")
-    for records in found.values():
-        records.sort(key=lambda r: r.created, reverse=True)
-    return found
+    return read_vault_files(settings, where, vault_file_tenant, StashRecord.from_bytes, "key vault stash",
+                            newest_first=True)
 
 
 def prune(settings: Settings, tenant_id: str, where: Location, keep: StashRecord | None) -> int:

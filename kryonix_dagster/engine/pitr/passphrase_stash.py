@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import locations, pg
+from .. import keys, locations, pg
 from ..config import Settings
 from ..errors import OperationFailed, one_line
 from ..key_stash import add_to_vault, read_vault_files, vault_folder
@@ -37,19 +37,19 @@ def file_stanza(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class PassphraseRecord:
-    stanza: str
-    master_key_id: str
-    nonce: bytes = field(repr=False)
-    wrapped: bytes = field(repr=False)
+    key: keys.WrappedKey  # its tenant_id is the stanza (what read_vault_files matches to the file name)
     created: str = ""
 
     @property
-    def tenant_id(self) -> str:  # what read_vault_files matches against the file name
-        return self.stanza
+    def stanza(self) -> str:
+        return self.key.tenant_id
+
+    tenant_id = stanza
 
     @property
     def digest(self) -> str:
-        body = json.dumps([FORMAT, self.stanza, self.master_key_id, self.nonce.hex(), self.wrapped.hex()]).encode()
+        body = json.dumps([FORMAT, self.stanza, self.key.master_key_id, self.key.nonce.hex(),
+                           self.key.wrapped.hex()]).encode()
         return hashlib.sha256(body).hexdigest()[:16]
 
     @property
@@ -57,19 +57,18 @@ class PassphraseRecord:
         return f"pitr-{self.stanza}-{self.digest}.json"
 
     def to_bytes(self) -> bytes:
-        return json.dumps({
-            "format": FORMAT, "stanza": self.stanza, "master_key_id": self.master_key_id,
-            "nonce": base64.b64encode(self.nonce).decode(),
-            "wrapped_passphrase": base64.b64encode(self.wrapped).decode(), "created": self.created,
-        }, indent=1).encode()
+        return json.dumps({"format": FORMAT, "stanza": self.stanza, "master_key_id": self.key.master_key_id,
+                           "nonce": base64.b64encode(self.key.nonce).decode(),
+                           "wrapped_passphrase": base64.b64encode(self.key.wrapped).decode(),
+                           "created": self.created}, indent=1).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "PassphraseRecord":
         doc = json.loads(raw)
         if doc.get("format") != FORMAT:
             raise ValueError(f"unknown PITR passphrase stash format {doc.get('format')!r}")
-        return cls(doc["stanza"], doc["master_key_id"], base64.b64decode(doc["nonce"]),
-                   base64.b64decode(doc["wrapped_passphrase"]), doc.get("created", ""))
+        return cls(keys.WrappedKey(doc["stanza"], doc["master_key_id"], base64.b64decode(doc["nonce"]),
+                                   base64.b64decode(doc["wrapped_passphrase"])), doc.get("created", ""))
 
 
 def _rows(settings: Settings, stanza: str | None = None) -> list[PassphraseRecord]:
@@ -77,7 +76,7 @@ def _rows(settings: Settings, stanza: str | None = None) -> list[PassphraseRecor
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT stanza, master_key_id, nonce, wrapped_password FROM tenants.pitr_keys "
                     "WHERE %(s)s::text IS NULL OR stanza = %(s)s ORDER BY stanza", {"s": stanza})
-        return [PassphraseRecord(r[0], r[1], bytes(r[2]), bytes(r[3]), now) for r in cur.fetchall()]
+        return [PassphraseRecord(keys.WrappedKey(r[0], r[1], bytes(r[2]), bytes(r[3])), now) for r in cur.fetchall()]
 
 
 def stash_all(settings: Settings, stanza: str | None = None) -> list[str]:
@@ -104,10 +103,8 @@ def stash_all(settings: Settings, stanza: str | None = None) -> list[str]:
 
 def read_passphrases(settings: Settings, where: Location) -> dict[str, list[PassphraseRecord]]:
     """Every stanza's authentic stashed passphrases at `where`, newest first."""
-    found = read_vault_files(settings, where, file_stanza, PassphraseRecord.from_bytes, "PITR passphrase stash")
-    for records in found.values():
-        records.sort(key=lambda r: r.created, reverse=True)
-    return found
+    return read_vault_files(settings, where, file_stanza, PassphraseRecord.from_bytes, "PITR passphrase stash",
+                            newest_first=True)
 
 
 def recover(settings: Settings, records: list[PassphraseRecord]) -> bool:
@@ -115,13 +112,13 @@ def recover(settings: Settings, records: list[PassphraseRecord]) -> bool:
     row already (never overwritten); True when it was filled."""
     for record in records:
         try:
-            pitr_config._unwrap(settings, record.stanza, record.nonce, record.wrapped, record.master_key_id)
+            pitr_config._unwrap(settings, record.stanza, record.key.nonce, record.key.wrapped, record.key.master_key_id)
         except OperationFailed:
             continue
         with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
             cur.execute("INSERT INTO tenants.pitr_keys (stanza, master_key_id, nonce, wrapped_password) "
                         "VALUES (%s, %s, %s, %s) ON CONFLICT (stanza) DO NOTHING",
-                        (record.stanza, record.master_key_id, record.nonce, record.wrapped))
+                        (record.stanza, record.key.master_key_id, record.key.nonce, record.key.wrapped))
             return cur.rowcount == 1
     return False
 
