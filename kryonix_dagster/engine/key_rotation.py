@@ -5,8 +5,13 @@ LGPD erasure ledgers' keys) under a new master key. The new key is first
 put beside the old one (`<master key file>.next`); each row is re-wrapped in its own
 transaction and records which key wrapped it, and both keys are known to the vault until the
 last row is done, so a rotation killed mid-way leaves every tenant readable, and running it
-again with the same key file finishes it. Then the new key replaces the master key file
-atomically.
+again with the same key file finishes it. Writers (first backups, `keys rotate`, `lgpd erase`,
+`pitr setup`) may run meanwhile: the pending key is published under the vault's lock held
+exclusive, writers hold it shared and wrap with the pending key while it exists (keys.writing),
+and a final pass under the exclusive lock re-wraps whatever is still under another key and
+retires the old key in the database (whose trigger then refuses it). Every stash is updated
+before that; a stash that cannot be written stops the rotation. Only then does the new key
+replace the master key file, atomically.
 
 `rotate_tenant` gives a tenant's repositories (primary, and the off-site copy through its
 admin path) a new random password, in this order: a new key file (cheap scrypt, restic's
