@@ -30,7 +30,8 @@ from .conftest import free_port, run_cli
 
 PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 # The tenants of the world; each test restores only its own (see the module docstring).
-ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased", "erase_waited", "offboarded")
+ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased", "erase_waited", "offboarded",
+         "main_db_lost")
 WITH_CONTACTS = ("erased", "erase_waited")  # tenants with two persons in crm.contatos
 ERASED_EMAIL = "contato7@exemplo.com.br"  # a person of the "erased" tenant the LGPD rules find
 CLUSTER_NAME = "kryonix-pitr-world"  # a postmaster option the cluster is started with (pg_ctl -o)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -12,9 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kryonix_dagster.cli import main
+from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.pitr.restore_at import run_restore_at
+from kryonix_dagster.engine.tenant_repository import open_repository
 
+from .conftest import run_cli
 from .pitr_world import ERASED_EMAIL, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
@@ -418,3 +422,41 @@ def test_restore_at_applies_an_erasure_committed_while_it_waited_for_the_lease(p
     assert world.psql(database, "SELECT id || ':' || email FROM crm.contatos ORDER BY id").splitlines() == [
         "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
     assert ERASED_EMAIL.encode() not in erased_out + erased_err + out + err
+
+
+def _cipher_pass(world) -> str:
+    conf = world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
+    return next(line for line in conf.read_text().splitlines() if line.startswith("repo1-cipher-pass="))
+
+
+def test_main_database_lost_pitr_setup_refuses_keys_recover_brings_the_passphrase_back(pitr_world):
+    """docs/runbook.md, "The main database is lost, with PITR configured": on an empty main
+    database `pitr setup` refuses to create a new passphrase over the existing stanza (naming
+    `keys recover`); `keys recover` fills the stashed passphrase, the tenant's key and registry
+    row; then `pitr setup`, `pitr status` and `restore --at` work with the archive as it was."""
+    world = pitr_world
+    tid = world.tenants["main_db_lost"]
+    open_repository(world.settings, tid, create=True)  # its first backup: key and registry row stashed
+    cipher = _cipher_pass(world)
+    lost = {"KRYONIX_MAIN_DB": f"{world.settings.main_db}_lost{secrets.token_hex(2)}"}
+    try:
+        refused = run_cli("pitr", "setup", env={**world.env, **lost})
+        assert refused.returncode == 1 and "keys recover" in refused.stderr, refused.stderr[-2000:]
+        assert _cipher_pass(world) == cipher  # the archive's passphrase was not replaced
+        recovered = run_cli("keys", "recover", "--json", env={**world.env, **lost})
+        assert recovered.returncode == 0, recovered.stderr[-2000:]
+        doc = json.loads(recovered.stdout)
+        assert doc["pitr_passphrases"] == [world.env["KRYONIX_PITR_STANZA"]]
+        assert {t["tenant_id"]: t["filled"] for t in doc["recovered"]}[tid] == ["key", "registry"]
+        assert cipher.split("=", 1)[1] not in recovered.stdout + recovered.stderr
+        again = run_cli("pitr", "setup", "--json", env={**world.env, **lost})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert _cipher_pass(world) == cipher
+        status = run_cli("pitr", "status", "--json", env={**world.env, **lost})
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert json.loads(status.stdout)["archiving"]["healthy"] is True
+        restored = run_cli("restore", tid, "--at", _iso(world.t_mid), "--yes", "--json", env={**world.env, **lost})
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert world.rows(tid) == _rows(world, tid, 2)
+    finally:
+        pg.drop_database(world.settings.pg_dsn, lost["KRYONIX_MAIN_DB"])

@@ -15,7 +15,7 @@ from ..pgbackrest import BaseBackup, ConfigFile, PgBackRest, as_user, write_conf
 from ..plans import PLANS
 from ..reporting import NullReporter, Reporter
 from . import cluster as clusters
-from . import cluster_record
+from . import cluster_record, passphrase_stash
 from .config import PitrConfig, load_pitr_config, repository_passphrase
 
 MAX_LAG_SECONDS = 300  # the archiving check's promise: WAL lag under 5 minutes
@@ -78,7 +78,14 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     if not cluster.local:
         raise OperationFailed(f"PostgreSQL {pg.server_label(settings.pg_dsn)} is not on this machine (data directory "
                               f"{cluster.data_dir} not found here): run `pitr setup` on the database host")
-    passphrase = repository_passphrase(settings, cfg.stanza, create=True)
+    passphrase = repository_passphrase(settings, cfg.stanza)
+    if passphrase is None:  # a new one only for a repository without this stanza: never orphan an archive
+        if passphrase_stash.stanza_in_repository(settings, cfg):
+            raise OperationFailed(f"the pgBackRest repository {cfg.repo.path} already holds stanza {cfg.stanza}, but the "
+                                  f"main database has no passphrase for it: run `kryonix-backup keys recover` (it "
+                                  f"brings the stashed passphrase back); a new passphrase would lose that archive")
+        passphrase = repository_passphrase(settings, cfg.stanza, create=True)
+    passphrase_stash.stash_all(settings, cfg.stanza)  # beside the repositories: survives the main database
     write_config(ConfigFile(cfg.config_path, cfg.stanza, cluster.data_dir, cluster.port, cluster.socket_dir,
                             cluster.superuser, cfg.repo, passphrase, longest_promise_days(), cfg.work_dir,
                             settings.repo_access_key, settings.repo_secret_key), cluster.owner)
