@@ -23,6 +23,7 @@ from kryonix_dagster.demo import seed_tenant
 
 from .conftest import ROOT, free_port
 from .repository_view import restore_points
+from .test_sessions import alive
 
 LOCATION = "kryonix_dagster.definitions"
 TIER_ASSETS = ["postgresql_backup", "redis_backup", "object_storage_backup", "rabbitmq_backup", "app_data_backup",
@@ -138,14 +139,6 @@ def run_process(gql: GraphQL, run_id: str) -> int | None:
     events = gql(RUN_LOG, id=run_id)["logsForRun"].get("events") or []
     found = [re.search(r"Started process for run \(pid: (\d+)\)", e.get("message") or "") for e in events]
     return next((int(m.group(1)) for m in found if m), None)
-
-
-def alive(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2:].split()[0] != "Z"
 
 
 @pytest.mark.slow(150)
