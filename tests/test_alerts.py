@@ -10,7 +10,7 @@ from kryonix_dagster.engine import registry
 from kryonix_dagster.engine.fleet import stale_tenant_ids, tenant_statuses
 from kryonix_dagster.fleet.freshness import freshness_evaluation, stale_alert
 from kryonix_dagster.partitions import KRYONIX_TENANTS
-from kryonix_dagster.resources import AlertsResource, BackupEngineResource, PostgresResource, resources_from_env
+from kryonix_dagster.resources import BackupEngineResource, PostgresResource, resources_from_env
 from kryonix_dagster.fleet import failed_runs_sensor, stale_backups_sensor
 
 from .alert_inbox import inbox  # noqa: F401 (a fixture)
