@@ -18,6 +18,7 @@ from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.pitr.restore_at import run_restore_at
 from kryonix_dagster.engine.tenant_repository import open_repository
 
+from .alert_inbox import inbox  # noqa: F401 (a fixture)
 from .conftest import run_cli
 from .pitr_world import ERASED_EMAIL, pitr_world_fixture
 
@@ -170,7 +171,7 @@ def _archive_failures(world) -> int:
     return int(world.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"))
 
 
-def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch):
+def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch, inbox):
     from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, materialize
 
     from kryonix_dagster.engine.pitr.archive import setup
@@ -178,7 +179,7 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
     from kryonix_dagster.pitr.assets import (archiving_evaluation, pitr_base_backup, wal_archiving_check,
                                              window_covers_plans_check)
     from kryonix_dagster.pitr.sensors import INCIDENT
-    from kryonix_dagster.resources import (AlertsResource, AppDataResource, BackupEngineResource,
+    from kryonix_dagster.resources import (AppDataResource, BackupEngineResource,
                                            BackupRepositoryResource, ObjectStorageResource, PostgresResource,
                                            RabbitMQResource, RedisResource)
 
@@ -194,9 +195,12 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
         app_data=AppDataResource(root=env["KRYONIX_APP_DATA_DIR"]))
 
     def sensor_cursor(cursor: str | None) -> dict:
-        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": AlertsResource()}) as ctx:
+        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": inbox.alerts}) as ctx:
             stale_backups_sensor(ctx)
             return json.loads(ctx.cursor)
+
+    def archiving_alerts() -> list[dict]:  # (the world's never-backed-up tenants alert too)
+        return [a["kryonix"] for a in inbox.webhook if a["kryonix"]["title"].startswith("WAL archiving")]
 
     assert archiving_evaluation(engine.pitr_status())["passed"] is True
     failures = _archive_failures(world)
@@ -212,10 +216,17 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
         assert "archiv" in broken["description"]
         cursor = sensor_cursor(None)
         assert INCIDENT in cursor
+        # delivered to the local receiver (synchronously: in the inbox when the tick returns)
+        [stopped] = archiving_alerts()
+        assert stopped["kind"] == "stale" and stopped["title"] == f"WAL archiving stopped (stanza {stopped['stanza']})"
+        assert stopped["problem"] == cursor[INCIDENT]["problem"] and "archiv" in stopped["problem"]
+        assert any(mail for mail in inbox.mail if "WAL archiving stopped" in mail)
     finally:
         setup(world.settings)  # puts pgBackRest's archive_command back and checks that WAL arrives
     assert archiving_evaluation(engine.pitr_status())["passed"] is True
     assert INCIDENT not in sensor_cursor(json.dumps(cursor))
+    assert [a["kind"] for a in archiving_alerts()] == ["stale", "resolved"]
+    assert archiving_alerts()[1]["title"].startswith("WAL archiving works again")
     result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
                          resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
                          run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
