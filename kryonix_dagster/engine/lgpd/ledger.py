@@ -34,12 +34,13 @@ def _associated(tenant_id: str) -> bytes:
 
 def ledger_key(settings: Settings, tenant_id: str, create: bool = False) -> bytes | None:
     """The tenant's ledger key; created (stored wrapped) when `create` and absent."""
-    master = keys.master_key(settings)
     select = "SELECT nonce, wrapped_key, master_key_id FROM tenants.lgpd_ledger_keys WHERE cliente_id = %s"
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(select, (tenant_id,))
         row = cur.fetchone()
-        if row is None and create:
+    if row is None and create:
+        # written under the vault's lock, wrapped by the key a rotate-master under way will keep
+        with keys.writing(settings) as (cur, master):
             nonce = secrets.token_bytes(12)
             wrapped = AESGCM(master).encrypt(nonce, secrets.token_bytes(32), _associated(tenant_id))
             cur.execute(
