@@ -258,8 +258,13 @@ def test_keys_recover_fills_exactly_what_is_missing_in_a_live_main_database_and_
                       f"DELETE FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{lost_rest}'"):
         assert sql(vault, statement) == 1, statement
 
-    symptom = vault.cli("restic", lost_key, "--", "cat", "config")
-    assert symptom.returncode == 2 and "never been backed up" in symptom.stderr  # the vault lost its password
+    # a lost key row is its own state, never "never backed up": every command names `keys recover`
+    for args in (("restic", lost_key, "--", "cat", "config"), ("snapshots", lost_key), ("verify", lost_key),
+                 ("restore", lost_key, "--yes")):
+        symptom = vault.cli(*args)
+        assert symptom.returncode == 1, (args, symptom.stderr)
+        assert "key vault holds no password for it" in symptom.stderr and "keys recover`" in symptom.stderr, args
+        assert "never been backed up" not in symptom.stderr
     backup = vault.child("first-backup", lost_key)  # a backup before the recovery must not write a new password
     out, err = backup.communicate(timeout=300)
     assert backup.returncode != 0 and "run `kryonix-backup keys recover`" in err

@@ -36,11 +36,14 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
     parameters, so copies deduplicate."""
     names = names_for(settings, tenant_id)
     where = locations.location(settings, repository)
-    if create and not where.is_copy and keys.wrapped_key(settings, tenant_id) is None:
-        root = local_root(names.repository)
-        if root is not None and (root / "config").exists():  # a lost key row: a new password would poison it
-            raise OperationFailed(f"tenant {tenant_id}: its repository exists but the key vault holds no password for "
-                                  f"it (its key row was lost?): run `kryonix-backup keys recover`")
+    if keys.wrapped_key(settings, tenant_id) is None:
+        # a repository with no key row is not "never backed up": its key row was lost, and a new
+        # password would never open it (a backup would poison the vault with one)
+        location = repository_in(where.root, tenant_id) if where.is_copy else names.repository
+        if _has_key_files(settings, location, where):
+            hint = " --from secondary" if where.is_copy else ""
+            raise OperationFailed(f"tenant {tenant_id}: its repository exists ({where.kind}) but the key vault holds no "
+                                  f"password for it (its key row was lost?): run `kryonix-backup keys recover{hint}`")
     password = keys.repository_password(settings, tenant_id, create=create and not where.is_copy)
     if password is None:
         return None
@@ -67,6 +70,15 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
         from .key_stash import ensure_stashed
         ensure_stashed(settings, tenant_id, where)
     return repo
+
+
+def _has_key_files(settings: Settings, location: str, where) -> bool:
+    """True when a repository is there (it has key files); unreachable storage says nothing."""
+    try:
+        folder = key_folder(settings, location, where.access_key, where.secret_key)
+        return folder is not None and bool(folder.names())
+    except OSError:
+        return False
 
 
 # -- where a repository's key files live -------------------------------------------------------
