@@ -126,6 +126,10 @@ _CHECK_STEPS = ("using temporary cache", "create exclusive lock", "load indexes"
                 "created new cache", "Fatal: repository contains errors")
 
 
+# What restic says when a repository is not where it was (restic 0.14 and later)
+MISSING_REPOSITORY = ("Is there a repository at the following location?", "unable to open config file")
+
+
 def parse_restic_time(text: str) -> datetime:
     """restic prints RFC 3339 with nanoseconds; Python takes microseconds."""
     text = text.replace("Z", "+00:00")
@@ -200,7 +204,26 @@ class Restic:
         return env
 
     def _fail(self, action: str, stderr: str) -> OperationFailed:
+        if any(sign in stderr for sign in MISSING_REPOSITORY):
+            return OperationFailed(self.missing_message())
         return OperationFailed(f"{self.label}: restic {action} failed: {one_line(stderr, 300)}")
+
+    @property
+    def _tenant(self) -> str:
+        words = self.label.split()
+        return words[1] if len(words) > 1 and words[0] == "tenant" else "ID"
+
+    def missing_message(self) -> str:
+        """One line for a repository that is not there (deleted, or its storage unreachable):
+        what is missing and what to run, never restic's own text."""
+        where = self.location.split("@")[-1] if "@" in self.location.split("/")[0] else self.location
+        if getattr(self, "is_copy", False):
+            return (f"{self.label}: the off-site copy has no repository at {where} (deleted, or the endpoint does not "
+                    f"serve it): `kryonix-backup copy {self._tenant}` writes it again from the primary; restores need the "
+                    "primary (without --from secondary)")
+        return (f"{self.label}: its repository is missing at {where} (deleted, or the storage cannot be reached): "
+                f"restore from the off-site copy with `kryonix-backup restore {self._tenant} --from secondary` "
+                "(docs/runbook.md, section 2), then back up to build a new primary")
 
     def run(self, args: Sequence[str], action: str, stdin: bytes | None = None, cwd: Path | None = None,
             ok_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
