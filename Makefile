@@ -14,18 +14,22 @@ export KRYONIX_S3_ENDPOINT ?= http://127.0.0.1:9900
 export KRYONIX_S3_ACCESS_KEY ?= kryonix-demo
 export KRYONIX_S3_SECRET_KEY ?= kryonix-demo-secret
 export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
-# PITR: the pgBackRest repository and work folder (config, locks, scratch clusters) must be
-# reachable by the cluster's owner (postgres), which runs archive_command.
-export KRYONIX_PITR_REPO ?= $(KRYONIX_LOCAL_DIR)/pgbackrest
-export KRYONIX_PITR_WORK_DIR ?= $(KRYONIX_LOCAL_DIR)/pitr
+# PITR needs nothing here: the product's defaults follow pgBackRest's conventions (repository
+# /var/lib/pgbackrest, config in /etc/pgbackrest/conf.d as root), which the cluster's owner can
+# reach from any clone, a root user's 0700 home included.
 # The demo's off-site copy: an append-only endpoint on loopback in front of a local folder
-# (scripts/offsite-endpoint.sh); only the demo and dev targets get these, not `make test`.
+# (scripts/offsite-endpoint.sh); only the demo and dev targets get these, not `make test`. The
+# folder sits beside the primary repositories (the user's data home, like KRYONIX_REPO's
+# default), so every clone on this machine uses one primary and one copy.
+DATA_HOME := $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/kryonix
+OFFSITE_DIR ?= $(DATA_HOME)/offsite
+OFFSITE_STATE ?= $(DATA_HOME)/offsite-endpoint
 OFFSITE_PORT ?= 8765
 OFFSITE_ENV := KRYONIX_REPO_SECONDARY=$${KRYONIX_REPO_SECONDARY:-rest:http://127.0.0.1:$(OFFSITE_PORT)} \
-	KRYONIX_REPO_SECONDARY_ADMIN=$${KRYONIX_REPO_SECONDARY_ADMIN:-file://$(KRYONIX_LOCAL_DIR)/offsite}
+	KRYONIX_REPO_SECONDARY_ADMIN=$${KRYONIX_REPO_SECONDARY_ADMIN:-file://$(OFFSITE_DIR)}
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
-PYTEST_ARGS ?= -n 3
+PYTEST_ARGS ?= -n 3 --dist loadgroup
 
 .PHONY: install system-deps services s3 demo dev test bench screenshot clean workers stop-workers
 
@@ -50,7 +54,7 @@ demo: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
 	$(BIN)/kryonix-backup backup --all --type full
-	@OFFSITE_PORT=$(OFFSITE_PORT) scripts/offsite-endpoint.sh start
+	@OFFSITE_PORT=$(OFFSITE_PORT) OFFSITE_DIR=$(OFFSITE_DIR) OFFSITE_STATE=$(OFFSITE_STATE) scripts/offsite-endpoint.sh start
 	$(OFFSITE_ENV) $(BIN)/kryonix-backup copy --all
 	@# a tenant's restore points in both locations
 	$(OFFSITE_ENV) $(BIN)/kryonix-backup snapshots demo1
@@ -66,7 +70,7 @@ demo: install system-deps services s3
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
-	@OFFSITE_PORT=$(OFFSITE_PORT) scripts/offsite-endpoint.sh start
+	@OFFSITE_PORT=$(OFFSITE_PORT) OFFSITE_DIR=$(OFFSITE_DIR) OFFSITE_STATE=$(OFFSITE_STATE) scripts/offsite-endpoint.sh start
 	$(OFFSITE_ENV) KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install system-deps services

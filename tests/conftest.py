@@ -36,6 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _forget_the_callers_settings() -> None:
+    """The tests set every KRYONIX_* they depend on themselves (test_env): nothing a `make demo`,
+    `make dev` or an operator's shell exported may change an outcome."""
+    for name in [n for n in os.environ if n.startswith(("KRYONIX_", "PGBACKREST_"))]:
+        del os.environ[name]
+    os.environ.pop("DAGSTER_HOME", None)
+
+
+_forget_the_callers_settings()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     port = free_port()
@@ -76,9 +87,15 @@ def test_env(moto_endpoint, tmp_path_factory) -> dict[str, str]:
         "KRYONIX_MASTER_KEY_FILE": str(base / "keys" / "master.key"),
         "KRYONIX_APP_DATA_DIR": str(base / "appdata"),
         "KRYONIX_STATE_DIR": str(base / "state"),
+        # PITR of the tests' own: never the stanza, repository or config a `make demo` set up on
+        # this machine (tests that archive WAL build their own cluster: tests/pitr_world.py)
+        "KRYONIX_PITR_STANZA": f"test-{secrets.token_hex(4)}",
+        "KRYONIX_PITR_REPO": str(base / "pgbackrest"),
+        "KRYONIX_PITR_WORK_DIR": str(base / "pitr"),
+        # plan schedules stay stopped in any instance a test starts (a tick would add sessions)
+        "KRYONIX_SCHEDULES_RUNNING": "false",
     }
     os.environ.update(env)
-    os.environ.pop("DAGSTER_HOME", None)
     return env
 
 
@@ -211,10 +228,26 @@ def slowness(item) -> float:
     return float(marker.kwargs.get("seconds", marker.args[0] if marker.args else 1))
 
 
+def shared_world(item) -> str | None:
+    """The module of a test that uses a module-scoped world (a PITR cluster, Celery workers, a
+    registry of 100,000 tenants…): its tests run on one xdist worker (`--dist loadgroup`), so the
+    world is built once, not once per worker."""
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        if any(d.scope in ("module", "package") and d.baseid.startswith("tests") for d in defs):
+            return item.module.__name__.rsplit(".", 1)[-1]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Longest tests first (stable: otherwise collection order), so no worker starts a long test
-    while the other is finishing: the wall time is then about the serial time / workers."""
+    while the other is finishing: the wall time is then about the serial time / workers. Tests of
+    one shared world form one xdist group (before xdist reads the groups)."""
     items.sort(key=lambda item: -slowness(item))
+    for item in items:
+        group = shared_world(item)
+        if group and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):

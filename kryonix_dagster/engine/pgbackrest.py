@@ -3,7 +3,7 @@ parsed into dataclasses here and nowhere else.
 
 The config file (written by `write_config`, mode 0600, owned by the cluster's owner) holds the
 repository's cipher passphrase: `archive_command` runs inside the postmaster, as its owner,
-and can only read a secret from a file. Its folder (`PitrConfig.work_dir`) also holds
+and can only read a secret from a file. The work folder (`PitrConfig.work_dir`) holds
 pgBackRest's lock and log folders and the scratch clusters of point-in-time restores.
 """
 from __future__ import annotations
@@ -98,13 +98,15 @@ def as_user(user: str, cmd: Sequence[str]) -> list[str]:
 def write_config(config: ConfigFile, owner: str) -> None:
     """Write the config file atomically, 0600, owned by the cluster's owner (who runs archive_command)."""
     uid, gid = owner_ids(owner) if os.geteuid() == 0 else (os.getuid(), os.getgid())
-    for folder in (config.work_dir, config.work_dir / "lock", config.work_dir / "log", config.path.parent):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chown(folder, uid, gid)
+    owned = [config.work_dir, config.work_dir / "lock", config.work_dir / "log"]
     if config.repo.kind == "posix":
-        repo = Path(config.repo.path)
-        repo.mkdir(parents=True, exist_ok=True, mode=0o750)
-        os.chown(repo, uid, gid)
+        owned.append(Path(config.repo.path))
+    for folder in owned:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        os.chown(folder, uid, gid)
+    # A config folder apart from the work folder (/etc/pgbackrest/conf.d) stays its creator's:
+    # the owner only needs to read the file, never to add one beside it.
+    config.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     tmp = config.path.with_name(f".{config.path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

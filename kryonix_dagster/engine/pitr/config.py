@@ -15,17 +15,24 @@ from ..errors import BadInput, OperationFailed
 from ..pgbackrest import RepoLocation
 
 STANZA_DEFAULT = "kryonix"
+# pgBackRest's own conventions (its Debian package makes /var/lib/pgbackrest for the cluster's
+# owner), used when the product runs as root: a root user's home is 0700, and archive_command,
+# which runs as the cluster's owner, must read the config file and write the repository.
+SYSTEM_REPO = Path("/var/lib/pgbackrest")
+SYSTEM_CONFIG_DIR = Path("/etc/pgbackrest/conf.d")
+SYSTEM_WORK_DIR = Path("/var/lib/kryonix/pitr")
 
 
 @dataclass(frozen=True)
 class PitrConfig:
     stanza: str
     repo: RepoLocation
-    work_dir: Path  # config file, pgBackRest's lock/log folders, scratch clusters; the cluster owner's
+    work_dir: Path  # pgBackRest's lock/log folders, scratch clusters; the cluster owner's
+    config_dir: Path | None = None  # where the config file lives; the work folder when None
 
     @property
     def config_path(self) -> Path:
-        return self.work_dir / f"pgbackrest-{self.stanza}.conf"
+        return (self.config_dir or self.work_dir) / f"pgbackrest-{self.stanza}.conf"
 
     @property
     def scratch_root(self) -> Path:
@@ -37,13 +44,18 @@ def load_pitr_config(settings: Settings, environ: dict[str, str] | None = None) 
     stanza = env.get("KRYONIX_PITR_STANZA") or STANZA_DEFAULT
     if not stanza.replace("-", "").replace("_", "").isalnum() or len(stanza) > 64:
         raise BadInput(f"invalid KRYONIX_PITR_STANZA {stanza!r}: letters, digits, - and _ only")
-    raw_repo = env.get("KRYONIX_PITR_REPO") or str(_data_home() / "pgbackrest")
+    system = os.geteuid() == 0
+    raw_repo = env.get("KRYONIX_PITR_REPO") or str(SYSTEM_REPO if system else _data_home() / "pgbackrest")
     try:
         repo = RepoLocation.parse(raw_repo)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    work = env.get("KRYONIX_PITR_WORK_DIR") or str(Path(settings.state_dir) / "pitr")
-    return PitrConfig(stanza, repo, Path(work).expanduser())
+    work = env.get("KRYONIX_PITR_WORK_DIR")
+    if work:  # an explicit work folder holds the config file too, as it always has
+        return PitrConfig(stanza, repo, Path(work).expanduser())
+    if system:
+        return PitrConfig(stanza, repo, SYSTEM_WORK_DIR, SYSTEM_CONFIG_DIR)
+    return PitrConfig(stanza, repo, Path(settings.state_dir) / "pitr")
 
 
 def _aad(stanza: str) -> bytes:
