@@ -9,6 +9,8 @@ import os
 import shutil
 import time
 
+import pytest
+
 from .pitr_debian_s3_world import BUCKET, PREFIX, S3_SECRET, VERSION, _ctl, debian_s3_world_fixture
 
 __all__ = ["debian_s3_world_fixture"]  # the module-scoped `debian_s3_world` fixture
@@ -108,3 +110,17 @@ def test_a_tenant_restored_as_of_a_moment_from_the_bucket(debian_s3_world):
     assert json.loads(result.stdout)["into"] == b
     assert world.rows(b) == _rows(b, 1)
     assert world.rows(a) == rows_of_a
+
+
+def test_an_s3_repository_location_names_its_port_and_ca_file_and_refuses_plain_http():
+    from kryonix_dagster.engine.pgbackrest import RepoLocation
+
+    repo = RepoLocation.parse("s3:https://minio.internal:9000/backups/pitr/main?ca-file=/etc/ssl/minio-ca.pem")
+    assert (repo.kind, repo.endpoint, repo.port, repo.bucket, repo.path, repo.ca_file) == (
+        "s3", "minio.internal", 9000, "backups", "/pitr/main", "/etc/ssl/minio-ca.pem")
+    assert RepoLocation.parse("s3:https://s3.amazonaws.com/b").port is None
+    for raw, fragment in (("s3:http://127.0.0.1:9000/b/p", "TLS only"), ("s3:https://h/b?verify=n", "unknown option"),
+                          ("s3:https://h/b?ca-file=ca.pem", "absolute"), ("s3:https://h:x/b", "bad port"),
+                          ("s3:https://h/", "expected")):
+        with pytest.raises(ValueError, match=fragment):
+            RepoLocation.parse(raw)
