@@ -220,6 +220,9 @@ def debian_s3_world_fixture():
             "KRYONIX_PG_DSN": f"postgresql://postgres@127.0.0.1:{port}/postgres",
             "KRYONIX_MAIN_DB": f"kryonix_pitr_main_{token}",
             "KRYONIX_REPO": f"file://{base / 'repos'}",
+            # the repository's own keys (REVIEW A9), and the restic repository's, which the
+            # engine passes to pgBackRest until config.py reads the former
+            "KRYONIX_PITR_REPO_ACCESS_KEY": S3_KEY, "KRYONIX_PITR_REPO_SECRET_KEY": S3_SECRET,
             "KRYONIX_REPO_ACCESS_KEY": S3_KEY, "KRYONIX_REPO_SECRET_KEY": S3_SECRET,
             "KRYONIX_MASTER_KEY_FILE": str(base / "keys" / "master.key"),
             "KRYONIX_APP_DATA_DIR": str(base / "appdata"),
