@@ -33,7 +33,7 @@ from kryonix_dagster.engine.config import load_settings
 from kryonix_dagster.engine.migrations import migrate
 
 from .conftest import VENV_BIN, free_port, run_cli
-from .pitr_world import PG_BIN, as_postgres
+from .pitr_world import PG_BIN, PitrWorld, as_postgres
 
 VERSION = PG_BIN.parent.name
 BUCKET, PREFIX = "kryonix-pitr", "/wal"
@@ -69,17 +69,8 @@ class DebianS3World:
     def config_file(self) -> Path:
         return Path(self.env["KRYONIX_PITR_WORK_DIR"]) / f"pgbackrest-{self.env['KRYONIX_PITR_STANZA']}.conf"
 
-    def cli(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        return run_cli(*args, env=self.env, timeout=timeout)
-
-    def psql(self, database: str, query: str) -> str:
-        out = subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                              "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query],
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-
-    def rows(self, tenant_id: str) -> list[str]:
-        return self.psql(f"kryonix_cliente_{tenant_id}", "SELECT id || ':' || note FROM app.orders ORDER BY id").splitlines()
+    # the same independent paths as the initdb world's (psql binary on the world's port)
+    cli, psql, rows = PitrWorld.cli, PitrWorld.psql, PitrWorld.rows
 
     def s3(self):
         """boto3 on the bucket, verifying the endpoint with the world's CA (an independent path)."""

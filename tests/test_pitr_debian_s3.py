@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -64,6 +65,12 @@ def test_the_repository_is_in_the_bucket_and_pgbackrest_verifies_the_endpoint(de
     assert label in [b["label"] for b in doc["backups"]]
     outputs = [world.setup_without_restart, world.setup_with_restart, status]
     assert not [o for o in outputs if S3_SECRET in o.stdout + o.stderr]
+    # the same repository through a CA bundle that does not sign the endpoint: refused
+    untrusted = subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={world.config_file}",
+                                f"--stanza={stanza}", "--repo1-storage-ca-file=/etc/ssl/certs/ca-certificates.crt",
+                                "--io-timeout=1", "repo-ls"], capture_output=True, text=True, timeout=120)
+    assert untrusted.returncode != 0 and "unable to verify certificate" in untrusted.stdout + untrusted.stderr, (
+        untrusted.stdout + untrusted.stderr)
 
 
 def test_lost_cluster_restores_with_delta_over_the_mount_point_and_starts_with_pg_ctlcluster(debian_s3_world):
