@@ -228,7 +228,8 @@ def snapshots(tenant_id: str, from_: str, as_json: bool) -> None:
     if as_json:
         emit_json(points)
     else:
-        print_table(points, ["session", "time", "type", "status", "consistent", "manifest_snapshot"])
+        rows = [{**p, "emptied": ",".join(p["emptied"]) or "-"} for p in points]
+        print_table(rows, ["session", "time", "type", "status", "consistent", "emptied", "manifest_snapshot"])
 
 
 @cli.command()
@@ -298,7 +299,7 @@ def confirm_replacement(question: str, yes: bool) -> None:
 def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | None, from_: str, services: str | None,
             schema: str | None, yes: bool, wait_seconds: float, as_json: bool) -> None:
     """Replace a tenant's data (or --into another's) with a restore point."""
-    from .engine.restore import parse_services, run_restore, validate_restore_args
+    from .engine.restore import parse_services, preview, run_restore, validate_restore_args
 
     wanted = parse_services(services)
     validate_restore_args(tenant_id, into, wanted, schema, "latest" if snapshot is None else snapshot)
@@ -308,13 +309,22 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
             raise BadInput("give --snapshot or --at, not both")
         if schema is not None:
             raise BadInput("--at restores the whole database: give --snapshot with --schema")
+        if from_ == "secondary":
+            raise BadInput("--at comes from pgBackRest's repository (PITR), not the off-site copy: drop "
+                           "--from secondary, or give --snapshot SESSION --from secondary")
         moment = parse_point_in_time(at)
         confirm_replacement(f"Replace tenant {target}'s current data with tenant {tenant_id}'s as of {at}?", yes)
         restore_at(moment, tenant_id, into, wanted, wait_seconds, as_json)
         return
     snapshot = "latest" if snapshot is None else snapshot
     what = f"schema {schema} of " if schema else ""
-    confirm_replacement(f"Replace {what}tenant {target}'s current data with session {snapshot} of tenant {tenant_id}?",
+    session = snapshot
+    if not yes and sys.stdin.isatty():  # name the session the prompt is about, and what is wrong with it
+        session, warnings = preview(ready_settings(), tenant_id, snapshot, wanted, repository=from_)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        session += " (latest)" if snapshot == "latest" else ""
+    confirm_replacement(f"Replace {what}tenant {target}'s current data with session {session} of tenant {tenant_id}?",
                         yes)
     result = run_restore(ready_settings(), tenant_id, snapshot, into, wanted, schema, TerminalReporter(), wait_seconds,
                          repository=from_)

@@ -65,7 +65,8 @@ def keys() -> None:
               help="Where to read the stashed wrapped passwords.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def keys_recover(from_: str, as_json: bool) -> None:
-    """Rebuild tenants.backup_keys and the registry of an EMPTY main database from the stash."""
+    """Fill what is missing in the main database (registry rows, key rows, erasure ledgers, the
+    PITR passphrase) from the sealed stashes; never overwrites a row that exists."""
     from .cli import emit_json, ready_settings
     from .engine.key_recovery import recover_keys
 
@@ -74,10 +75,20 @@ def keys_recover(from_: str, as_json: bool) -> None:
         emit_json(result.to_json())
     else:
         for tenant in result.recovered:
-            click.echo(f"{tenant.tenant_id}: recovered ({tenant.plan}, {tenant.restore_points} restore point(s))")
+            what = ", ".join(f"{tenant.ledger_entries} ledger entr{'y' if tenant.ledger_entries == 1 else 'ies'}"
+                             if item == "ledger" else f"{item} row" for item in tenant.filled)
+            click.echo(f"{tenant.tenant_id}: filled {what} ({tenant.plan}"
+                       + (f", {tenant.restore_points} restore point(s)" if "key" in tenant.filled else "") + ")")
+        for stanza in result.pitr_passphrases:
+            click.echo(f"PITR stanza {stanza}: filled its repository passphrase")
         for tenant_id, why in result.skipped.items():
             click.echo(f"{tenant_id}: skipped ({why})")
-        click.echo(f"{len(result.recovered)} tenant(s) recovered from the {from_} repositories")
+        if not result.recovered and not result.pitr_passphrases:
+            click.echo(f"nothing was missing: the main database already holds everything stashed beside the "
+                       f"{from_} repositories")
+        else:
+            click.echo(f"{len(result.recovered)} tenant(s) and {len(result.pitr_passphrases)} PITR passphrase(s) "
+                       f"filled from the {from_} repositories")
     if result.skipped:
         raise OperationFailed(f"{len(result.skipped)} tenant(s) not recovered: {', '.join(result.skipped)}")
 

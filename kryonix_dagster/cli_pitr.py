@@ -90,6 +90,7 @@ def pitr_restore_cluster(at: str | None, yes: bool, as_json: bool) -> None:
     else:
         click.echo(f"cluster {result.data_dir} restored from stanza {result.stanza} "
                    f"({'to ' + result.target if result.target else 'to the end of the archive'}"
-                   + (", with --delta" if result.delta else "") + f"), started with {result.started_with}, "
-                   f"timeline {result.timeline}, archiving checked"
+                   + (", with --delta" if result.delta else "") + f"), started on port {result.port} with "
+                   f"{result.started_with}, timeline {result.timeline}, archiving checked"
+                   + (", audit row written" if result.audited else ", NO audit row (see the warning)")
                    + (f"; the old data directory is in {result.moved_aside}" if result.moved_aside else ""))

@@ -30,8 +30,11 @@ from .conftest import free_port, run_cli
 
 PG_BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
 # The tenants of the world; each test restores only its own (see the module docstring).
-ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased")
+ROLES = ("self", "witness", "into_target", "killed", "sessioned", "erased", "erase_waited", "offboarded",
+         "main_db_lost")
+WITH_CONTACTS = ("erased", "erase_waited")  # tenants with two persons in crm.contatos
 ERASED_EMAIL = "contato7@exemplo.com.br"  # a person of the "erased" tenant the LGPD rules find
+CLUSTER_NAME = "kryonix-pitr-world"  # a postmaster option the cluster is started with (pg_ctl -o)
 
 
 def as_postgres(*cmd: str) -> list[str]:
@@ -95,15 +98,18 @@ def _write_rows(world: PitrWorld, step: int) -> None:
             cur.execute("INSERT INTO app.orders VALUES (%s, %s)", (step, f"{tid}-t{step}"))
 
 
-def _start(data: Path, log: Path) -> None:
+def _start(data: Path, log: Path, port: int) -> None:
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "120",
-                                          "start"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", f"-p {port} -c cluster_name={CLUSTER_NAME}",
+                                          "-w", "-t", "120", "start"),
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         assert proc.returncode == 0, log.read_text()[-2000:]
 
 
 def new_cluster() -> tuple[Path, int]:
-    """initdb (as postgres) in a private folder on tmpfs, archive_mode off, started on a free port."""
+    """initdb (as postgres) in a private folder on tmpfs, archive_mode off, started on a free port
+    given as `pg_ctl -o '-p PORT -c cluster_name=…'`, not in postgresql.conf (a restart must keep
+    both: runbook §6)."""
     # tmpfs when there is one: pgBackRest syncs every file it restores, a disk under other
     # helpers' load made that the slowest step by far
     base = Path(tempfile.mkdtemp(prefix="kryonix-pitr-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -115,9 +121,9 @@ def new_cluster() -> tuple[Path, int]:
     subprocess.run(as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                "-E", "UTF8", "--no-sync"), check=True, capture_output=True)
     with open(data / "postgresql.conf", "a") as conf:
-        conf.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
+        conf.write(f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{base}'\n"
                    "fsync = off\nshared_buffers = 32MB\nmax_connections = 40\narchive_mode = off\n")
-    _start(data, base / "postgres.log")
+    _start(data, base / "postgres.log", port)
     return base, port
 
 
@@ -166,10 +172,11 @@ def pitr_world_fixture():
                 cur.execute(f"CREATE DATABASE kryonix_cliente_{tid}")
             with world.cursor(f"kryonix_cliente_{tid}") as cur:
                 cur.execute("CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, note text NOT NULL)")
-        with world.cursor(f"kryonix_cliente_{tenants['erased']}") as cur:
-            cur.execute("CREATE SCHEMA crm; CREATE TABLE crm.contatos (id int PRIMARY KEY, nome text, email text, "
-                        "telefone text); INSERT INTO crm.contatos VALUES (7, 'Contato 7', %s, '+5511900000007'), "
-                        "(8, 'Contato 8', 'contato8@exemplo.com.br', '+5511900000008')", (ERASED_EMAIL,))
+        for role in WITH_CONTACTS:
+            with world.cursor(f"kryonix_cliente_{tenants[role]}") as cur:
+                cur.execute("CREATE SCHEMA crm; CREATE TABLE crm.contatos (id int PRIMARY KEY, nome text, email text, "
+                            "telefone text); INSERT INTO crm.contatos VALUES (7, 'Contato 7', %s, '+5511900000007'), "
+                            "(8, 'Contato 8', 'contato8@exemplo.com.br', '+5511900000008')", (ERASED_EMAIL,))
         backup = run_cli("pitr", "backup", "--type", "full", "--json", env=env)
         assert backup.returncode == 0, backup.stderr
         world.extra["backup"] = backup.stdout

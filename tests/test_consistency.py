@@ -135,3 +135,45 @@ def test_a_missing_queue_makes_the_session_inconsistent(settings, tenant_factory
     assert "inconsistent" in doc["error"]
     listed = json.loads(cli("snapshots", tid, "--json").stdout)
     assert listed[0]["consistent"] == "no"
+
+
+def test_the_5_percent_boundary_of_a_rule_and_of_the_dagster_check():
+    """A rule passes with at most 5% of its references missing (orphans counting where the rule
+    says so), and fails at 6%; the Dagster check fails on any missing reference, as a WARN while
+    the session is consistent and as an ERROR once it is not."""
+    from datetime import datetime, timezone
+
+    from dagster import AssetCheckSeverity
+
+    from kryonix_dagster.backup.metadata import consistency_evaluation
+    from kryonix_dagster.engine.session import SessionResult
+
+    ids = [str(n) for n in range(1, 101)]
+    files = [f"media/{n}.png" for n in ids]
+
+    def judge(contacts_gone: int, objects_gone: int, orphans: int):
+        report = evaluate(captured(  # 100 references per rule; no application folder: 2 rules evaluated
+            postgresql={QUERY_FILES: files, QUERY_IDS: ids[contacts_gone:]},
+            redis=[f"contato:{n}" for n in ids],
+            object_storage=set(files[objects_gone:]) | {f"sobra/{n}.txt" for n in range(orphans)}))
+        return report, {r.name: r for r in report.rules if r.evaluated}
+
+    report, rules = judge(5, 4, 1)  # 5 of 100 missing; 4 missing + 1 orphan of 100
+    assert set(rules) == {"cache_database", "database_storage"}
+    assert rules["cache_database"].score == 95.0 and rules["cache_database"].passed
+    assert rules["database_storage"].score == 95.0 and rules["database_storage"].passed
+    assert report.score == 100.0 and report.consistent
+    at_boundary = consistency_evaluation(SessionResult("t1", "s1", "full", datetime.now(timezone.utc),
+                                                       consistency=report.to_json()))
+    assert at_boundary["passed"] is False and at_boundary["severity"] == AssetCheckSeverity.WARN
+
+    report, rules = judge(6, 0, 0)  # 6% missing: the rule fails, and with it half the score
+    assert rules["cache_database"].score == 94.0 and not rules["cache_database"].passed
+    assert rules["database_storage"].passed and report.score == 50.0 and not report.consistent
+    below = consistency_evaluation(SessionResult("t1", "s1", "full", datetime.now(timezone.utc),
+                                                 consistency=report.to_json()))
+    assert below["passed"] is False and below["severity"] == AssetCheckSeverity.ERROR
+
+    report, rules = judge(0, 5, 1)  # the orphan is the one too many for database_storage
+    assert rules["database_storage"].score == 94.0 and not rules["database_storage"].passed
+    assert not report.consistent

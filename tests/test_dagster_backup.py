@@ -31,6 +31,11 @@ def test_materializing_a_partition_runs_a_session(settings, tenant_factory, cli)
         assert "dump=" in meta["snapshot_id"].value
         point = instance.get_latest_materialization_event(AssetKey("restore_point")).asset_materialization
         assert point.partition == tid and point.metadata["status"].value == "complete"
+        # the session's consistency result belongs to the tenant's partition, not to the asset
+        check = AssetCheckKey(AssetKey("restore_point"), "consistency")
+        [evaluation] = [r.event.dagster_event.event_specific_data
+                        for r in instance.event_log_storage.get_asset_check_execution_history(check, limit=5)]
+        assert evaluation.partition == tid and evaluation.passed
         # the session is the CLI's restore point
         session = point.metadata["session"].value
         listed = json.loads(cli("snapshots", tid, "--json").stdout)

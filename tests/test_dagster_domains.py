@@ -101,7 +101,7 @@ def test_the_demo_records_every_check_of_restore_point(settings, tenant_factory,
     assert out.returncode == 0, out.stderr[-3000:]
     assert tid in backed_up
     with DagsterInstance.from_config(str(home)) as instance:
-        for name in ("consistency", "retention", "freshness", "integrity", "restore_drill"):
+        for name in ("consistency", "tier_data_kept", "retention", "freshness", "integrity", "restore_drill"):
             key = AssetCheckKey(AssetKey("restore_point"), name)
             records = instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
             evaluations = [r.event.dagster_event.event_specific_data for r in records if r.event]

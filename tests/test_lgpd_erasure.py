@@ -63,9 +63,10 @@ def test_dry_run_changes_nothing_and_writes_no_ledger_entry(world, cli):
     assert cert["dry_run"] and cert["persons"] == 1 and cert["erased"]["total"] > 0
     assert person_counts(world.settings, world.tenant, KEPT) == before
     assert len(ledger.entries(world.settings, world.tenant)) == entries
-    # a value is data, never a pattern: `*` names nobody (no Redis glob, no path, no prefix)
+    # a value is data, never a pattern: `*` is not a contact id, refused before anything runs
     from kryonix_dagster.engine.lgpd.erase import run_erase
-    assert run_erase(world.settings, world.tenant, "contato_id=*", dry_run=True).erased.total == 0
+    with pytest.raises(BadInput, match="contact id"):
+        run_erase(world.settings, world.tenant, "contato_id=*", dry_run=True)
 
 
 def test_erasure_ledger_applied_check_fails_when_the_person_comes_back(world, cli):
@@ -247,6 +248,8 @@ def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["status"] == "encerrado" and "repository password" in doc["keys_destroyed"]
+    # this world has no pgBackRest stanza: the certificate says no PITR repository holds the database
+    assert doc["pitr_retention"]["configured"] is False and "no PITR configured" in doc["pitr_retention"]["statement"]
     # the export: the newest restore point, ledger-filtered
     sql = subprocess.run(["pg_restore", "-f", "-", str(export / "postgresql.dump")], capture_output=True, check=True)
     assert f"contato{KEPT}@exemplo.com.br".encode() in sql.stdout and EMAIL.encode() not in sql.stdout

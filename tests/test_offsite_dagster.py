@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import (AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job,
+                     materialize)
 
-from kryonix_dagster.engine.offsite import lag_of
+from kryonix_dagster.engine.offsite import lag_of, offsite_lags
 from kryonix_dagster.offsite import dr_drill_job, offsite_copy, offsite_lag_check
+from kryonix_dagster.offsite.assets import lag_evaluation
 from kryonix_dagster.offsite.jobs import DR_SHARE, dr_drill_tenants_for
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import resources_from_env
@@ -42,6 +44,26 @@ def test_offsite_copy_materializes_with_its_lag_check_and_the_dr_drill_records_r
         point = instance.get_latest_materialization_event(AssetKey("dr_drill")).asset_materialization
         assert point.partition == tid and point.metadata["passed"].value
         assert point.metadata["rto_seconds"].value > 0
+
+        # a new restore point the copy has not taken yet: the check measures how long it has waited
+        newest = world_env.cli_json("backup", tid)["sessions"][0]["session"]
+        lag_only = Definitions(assets=[offsite_copy], asset_checks=[offsite_lag_check], resources=resources_from_env(),
+                               jobs=[define_asset_job("lag_only", selection=AssetSelection.checks(offsite_lag_check))])
+        waiting = lag_only.resolve_job_def("lag_only").execute_in_process(  # checks-only: the partition by tag
+            instance=instance, tags={"dagster/partition": tid})
+        evaluation = next(e for e in waiting.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION").event_specific_data
+        copied = evaluation.metadata["secondary_latest"].value
+        assert copied and copied != newest and copied in {p["session"] for p in world_env.cli_json(
+            "snapshots", tid, "--from", "secondary")}
+        assert evaluation.passed and 0 < evaluation.metadata["lag_hours"].value < 1
+        # the same uncopied point past the plan's limit (basic: 24 h) fails the check, as an ERROR
+        [lag] = offsite_lags(world_env.settings, tid, now=datetime.now(timezone.utc) + timedelta(hours=25))
+        late = lag_evaluation(lag)
+        assert lag.primary_latest == newest and late["passed"] is False
+        assert late["severity"] == AssetCheckSeverity.ERROR and "(limit 24 h)" in late["description"]
+        # the copy catches up: the world is whole again for the other off-site tests
+        assert materialize([offsite_copy], partition_key=tid, instance=instance, resources=resources_from_env()).success
+        assert newest in {p["session"] for p in world_env.cli_json("snapshots", tid, "--from", "secondary")}
 
 
 def test_offsite_lag_against_the_plan_limit():

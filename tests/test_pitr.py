@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -12,9 +13,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from kryonix_dagster.cli import main
+from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.pitr.restore_at import run_restore_at
+from kryonix_dagster.engine.tenant_repository import open_repository
 
+from .alert_inbox import inbox  # noqa: F401 (a fixture)
+from .conftest import run_cli
 from .pitr_world import ERASED_EMAIL, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
@@ -166,7 +171,7 @@ def _archive_failures(world) -> int:
     return int(world.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"))
 
 
-def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch):
+def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(pitr_world, monkeypatch, inbox):
     from dagster import AssetCheckSeverity, DagsterInstance, build_sensor_context, materialize
 
     from kryonix_dagster.engine.pitr.archive import setup
@@ -174,7 +179,7 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
     from kryonix_dagster.pitr.assets import (archiving_evaluation, pitr_base_backup, wal_archiving_check,
                                              window_covers_plans_check)
     from kryonix_dagster.pitr.sensors import INCIDENT
-    from kryonix_dagster.resources import (AlertsResource, AppDataResource, BackupEngineResource,
+    from kryonix_dagster.resources import (AppDataResource, BackupEngineResource,
                                            BackupRepositoryResource, ObjectStorageResource, PostgresResource,
                                            RabbitMQResource, RedisResource)
 
@@ -190,9 +195,12 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
         app_data=AppDataResource(root=env["KRYONIX_APP_DATA_DIR"]))
 
     def sensor_cursor(cursor: str | None) -> dict:
-        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": AlertsResource()}) as ctx:
+        with build_sensor_context(cursor=cursor, resources={"engine": engine, "alerts": inbox.alerts}) as ctx:
             stale_backups_sensor(ctx)
             return json.loads(ctx.cursor)
+
+    def archiving_alerts() -> list[dict]:  # (the world's never-backed-up tenants alert too)
+        return [a["kryonix"] for a in inbox.webhook if a["kryonix"]["title"].startswith("WAL archiving")]
 
     assert archiving_evaluation(engine.pitr_status())["passed"] is True
     failures = _archive_failures(world)
@@ -208,10 +216,17 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
         assert "archiv" in broken["description"]
         cursor = sensor_cursor(None)
         assert INCIDENT in cursor
+        # delivered to the local receiver (synchronously: in the inbox when the tick returns)
+        [stopped] = archiving_alerts()
+        assert stopped["kind"] == "stale" and stopped["title"] == f"WAL archiving stopped (stanza {stopped['stanza']})"
+        assert stopped["problem"] == cursor[INCIDENT]["problem"] and "archiv" in stopped["problem"]
+        assert any(mail for mail in inbox.mail if "WAL archiving stopped" in mail)
     finally:
         setup(world.settings)  # puts pgBackRest's archive_command back and checks that WAL arrives
     assert archiving_evaluation(engine.pitr_status())["passed"] is True
     assert INCIDENT not in sensor_cursor(json.dumps(cursor))
+    assert [a["kind"] for a in archiving_alerts()] == ["stale", "resolved"]
+    assert archiving_alerts()[1]["title"].startswith("WAL archiving works again")
     result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
                          resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
                          run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
@@ -289,3 +304,170 @@ def test_restore_at_a_moment_before_an_erasure_re_erases_the_person(pitr_world, 
     assert world.psql(f"kryonix_cliente_{tid}", contacts).splitlines() == [
         "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
     assert ERASED_EMAIL not in erase.stdout + erase.stderr + result.stdout + result.stderr
+
+
+def _pgbackrest_info(world) -> list[dict]:
+    """The stanza's backups through the pgbackrest binary itself (as the cluster's owner)."""
+    import subprocess
+
+    from .pitr_world import as_postgres
+
+    conf = world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
+    out = subprocess.run(as_postgres("pgbackrest", f"--config={conf}", f"--stanza={world.env['KRYONIX_PITR_STANZA']}",
+                                     "info", "--output=json"), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)[0]["backup"]
+
+
+def _retention_days(world) -> int:
+    conf = (world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf").read_text()
+    assert "repo1-retention-full-type=time" in conf and "repo1-cipher-type=aes-256-cbc" in conf
+    return int(next(line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("repo1-retention-full=")))
+
+
+def test_an_offboarded_tenant_is_never_restored_again_and_its_certificate_says_until_when(pitr_world, test_env):
+    """pgBackRest's repository is shared and still holds the off-boarded tenant's database: the
+    certificate says until when (encrypted), and every restore path refuses the tenant with exit 2
+    before touching anything."""
+    from kryonix_dagster.engine.drill import run_drill
+
+    from .conftest import run_main
+
+    world = pitr_world
+    tid, witness = world.tenants["offboarded"], world.tenants["witness"]
+    database = f"kryonix_cliente_{tid}"
+    assert world.cli("tenants", "set-status", tid, "cancelado").returncode == 0
+    before = datetime.now(timezone.utc)
+    offboarded = world.cli("tenants", "offboard", tid, "--yes", "--json")
+    assert offboarded.returncode == 0, offboarded.stderr
+    after = datetime.now(timezone.utc)
+    doc = json.loads(offboarded.stdout)
+    assert doc["status"] == "encerrado"
+    hold = doc["pitr_retention"]
+    days = _retention_days(world)
+    assert (hold["configured"], hold["encryption"], hold["retention_full_type"], hold["retention_full"]) == (
+        True, "aes-256-cbc", "time", days)
+    assert hold["base_backups_before"] == len(_pgbackrest_info(world)) >= 1
+    until = datetime.fromisoformat(hold["held_until_at_least"].replace("Z", "+00:00"))
+    assert before + timedelta(days=days) <= until + timedelta(seconds=1) and until <= after + timedelta(days=days)
+    assert hold["held_until_at_least"][:10] in hold["statement"] and "encrypted" in hold["statement"]
+    assert world.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == "0"
+    witness_rows = world.rows(witness)
+    at = _iso(world.t_mid)
+    refused = [world.cli("restore", tid, "--at", at, "--yes")]  # the installed script, on the path the bug took
+    for args in (["--at", at, "--into", witness], [], ["--from", "secondary"], ["--into", witness],
+                 ["--snapshot", "latest", "--services", "postgresql"]):
+        refused.append(run_main("restore", tid, *args, "--yes", env=world.env))
+    refused.append(run_main("restore", witness, "--at", at, "--into", tid, "--yes", env=world.env))  # as the target
+    for result in refused:
+        assert result.returncode == 2, (result.args, result.stdout, result.stderr)
+        assert "off-boarded" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(BadInput, match="off-boarded"):
+        run_drill(world.settings, tid)
+    assert world.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == "0"
+    assert world.rows(witness) == witness_rows
+    assert not list(world.scratch_root.glob("*"))
+
+
+def _wait_for(what: str, check, proc, deadline_seconds: float = 180) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while not check():
+        assert proc.poll() is None, f"{what}: the process exited first ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{what}: not seen within {deadline_seconds:.0f}s"
+        time.sleep(0.05)
+
+
+def test_restore_at_applies_an_erasure_committed_while_it_waited_for_the_lease(pitr_world, test_env, tmp_path):
+    """A real erasure holds the tenant's lease (held mid-transaction by a row lock of the test's);
+    `restore --at` (a moment when the person existed) is started and seen waiting at the lease;
+    then the erasure commits its ledger entry and releases: the restore must apply it."""
+    import psycopg2
+
+    world = pitr_world
+    tid = world.tenants["erase_waited"]
+    database = f"kryonix_cliente_{tid}"
+    subject = tmp_path / "subject"
+    subject.write_text(f"email={ERASED_EMAIL}\n")
+    connect = dict(host="127.0.0.1", port=world.port, user="postgres")
+    row_lock = psycopg2.connect(dbname=database, **connect)
+    lease_lock = psycopg2.connect(dbname=world.env["KRYONIX_MAIN_DB"], **connect)
+    erase = restore = None
+    try:
+        with row_lock.cursor() as cur:  # the erasure will block on this row, holding its lease
+            cur.execute("SELECT id FROM crm.contatos WHERE id = 7 FOR UPDATE")
+            assert cur.fetchone() == (7,)
+        erase = world.popen_cli("lgpd", "erase", tid, "--subject-file", str(subject), "--yes", "--json")
+
+        def erasure_blocked() -> bool:
+            return world.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                              f"'{database}' AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE%contatos%'") == "1"
+
+        _wait_for("the erasure blocked in its transaction", erasure_blocked, erase)
+        with lease_lock.cursor() as cur:  # the lease row, so the restore's next attempt waits visibly
+            cur.execute("SELECT operation FROM tenants.backup_leases WHERE cliente_id = %s AND expires_at > now() "
+                        "FOR UPDATE", (tid,))
+            assert cur.fetchone() == ("lgpd_erase",)
+        restore = world.popen_cli("restore", tid, "--at", _iso(world.t_mid), "--wait", "300", "--yes", "--json")
+
+        def restore_waits_for_the_lease() -> bool:
+            return world.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                              "AND query ILIKE 'INSERT INTO tenants.backup_leases%'") == "1"
+
+        _wait_for("the restore waiting for the lease", restore_waits_for_the_lease, restore)
+        assert world.psql(database, "SELECT email FROM crm.contatos WHERE id = 7") == ERASED_EMAIL  # not erased yet
+        lease_lock.rollback()
+        row_lock.rollback()  # the erasure goes on, appends its ledger entry, releases the lease
+        erased_out, erased_err = erase.communicate(timeout=300)
+        assert erase.returncode == 0, erased_err.decode()
+        out, err = restore.communicate(timeout=600)
+        assert restore.returncode == 0, err.decode()
+    finally:
+        for proc in (erase, restore):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        row_lock.close()
+        lease_lock.close()
+    doc = json.loads(out)
+    assert doc["lgpd"]["subjects_reerased"] == 1
+    assert world.rows(tid) == _rows(world, tid, 2)  # really as of t_mid, when the person existed
+    assert world.psql(database, "SELECT id || ':' || email FROM crm.contatos ORDER BY id").splitlines() == [
+        "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
+    assert ERASED_EMAIL.encode() not in erased_out + erased_err + out + err
+
+
+def _cipher_pass(world) -> str:
+    conf = world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
+    return next(line for line in conf.read_text().splitlines() if line.startswith("repo1-cipher-pass="))
+
+
+def test_main_database_lost_pitr_setup_refuses_keys_recover_brings_the_passphrase_back(pitr_world):
+    """docs/runbook.md, "The main database is lost, with PITR configured": on an empty main
+    database `pitr setup` refuses to create a new passphrase over the existing stanza (naming
+    `keys recover`); `keys recover` fills the stashed passphrase, the tenant's key and registry
+    row; then `pitr setup`, `pitr status` and `restore --at` work with the archive as it was."""
+    world = pitr_world
+    tid = world.tenants["main_db_lost"]
+    open_repository(world.settings, tid, create=True)  # its first backup: key and registry row stashed
+    cipher = _cipher_pass(world)
+    lost = {"KRYONIX_MAIN_DB": f"{world.settings.main_db}_lost{secrets.token_hex(2)}"}
+    try:
+        refused = run_cli("pitr", "setup", env={**world.env, **lost})
+        assert refused.returncode == 1 and "keys recover" in refused.stderr, refused.stderr[-2000:]
+        assert _cipher_pass(world) == cipher  # the archive's passphrase was not replaced
+        recovered = run_cli("keys", "recover", "--json", env={**world.env, **lost})
+        assert recovered.returncode == 0, recovered.stderr[-2000:]
+        doc = json.loads(recovered.stdout)
+        assert doc["pitr_passphrases"] == [world.env["KRYONIX_PITR_STANZA"]]
+        assert {t["tenant_id"]: t["filled"] for t in doc["recovered"]}[tid] == ["key", "registry"]
+        assert cipher.split("=", 1)[1] not in recovered.stdout + recovered.stderr
+        again = run_cli("pitr", "setup", "--json", env={**world.env, **lost})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert _cipher_pass(world) == cipher
+        status = run_cli("pitr", "status", "--json", env={**world.env, **lost})
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert json.loads(status.stdout)["archiving"]["healthy"] is True
+        restored = run_cli("restore", tid, "--at", _iso(world.t_mid), "--yes", "--json", env={**world.env, **lost})
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert world.rows(tid) == _rows(world, tid, 2)
+    finally:
+        pg.drop_database(world.settings.pg_dsn, lost["KRYONIX_MAIN_DB"])

@@ -4,6 +4,8 @@ real WAL archiving, a full base backup, then rows t1..t3 per tenant). Never the 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .conftest import run_cli
-from .pitr_world import PG_BIN, as_postgres, pitr_world_fixture
+from kryonix_dagster.engine.pitr.cluster_record import postmaster_options
+
+from .pitr_world import CLUSTER_NAME, PG_BIN, as_postgres, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture (this module's own cluster)
 
@@ -36,12 +40,32 @@ def _utc_iso(server_timestamp: str) -> str:
     return datetime.fromisoformat(server_timestamp).astimezone(timezone.utc).isoformat()
 
 
+def _config(world) -> Path:
+    return world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
+
+
+def _server_log(world) -> Path:
+    return world.base / "pitr-work" / "log" / f"postgresql-{world.env['KRYONIX_PITR_STANZA']}.log"
+
+
+def _record(world) -> Path:
+    return Path(world.env["KRYONIX_STATE_DIR"]) / "pitr-clusters" / f"{world.env['KRYONIX_PITR_STANZA']}.json"
+
+
 def _lose_the_cluster(world) -> None:
     """A crash (immediate stop), then the data directory is gone."""
     with tempfile.TemporaryFile() as out:
         subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(world.data_dir), "-m", "immediate", "-w",
                                    "stop"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True)
     shutil.rmtree(world.data_dir)
+
+
+def test_postmaster_options_keep_all_but_the_data_directory_and_port():
+    opts = ('/usr/lib/postgresql/15/bin/postgres "-D" "/srv/pg data" "-p" "5433" "-c" "cluster_name=a b" '
+            '"-k" "/run/pg" "--port=5434" "-p5435" "-D/other"\n')
+    assert postmaster_options(opts) == ("-c", "cluster_name=a b", "-k", "/run/pg")
+    assert postmaster_options('/usr/lib/postgresql/15/bin/postgres "-D" "/srv/data"') == ()
+    assert postmaster_options('postgres "-c" "unterminated') == ()
 
 
 def test_refusals_touch_nothing(pitr_world):
@@ -54,8 +78,31 @@ def test_refusals_touch_nothing(pitr_world):
         **world.env, "KRYONIX_PG_DSN": "postgresql://postgres@db.example.invalid:5432/postgres"})
     assert remote.returncode == 2 and "not on this machine" in remote.stderr
     assert len(live.stderr.strip().splitlines()) == 1
+
+    # where the cluster lives comes from pitr setup's record, and only one the cluster's owner could not write
+    record = _record(world)
+    assert json.loads(record.read_text())["data_dir"] == str(world.data_dir)
+    shutil.chown(record, "postgres")  # as if the cluster's owner had put its own file there
+    try:
+        forged = world.cli("pitr", "restore-cluster", "--yes")
+    finally:
+        os.chown(record, os.geteuid(), -1)
+    assert forged.returncode == 2 and "not trusted" in forged.stderr and str(record) in forged.stderr
+    assert len(forged.stderr.strip().splitlines()) == 1
+
+    # PITR comes from pgBackRest's repository: --at with --from secondary is refused before anything
+    a = world.tenants["self"]
+    rows = world.rows(a)
+    at = world.t_mid.astimezone(timezone.utc).isoformat()
+    secondary = world.cli("restore", a, "--at", at, "--from", "secondary", "--yes")
+    assert secondary.returncode == 2, secondary.stderr
+    assert "pgBackRest" in secondary.stderr and "--from secondary" in secondary.stderr
+    assert len(secondary.stderr.strip().splitlines()) == 1
+    assert world.rows(a) == rows
+
     assert sorted(p.name for p in world.data_dir.iterdir()) == before
     assert not list(world.base.glob("data.lost-*"))
+    assert not world.scratch_root.exists() or not any(world.scratch_root.iterdir())
     assert world.psql("postgres", "SELECT 1") == "1"
 
 
@@ -63,6 +110,11 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     world = pitr_world
     a, b = world.tenants["self"], world.tenants["witness"]
     assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)  # t1..t3: after the base backup
+    # the world's cluster runs on a port and a cluster_name given as `pg_ctl -o`, none in postgresql.conf
+    conf = (world.data_dir / "postgresql.conf").read_text()
+    assert not re.search(r"(?m)^\s*(port|cluster_name)\s*=", conf)
+    assert world.psql("postgres", "SHOW port") == str(world.port)
+    assert world.psql("postgres", "SHOW cluster_name") == CLUSTER_NAME
     _switch_and_see_in_repository(world)  # what the archive holds is what can come back
     _lose_the_cluster(world)
 
@@ -70,14 +122,38 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert not world.data_dir.exists()
 
+    # the cluster's owner points the config file's pg1-path at another folder: not obeyed, nothing touched
+    config = _config(world)
+    original = config.read_text()
+    elsewhere = world.base / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "canary").write_text("untouched")
+    shutil.chown(elsewhere, "postgres", "postgres")
+    config.write_text(original.replace(f"pg1-path={world.data_dir}\n", f"pg1-path={elsewhere}\n"))
+    assert f"pg1-path={elsewhere}" in config.read_text()
+    try:
+        edited = world.cli("pitr", "restore-cluster", "--yes", "--json")
+    finally:
+        config.write_text(original)
+    assert edited.returncode == 2, edited.stderr
+    assert f"pg1-path={elsewhere}" in edited.stderr and f"recorded {world.data_dir}" in edited.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["canary"] and not list(world.base.glob("elsewhere.*"))
+    assert not world.data_dir.exists()
+
     result = world.cli("pitr", "restore-cluster", "--yes", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["success"] is True and doc["target"] is None and doc["archive_checked"] is True
     assert doc["timeline"] >= 2 and doc["moved_aside"] is None and doc["delta"] is False
-    assert Path(doc["data_dir"]) == world.data_dir
-    assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)
+    assert Path(doc["data_dir"]) == world.data_dir and doc["port"] == world.port and doc["warnings"] == []
+    assert world.rows(a) == _rows(a, 3) and world.rows(b) == _rows(b, 3)  # on its own port, not 5432
     assert world.psql("postgres", "SELECT pg_is_in_recovery()") == "f"
+    assert world.psql("postgres", "SHOW cluster_name") == CLUSTER_NAME  # its other options too
+    # the cluster-wide audit row, in the restored main database
+    audit = world.psql(world.env["KRYONIX_MAIN_DB"], "SELECT success, details->>'data_dir', details->>'port' "
+                       "FROM tenants.backup_audit WHERE cliente_id = '*' AND operation = 'restore-cluster' "
+                       f"AND (details->>'timeline')::int = {doc['timeline']}")
+    assert audit == f"t|{world.data_dir}|{world.port}" and doc["audited"] is True
     status = world.cli("pitr", "status", "--json")  # the runbook's next command
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["archiving"]["healthy"] is True
@@ -103,8 +179,9 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
 
 
 def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world):
-    """`--at` recovers the whole cluster to that moment; a data directory that is there but unusable
-    (a stale postmaster.pid, garbage) is kept aside, never deleted."""
+    """`--at` recovers the whole cluster to that moment; a target beyond the archive stops the restored
+    server, which the command reports at once with the log's FATAL line; a data directory that is
+    there but unusable (that stopped restore, a stale postmaster.pid, garbage) is kept aside."""
     world = pitr_world
     b = world.tenants["witness"]
     before = world.rows(b)
@@ -114,11 +191,27 @@ def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world):
         assert time.monotonic() < deadline
     world.psql(f"kryonix_cliente_{b}", f"INSERT INTO app.orders VALUES (9, '{b}-late')")
     _switch_and_see_in_repository(world)  # the late row is in the archive: --at must leave it out
+    beyond = world.psql("postgres", "SELECT clock_timestamp()")  # after every commit the archive holds
     _lose_the_cluster(world)
-    world.data_dir.mkdir()
+
+    # a target the archive does not reach: the restored server stops with FATAL, the command at once
+    log = _server_log(world)
+    offset = log.stat().st_size if log.exists() else 0
+    died = world.cli("pitr", "restore-cluster", "--at", _utc_iso(beyond), "--yes", "--json")
+    assert died.returncode == 1, died.stderr
+    with open(log, "rb") as handle:
+        handle.seek(offset)
+        fatal = [line for line in handle.read().decode().splitlines() if "FATAL:" in line]
+    assert fatal and "recovery ended before configured recovery target was reached" in fatal[0]
+    assert fatal[0].strip() in died.stderr and str(log) in died.stderr
+    assert len(died.stderr.strip().splitlines()) == 1
+    error = json.loads(died.stdout)
+    assert error["ok"] is False and error["exit_code"] == 1 and fatal[0].strip() in error["error"]
+    assert (world.data_dir / "PG_VERSION").is_file() and not (world.data_dir / "postmaster.pid").exists()
+
+    # what that left (a stopped restore, a stale postmaster.pid, evidence) is moved aside by the next run
     (world.data_dir / "postmaster.pid").write_text("999999\n")  # a dead pid: nothing runs there
     (world.data_dir / "evidence").write_text("keep me")
-    shutil.chown(world.data_dir, "postgres", "postgres")
     at = _utc_iso(moment)
     result = world.cli("pitr", "restore-cluster", "--at", at, "--yes", "--json")
     assert result.returncode == 0, result.stderr

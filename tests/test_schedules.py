@@ -9,6 +9,7 @@ import pytest
 from dagster import DagsterInstance, DefaultScheduleStatus, build_schedule_context, validate_run_config
 
 from kryonix_dagster.engine import pg, registry
+from kryonix_dagster.engine.plans import retention_hour
 from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.definitions import defs
 from kryonix_dagster.resources import PostgresResource
@@ -94,10 +95,21 @@ def test_retention_schedule_covers_every_tenant_and_skips_an_empty_fleet(fleet_r
 
 def test_each_run_request_configures_the_op_of_its_job(fleet_registry):
     """The op a request configures is derived from the job: a renamed op cannot drift."""
-    own, _tenants = fleet_registry
+    own, tenants = fleet_registry
+    registered = sorted([t for ids in tenants.values() for t in ids] + ["pgone", "gold1"])
+    active = {plan: sorted(ids + (["gold1"] if plan == "basic" else [])) for plan, ids in tenants.items()}
+    # 07:00 UTC is 04:00 in America/Sao_Paulo: retention's first hour takes its share of the tenants
+    expected = {**{s.name: active[s.name.split("_")[0]] for s in PLAN_SCHEDULES},
+                retention_schedule.name: [t for t in registered if retention_hour(t) == 4],
+                lgpd_retention_schedule.name: registered}
+    assert expected[retention_schedule.name], "no fixture tenant has retention at 04:00"
     for schedule in [*PLAN_SCHEDULES, retention_schedule, lgpd_retention_schedule]:
         job_def = defs.resolve_job_def(schedule.job.name)
-        for request in evaluate(schedule, own, datetime(2026, 11, 29, 7, tzinfo=timezone.utc)).run_requests:
+        result = evaluate(schedule, own, datetime(2026, 11, 29, 7, tzinfo=timezone.utc))
+        # the requests exist and name exactly the schedule's tenants before each is checked
+        assert len(result.run_requests) == -(-len(expected[schedule.name]) // BATCH_SIZE), schedule.name
+        assert sorted(t for batch in requested(result) for t in batch) == expected[schedule.name], schedule.name
+        for request in result.run_requests:
             assert list(request.run_config["ops"]) == [batch_op_name(schedule.job)]
             assert validate_run_config(job_def, request.run_config), schedule.name
 
@@ -116,3 +128,81 @@ def test_schedules_start_running_unless_the_setting_says_false():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip() == repr(expected)
+
+
+# The cadence as README.md and engine/plans.py document it (seed: incrementals every 6 h, a full
+# session at 02:00, retention at 04:00; enterprise incrementals every 3 h; the repository check
+# at 06:30; drills weekly on Sunday, enterprise daily), on the clock of America/Sao_Paulo.
+DOCUMENTED_CRONS = {
+    "basic_incremental_backup_schedule": "0 */6 * * *", "pro_incremental_backup_schedule": "0 */6 * * *",
+    "enterprise_incremental_backup_schedule": "0 */3 * * *",
+    "basic_full_backup_schedule": "0 2 * * *", "pro_full_backup_schedule": "0 2 * * *",
+    "enterprise_full_backup_schedule": "0 2 * * *",
+    "basic_integrity_schedule": "30 6 * * *", "pro_integrity_schedule": "30 6 * * *",
+    "enterprise_integrity_schedule": "30 6 * * *",
+    "basic_restore_drill_schedule": "0 5 * * 0", "pro_restore_drill_schedule": "0 5 * * 0",
+    "enterprise_restore_drill_schedule": "0 5 * * *",
+    "retention_schedule": "0 4-7 * * *",
+}
+
+
+def test_each_schedule_runs_at_its_documented_time_on_the_sao_paulo_clock():
+    schedules = {s.name: s for s in defs.get_repository_def().schedule_defs}
+    assert {s.name for s in PLAN_SCHEDULES} | {retention_schedule.name} == set(DOCUMENTED_CRONS)
+    for name, cron in DOCUMENTED_CRONS.items():
+        assert schedules[name].cron_schedule == cron, name
+        assert schedules[name].execution_timezone == "America/Sao_Paulo", name
+    # every schedule of the deployment ticks on the same clock
+    assert {s.execution_timezone for s in schedules.values()} == {"America/Sao_Paulo"}
+
+
+def test_a_week_of_integrity_ticks_reads_every_seventh_of_every_tenant(fleet_registry):
+    """The daily integrity run takes every active tenant of its plan, and the read-data subset
+    rotates with the day: in any 7 consecutive days each tenant's repository is read whole."""
+    from kryonix_dagster.engine.verify import rotating_subset
+
+    own, tenants = fleet_registry
+    for schedule in INTEGRITY_SCHEDULES:
+        plan = schedule.name.split("_")[0]
+        active = sorted(tenants[plan] + (["gold1"] if plan == "basic" else []))
+        subsets = set()
+        for day in range(7):  # Thursday 2026-12-03 .. Wednesday 2026-12-09, 06:30 in São Paulo
+            when = datetime(2026, 12, 3 + day, 9, 30, tzinfo=timezone.utc)
+            batches = requested(evaluate(schedule, own, when))
+            assert batches and sorted(t for batch in batches for t in batch) == active, (schedule.name, when)
+            subsets.add(rotating_subset(when))
+        assert subsets == {f"{n}/7" for n in range(1, 8)}, schedule.name
+
+
+def test_the_run_queue_limits_and_pools_name_what_the_definitions_use(fleet_registry):
+    """deploy/dagster.yaml's tag limits key on tags the schedules put on their runs, and every
+    pool an op, asset or check of the definitions takes has its limit in deploy/pools.sh."""
+    import re
+
+    import yaml
+
+    from kryonix_dagster.backup.pools import SERVICE_POOLS
+
+    own, _tenants = fleet_registry
+    instance_yaml = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    runs = instance_yaml["concurrency"]["runs"]
+    limits = {(limit["key"], limit["value"]): limit["limit"] for limit in runs["tag_concurrency_limits"]}
+    assert runs["max_concurrent_runs"] == 8
+    assert limits == {("kryonix/plan", "basic"): 3, ("kryonix/plan", "pro"): 3, ("kryonix/plan", "enterprise"): 4,
+                      ("kryonix/kind", "integrity"): 2, ("kryonix/kind", "restore_drill"): 1}
+    tags = set()
+    for schedule in PLAN_SCHEDULES:
+        result = evaluate(schedule, own)
+        assert result.run_requests, schedule.name
+        tags |= {(k, v) for r in result.run_requests for k, v in r.tags.items()}
+    assert set(limits) <= tags  # no limit keyed on a tag nobody sets
+    assert instance_yaml["run_retries"] == {"enabled": True, "max_retries": 1}
+
+    pools_script = (ROOT / "deploy" / "pools.sh").read_text()
+    configured = set(re.findall(r'^\s+"(\w+)": \$\{KRYONIX_POOL_\w+:-\d+\}', pools_script, re.M))
+    used = set(SERVICE_POOLS.values())
+    for job_def in defs.get_repository_def().get_all_jobs():
+        used |= {op_def.pool for op_def in job_def.graph.iterate_op_defs() if op_def.pool}
+    assert used and used <= configured, used - configured
+    assert {"postgres", "s3", "redis", "rabbitmq", "kryonix_sessions", "kryonix_repository", "kryonix_drills",
+            "kryonix_offsite"} == configured

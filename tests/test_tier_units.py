@@ -71,8 +71,8 @@ def test_each_listed_tier_is_its_own_modules_spec():
 def test_the_default_graph_is_built_from_the_tiers():
     assert {k.to_user_string() for k in tenant_backup_session.keys} == {t.asset_key for t in TIERS} | {"restore_point"}
     deps = {k.to_user_string(): {d.to_user_string() for d in v} for k, v in tenant_backup_session.asset_deps.items()}
-    assert deps["object_storage_backup"] == {"postgresql_backup", "redis_backup"}
-    assert deps["compliance_backup"] == {"app_data_backup"}
+    assert all(deps[t.asset_key] == set() for t in TIERS)  # siblings: none is derived from another
+    assert deps["restore_point"] == {t.asset_key for t in TIERS}
 
 
 def test_an_extra_tier_appears_as_an_asset_with_the_checks():
@@ -80,12 +80,12 @@ def test_an_extra_tier_appears_as_an_asset_with_the_checks():
     defs = Definitions(assets=[session], asset_checks=TENANT_CHECKS, resources=resources_from_env())
     graph = defs.resolve_asset_graph()
     notes = graph.get(AssetKey("notes_backup"))
-    assert notes.description == "The tenant's NOTES.txt." and notes.kinds == {"restic"}
-    assert notes.parent_keys == {AssetKey("rabbitmq_backup")}  # the phase before "application"
-    assert AssetKey("notes_backup") in graph.get(AssetKey("compliance_backup")).parent_keys
+    assert notes.kinds == {"restic"}
+    assert notes.parent_keys == set()  # a sibling of the other tiers, read in the "application" phase
+    assert notes.description == "The tenant's NOTES.txt. (read in phase 'application' of the session)"
     assert AssetKey("notes_backup") in graph.get(AssetKey("restore_point")).parent_keys
     checks = {k.name for k in graph.asset_check_keys if k.asset_key == AssetKey("restore_point")}
-    assert checks == {"consistency", "retention", "freshness", "integrity", "restore_drill"}
+    assert checks == {"consistency", "tier_data_kept", "retention", "freshness", "integrity", "restore_drill"}
     assert AssetCheckKey(AssetKey("restore_point"), "consistency") in session.check_keys
 
 

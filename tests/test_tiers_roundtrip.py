@@ -76,15 +76,26 @@ def test_ttls_count_down_and_expired_keys_stay_dead(settings, cli, tenant_factor
     names = names_for(settings, tid)
     client = redis.Redis.from_url(settings.redis_url)
     short, long_ = f"{names.redis_prefix}curto", f"{names.redis_prefix}longo"
+    set_at = time.monotonic()
     client.set(short, b"\x00some", px=2500)
     client.set(long_, b"fica", ex=3600)
+    set_done = time.monotonic()
     client.xadd(f"{names.redis_prefix}fluxo", {b"\xffbin": b"\x00val"})
     session_of(cli, tid)
-    time.sleep(3)
+    deadline = time.monotonic() + 30  # the short key expires on its own (PTTL -2: gone)
+    while client.pttl(short) != -2:
+        assert time.monotonic() < deadline, f"{short} did not expire"
+        time.sleep(0.1)
     client.delete(long_)
     assert cli("restore", tid, "--yes", "--services", "redis").returncode == 0
     assert client.exists(short) == 0
-    assert client.get(long_) == b"fica" and 3500 < client.ttl(long_) <= 3600
+    # the restored key keeps its absolute expiry (set + 3600 s, to the second): its TTL counted
+    # down by the time since it was set, however long the session and the restore took
+    since_set = time.monotonic() - set_done
+    ttl = client.ttl(long_)
+    elapsed = time.monotonic() - set_at
+    assert client.get(long_) == b"fica"
+    assert 3600 - elapsed - 2 <= ttl <= 3600 - int(since_set) + 1, (ttl, since_set, elapsed)
     assert client.xrange(f"{names.redis_prefix}fluxo")[0][1] == {b"\xffbin": b"\x00val"}
 
 

@@ -6,12 +6,13 @@ import json
 import secrets
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, build_reconstructable_job, execute_job
+from dagster import AssetKey, DagsterEventType, DagsterInstance, build_reconstructable_job, execute_job
 
 from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine import pg
@@ -20,6 +21,7 @@ from kryonix_dagster.workers.broker import broker_url, redacted
 
 from . import workers_world
 from .helpers import purge_tenant
+from .repository_view import restore_points, sessions
 
 celery_workers = workers_world.celery_workers  # fixtures of the module's own
 pg_dagster_home = workers_world.pg_dagster_home
@@ -37,11 +39,36 @@ def run_config(tenants: list[str], mode: str, chunk_size: int) -> dict:
             "execution": {"config": {"mode": mode}}}
 
 
-def backups(settings, tenants: list[str]) -> list[dict]:
-    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute("SELECT cliente_id, session_id, success, details FROM tenants.backup_audit "
-                    "WHERE operation = 'backup' AND cliente_id = ANY(%s) ORDER BY id", (tenants,))
-        return [{"tenant": t, "session": s, "success": ok, "details": d} for t, s, ok, d in cur.fetchall()]
+def points(settings, tenants: list[str]) -> dict[str, set[str]]:
+    """Each tenant's restore points, as restic lists its repository."""
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip(tenants, pool.map(lambda t: restore_points(settings, t) if _has_repository(settings, t)
+                                          else set(), tenants)))
+
+
+def _has_repository(settings, tenant_id: str) -> bool:
+    return (Path(settings.repo[len("file://"):]) / f"cliente_{tenant_id}" / "config").exists()
+
+
+def run_restore_points(instance, run_id: str) -> dict[str, list[str]]:
+    """{tenant: [session of each restore_point materialization]} the run recorded."""
+    found = defaultdict(list)
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records:
+        materialization = record.event_log_entry.dagster_event.event_specific_data.materialization
+        if materialization.asset_key == AssetKey("restore_point"):
+            found[materialization.partition].append(materialization.metadata["session"].value)
+    return dict(found)
+
+
+def assert_one_new_restore_point_each(settings, instance, run_id: str, before: dict[str, set[str]]) -> dict[str, str]:
+    """Every tenant has exactly one restore point more in its repository, and it is the one
+    the run recorded for it: {tenant: that session}."""
+    after = points(settings, list(before))
+    new = {t: after[t] - before[t] for t in before}
+    assert all(len(sessions_) == 1 and before[t] <= after[t] for t, sessions_ in new.items()), new
+    recorded = run_restore_points(instance, run_id)
+    assert recorded == {t: sorted(s) for t, s in new.items()}, (recorded, new)
+    return {t: next(iter(s)) for t, s in new.items()}
 
 
 def celery_workers_used(instance, run_id: str) -> set[str]:
@@ -73,13 +100,12 @@ def test_broker_vhost_is_no_tenant_vhost():
 
 def test_a_batch_run_spreads_over_two_workers(settings, celery_workers, pg_dagster_home, six_tenants):
     celery_workers.ensure_running()
+    before = points(settings, six_tenants)
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
         result = execute_job(batch_job(), instance=instance, run_config=run_config(six_tenants, "celery", 3))
         assert result.success
         assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
-    rows = backups(settings, six_tenants)
-    assert sorted(r["tenant"] for r in rows) == sorted(six_tenants)  # every tenant, exactly once
-    assert all(r["success"] and r["details"]["origin"] == result.run_id for r in rows)
+        assert_one_new_restore_point_each(settings, instance, result.run_id, before)  # every tenant, exactly once
 
 
 def _snapshot_files(settings, tenant_id: str) -> int:
@@ -116,6 +142,7 @@ def test_killing_a_worker_mid_chunk_redoes_the_rest_without_double_sessions(sett
     # session, after tenant 0's; the other worker redoes chunk_0, skipping tenant 0
     tenants = six_tenants[:3]
     tenant = tenants[1]
+    before = points(settings, tenants)
     outcome: dict = {}
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
         def run():
@@ -131,31 +158,34 @@ def test_killing_a_worker_mid_chunk_redoes_the_rest_without_double_sessions(sett
         result = outcome["result"]
         assert result.success
         assert celery_workers_used(instance, result.run_id) == {"w1", "w2"}
-    rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
-    # every tenant backed up exactly once by this run (tenant 0 was skipped by the redone
-    # chunk); the killed session left no audit row
-    assert sorted(r["tenant"] for r in rows) == sorted(tenants) and all(r["success"] for r in rows)
-    assert killed_session not in {r["session"] for r in backups(settings, [tenant])}
-    redo = next(r for r in rows if r["tenant"] == tenant)
-    # one clock (the main database's): the redo took the lease only after the killed one expired
-    assert datetime.fromisoformat(redo["details"]["lease_acquired_at"]) >= killed_expiry
-    # no half restore point: the killed session's tier snapshots are no restore point
+        # every tenant backed up exactly once by this run (tenant 0 was skipped by the redone
+        # chunk), as its repository and the run's materializations both say
+        redo = assert_one_new_restore_point_each(settings, instance, result.run_id, before)[tenant]
+    # no half restore point: the killed session wrote tier snapshots but no manifest
+    in_repository = sessions(settings, tenant)
+    assert in_repository[killed_session]["tier"] and not in_repository[killed_session]["manifest"]
+    assert redo != killed_session and in_repository[redo]["manifest"]
+    # one clock (the host's): the redo wrote its first snapshot only after the killed lease expired
+    snapshot_dir = Path(settings.repo[len("file://"):]) / f"cliente_{tenant}" / "snapshots"
+    first_write = min(datetime.fromtimestamp((snapshot_dir / snap["id"]).stat().st_mtime, timezone.utc)
+                      for snap in in_repository[redo]["tier"] + in_repository[redo]["manifest"])
+    assert first_write >= killed_expiry
     listed = cli("snapshots", tenant, "--json")
     assert listed.returncode == 0, listed.stderr
-    sessions = json.dumps(json.loads(listed.stdout))
-    assert redo["session"] in sessions and killed_session not in sessions
+    listed_sessions = json.dumps(json.loads(listed.stdout))
+    assert redo in listed_sessions and killed_session not in listed_sessions
     celery_workers.ensure_running()  # the next test finds both workers again
     assert killed_worker in celery_workers.procs
 
 
 def test_the_same_job_runs_in_process_without_workers(settings, pg_dagster_home, six_tenants):
     tenants = six_tenants[4:5]
+    before = points(settings, tenants)
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
         result = execute_job(batch_job(), instance=instance, run_config=run_config(tenants, "in_process", 0))
         assert result.success
         assert celery_workers_used(instance, result.run_id) == set()
-    rows = [r for r in backups(settings, tenants) if r["details"].get("origin") == result.run_id]
-    assert [r["tenant"] for r in rows] == tenants and rows[0]["success"]
+        assert_one_new_restore_point_each(settings, instance, result.run_id, before)
     # the check batch jobs fan out the same way: the integrity check of that tenant, in one chunk step
     with DagsterInstance.from_config(str(pg_dagster_home)) as instance:
         checked = execute_job(build_reconstructable_job("tests.workers_job", "integrity_job"), instance=instance,

@@ -22,7 +22,9 @@ from kryonix_dagster.engine.naming import DAGSTER_BROKER_VHOST
 from kryonix_dagster.workers.broker import broker_url, ensure_vhost
 
 ROOT = Path(__file__).resolve().parent.parent
-LEASE_TTL = 6  # seconds: a killed worker's lease expires quickly
+# seconds: a held lease survives a loaded machine (renewed every 10 s); the kill test waits
+# for a killed worker's lease to expire (the redo polls for it, up to the batch's 600 s)
+LEASE_TTL = 30
 
 INSTANCE_YAML = """\
 storage:
@@ -86,6 +88,7 @@ class Workers:
 
     def kill(self, name: str) -> None:
         """kill -9 of the worker and everything it started (its pool child, restic): a lost host."""
+        assert self.procs[name].poll() is None, f"worker {name} ended before the kill"
         os.killpg(self.procs[name].pid, signal.SIGKILL)
         self.procs[name].wait(timeout=30)
 

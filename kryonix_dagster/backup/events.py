@@ -4,7 +4,8 @@ from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetKey, AssetMate
                      MaterializeResult, OpExecutionContext, job, op)
 
 from ..engine.session import SessionResult
-from .metadata import RESTORE_POINT_ASSET, TIER_ASSETS, consistency_evaluation, session_metadata, tier_metadata
+from .metadata import (RESTORE_POINT_ASSET, TIER_ASSETS, TIER_DATA_CHECK, consistency_evaluation, session_metadata,
+                       tier_data_evaluation, tier_metadata)
 
 CLI_SESSION_JOB = "cli_backup_session"
 
@@ -17,6 +18,7 @@ def asset_results(result: SessionResult, assets: dict[str, str] = TIER_ASSETS):
     if result.restore_point:
         yield MaterializeResult(asset_key=AssetKey(RESTORE_POINT_ASSET), metadata=session_metadata(result))
         yield AssetCheckResult(asset_key=RESTORE_POINT_ASSET, check_name="consistency", **consistency_evaluation(result))
+        yield AssetCheckResult(asset_key=RESTORE_POINT_ASSET, check_name=TIER_DATA_CHECK, **tier_data_evaluation(result))
 
 
 def partition_events(result: SessionResult, tags: dict | None = None, assets: dict[str, str] = TIER_ASSETS):
@@ -31,6 +33,8 @@ def partition_events(result: SessionResult, tags: dict | None = None, assets: di
                                    metadata=session_metadata(result), tags=tags)
         yield AssetCheckEvaluation(asset_key=AssetKey(RESTORE_POINT_ASSET), check_name="consistency",
                                    partition=tenant, **consistency_evaluation(result))
+        yield AssetCheckEvaluation(asset_key=AssetKey(RESTORE_POINT_ASSET), check_name=TIER_DATA_CHECK,
+                                   partition=tenant, **tier_data_evaluation(result))
 
 
 def session_report_job(result: SessionResult) -> JobDefinition:

@@ -5,19 +5,20 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, OpExecutionContext,
 from .assets import DagsterReporter, tenant_backup_session
 from ..batching import TenantChunk, finish_batch, run_origin, split_active_tenants
 from ..engine.errors import KryonixError, one_line
-from .metadata import RESTORE_POINT_ASSET
+from .metadata import RESTORE_POINT_ASSET, TIER_DATA_CHECK
 from ..partitions import kryonix_tenants
 from .pools import SESSION_POOL, ServicePoolGate
 from ..resources import BackupEngineResource
 from .events import partition_events
 from ..workers.executor import kryonix_executor
 
-# The session's own consistency check only: the other checks (a drill restores the whole
-# tenant) run on their schedules, not on every backup.
+# The session's own checks only (consistency, no tier emptied): the other checks (a drill
+# restores the whole tenant) run on their schedules, not on every backup.
 backup_tenant_job = define_asset_job(
     "backup_tenant_job",
     selection=AssetSelection.assets(tenant_backup_session).without_checks()
-    | AssetSelection.checks(AssetCheckKey(AssetKey(RESTORE_POINT_ASSET), "consistency")),
+    | AssetSelection.checks(*(AssetCheckKey(AssetKey(RESTORE_POINT_ASSET), name)
+                              for name in ("consistency", TIER_DATA_CHECK))),
     partitions_def=kryonix_tenants,
     description="One coordinated backup session (all tiers) of the partition's tenant.",
 )

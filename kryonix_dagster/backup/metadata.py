@@ -103,3 +103,25 @@ def consistency_evaluation(session: SessionResult) -> dict:
             "orphans": MetadataValue.json({r["name"]: r["orphans"] for r in report.get("rules", []) if r["orphans"]}),
         },
     }
+
+
+TIER_DATA_CHECK = "tier_data_kept"
+
+
+def tier_data_evaluation(session: SessionResult) -> dict:
+    """passed/severity/metadata of the silent-loss check: ERROR when a tier came out with no
+    items while the previous restore point had some (a wiped Redis namespace, say)."""
+    emptied = session.emptied
+    return {
+        "passed": not emptied,
+        "severity": AssetCheckSeverity.ERROR,
+        "description": None if not emptied else "emptied since the previous restore point: " + ", ".join(
+            f"{name} (had {count} item(s))" for name, count in sorted(emptied.items())),
+        "metadata": {
+            "session": session.session_id,
+            "emptied_tiers": MetadataValue.int(len(emptied)),
+            "items_lost": MetadataValue.int(sum(emptied.values())),
+            "emptied": MetadataValue.json(emptied),
+            "items": MetadataValue.json({n: t.items for n, t in session.tiers.items()}),
+        },
+    }

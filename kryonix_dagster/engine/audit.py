@@ -50,16 +50,3 @@ def backed_up_by(settings: Settings, origin: str, tenant_ids: list[str]) -> set[
             (list(tenant_ids), origin),
         )
         return {row[0] for row in cur.fetchall()}
-
-
-def previous_items(settings: Settings, tenant_id: str) -> dict[str, int]:
-    """Items per tier of the tenant's newest session that wrote a restore point ({} if none)."""
-    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT details->'items' FROM tenants.backup_audit WHERE cliente_id = %s AND operation = 'backup' "
-            "AND snapshot_ids ? 'manifest' ORDER BY backup_date DESC, id DESC LIMIT 1",
-            (tenant_id,),
-        )
-        row = cur.fetchone()
-    items = row[0] if row else None
-    return {str(k): int(v) for k, v in items.items()} if isinstance(items, dict) else {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import locations
+from . import locations, registry
 from .config import Settings
 from .erasure import erase_scratch
 from .errors import KryonixError, one_line
@@ -67,6 +67,7 @@ def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", repo
     `wait_seconds` for them."""
     validate_tenant_id(tenant_id)
     validate_snapshot(snapshot)
+    registry.refuse_offboarded(settings, tenant_id)  # never restored again, not even into scratch
     report = report or NullReporter()
     scratch = scratch_names_for(settings, tenant_id)
     result = DrillResult(tenant_id, scratch.tenant_id, None, False)
@@ -93,6 +94,7 @@ def run_drill(settings: Settings, tenant_id: str, snapshot: str = "latest", repo
 
 def _drill(settings: Settings, tenant_id: str, snapshot: str, scratch: TenantNames, tiers: tuple[TierSpec, ...],
            report: Reporter, result: DrillResult, repository: str = locations.PRIMARY) -> None:
+    registry.refuse_offboarded(settings, tenant_id)  # off-boarded while the drill waited for the leases
     repo = open_repository(settings, tenant_id, repository=repository)
     manifest = find_manifest(repo, snapshot) if repo else None
     if manifest is None:

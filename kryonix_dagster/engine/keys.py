@@ -12,8 +12,10 @@ import hashlib
 import logging
 import os
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +26,14 @@ from .errors import OperationFailed
 from .fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
+
+# The vault's lock (a PostgreSQL advisory lock in the main database): every path that writes a
+# wrapped secret holds it SHARED for the transaction that wraps and writes it; `keys
+# rotate-master` holds it EXCLUSIVE to publish the pending key and for its final pass, so no
+# secret can be wrapped by a key that is about to be retired (key_rotation.py). The database
+# itself refuses a row wrapped by a retired master key (migration 7's trigger, which also takes
+# the lock shared), so a writer that skipped this protocol fails instead of losing a key.
+VAULT_LOCK = 0x6B766C74  # "kvlt"
 
 
 def _fingerprint(key: bytes) -> str:
@@ -111,6 +121,35 @@ def known_master_keys(settings: Settings) -> dict[str, bytes]:
     return found
 
 
+def wrapping_key(settings: Settings) -> bytes:
+    """The key new secrets are wrapped with: the pending key while a rotation is under way (it
+    is the master key once the rotation ends), else the master key. Call it with the vault's
+    lock held shared (`writing`), so the answer cannot change before the row is committed."""
+    pending = pending_key_file(settings)
+    if pending.exists():
+        return _read_master_key(pending)
+    return master_key(settings)
+
+
+@contextmanager
+def writing(settings: Settings) -> Iterator[tuple]:
+    """(cursor, key to wrap with) inside one transaction of the main database that holds the
+    vault's lock shared: what is written there is seen by rotate-master's final pass."""
+    master_key(settings)  # created first (outside the lock) when this is the very first secret
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (VAULT_LOCK,))
+        yield cur, wrapping_key(settings)
+
+
+@contextmanager
+def exclusive(settings: Settings) -> Iterator:
+    """A cursor inside one transaction that holds the vault's lock exclusive (rotate-master):
+    it waits for every writer's transaction under way, and holds back new ones."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (VAULT_LOCK,))
+        yield cur
+
+
 def wrap(key: bytes, tenant_id: str, password: str) -> tuple[bytes, bytes]:
     """(nonce, wrapped password) under `key`, bound to the tenant id."""
     nonce = secrets.token_bytes(12)
@@ -155,6 +194,30 @@ def store_wrapped(settings: Settings, record: WrappedKey, replace_existing: bool
                     (record.tenant_id, record.master_key_id, record.nonce, record.wrapped))
 
 
+def store_new_password(settings: Settings, tenant_id: str, password: str) -> str:
+    """A tenant's new password (keys rotate), wrapped under the vault's lock with the key new
+    secrets get; returns the wrapping key's id."""
+    with writing(settings) as (cur, key):
+        nonce, wrapped = wrap(key, tenant_id, password)
+        cur.execute("INSERT INTO tenants.backup_keys (cliente_id, master_key_id, nonce, wrapped_password) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) DO UPDATE SET master_key_id = "
+                    "EXCLUDED.master_key_id, nonce = EXCLUDED.nonce, wrapped_password = EXCLUDED.wrapped_password",
+                    (tenant_id, _fingerprint(key), nonce, wrapped))
+        return _fingerprint(key)
+
+
+def rewrap_row(settings: Settings, row: WrappedKey, new_key: bytes) -> bool:
+    """Re-wrap one row under `new_key` if it is still exactly `row` (compare and swap: a
+    concurrent `keys rotate` that wrote a new password wins); True when it was re-wrapped."""
+    password = unwrap(settings, row.tenant_id, row.nonce, row.wrapped, row.master_key_id)
+    nonce, wrapped = wrap(new_key, row.tenant_id, password)
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tenants.backup_keys SET master_key_id = %s, nonce = %s, wrapped_password = %s "
+                    "WHERE cliente_id = %s AND master_key_id = %s AND nonce = %s",
+                    (_fingerprint(new_key), nonce, wrapped, row.tenant_id, row.master_key_id, row.nonce))
+        return cur.rowcount == 1
+
+
 def _unwrap(key: bytes, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by: str) -> str:
     if _fingerprint(key) != wrapped_by:
         raise OperationFailed(
@@ -168,27 +231,22 @@ def _unwrap(key: bytes, tenant_id: str, nonce: bytes, wrapped: bytes, wrapped_by
 
 
 def repository_password(settings: Settings, tenant_id: str, create: bool = False) -> str | None:
-    """The tenant's restic password; created (and stored wrapped) when `create` and absent."""
+    """The tenant's restic password; created (and stored wrapped, under the vault's lock, with
+    the key new secrets get) when `create` and absent."""
     key = master_key(settings)
+    select = "SELECT nonce, wrapped_password, master_key_id FROM tenants.backup_keys WHERE cliente_id = %s"
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT nonce, wrapped_password, master_key_id FROM tenants.backup_keys WHERE cliente_id = %s",
-            (tenant_id,),
-        )
+        cur.execute(select, (tenant_id,))
         row = cur.fetchone()
-        if row is None and create:
-            password = secrets.token_urlsafe(32)
-            nonce = secrets.token_bytes(12)
-            wrapped = AESGCM(key).encrypt(nonce, password.encode(), tenant_id.encode())
+    if row is None and create:
+        with writing(settings) as (cur, wrapping):
+            nonce, wrapped = wrap(wrapping, tenant_id, secrets.token_urlsafe(32))
             cur.execute(
                 "INSERT INTO tenants.backup_keys (cliente_id, master_key_id, nonce, wrapped_password) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (cliente_id) DO NOTHING",
-                (tenant_id, _fingerprint(key), nonce, wrapped),
+                (tenant_id, _fingerprint(wrapping), nonce, wrapped),
             )
-            cur.execute(
-                "SELECT nonce, wrapped_password, master_key_id FROM tenants.backup_keys WHERE cliente_id = %s",
-                (tenant_id,),
-            )
+            cur.execute(select, (tenant_id,))
             row = cur.fetchone()
     if row is None:
         return None

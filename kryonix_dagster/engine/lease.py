@@ -2,7 +2,10 @@
 
 A lease is a row in `tenants.backup_leases` with an expiry. The holder renews it from a
 heartbeat thread every third of the TTL; a holder killed with SIGKILL stops renewing and
-the lease expires after at most one TTL, after which the next operation takes it over.
+the lease expires after at most one TTL, after which the next operation takes it over. A
+holder on this host whose process is gone (its `host:pid` names no running process here) is
+expired at once by the next operation that finds it: nobody waits out a dead process's TTL.
+An operation that waits for a live holder says who holds the lease and until when.
 
 A holder can also lose its lease while alive: frozen (SIGSTOP, a paused VM) or cut off from
 the main database for longer than the TTL. `lost` then turns true and stays true, and
@@ -44,6 +47,30 @@ class LeaseHolder:
 
 def holder_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only for a holder of this host whose process no longer exists. A holder of
+    another host, a running (or zombie) process, or a name we cannot read: not known dead."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user: alive
+        return False
+    return False
+
+
+def _expire_dead(settings: Settings, tenant_id: str, holder: LeaseHolder) -> bool:
+    """Expire the lease of a dead local holder (only if the row is still that holder's)."""
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE tenants.backup_leases SET expires_at = now() - interval '1 second' "
+                    "WHERE cliente_id = %s AND session_id = %s AND holder = %s AND expires_at >= now()",
+                    (tenant_id, holder.session_id, holder.holder))
+        return cur.rowcount == 1
 
 
 def _try_acquire(settings: Settings, tenant_id: str, session_id: str,
@@ -107,6 +134,7 @@ class Lease:
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
+        announced: tuple[str, str] | None = None
         while True:
             acquired_at, holder = _try_acquire(self.settings, self.tenant_id, self.session_id, self.operation)
             if acquired_at is not None:
@@ -114,12 +142,22 @@ class Lease:
                 break
             if holder is None:  # released between our two statements: try again at once
                 continue
+            if holder_is_dead(holder.holder) and _expire_dead(self.settings, self.tenant_id, holder):
+                log.warning("tenant %s: the lease of %s session %s was held by %s, a process that no longer "
+                            "exists on this host: expired it", self.tenant_id, holder.operation,
+                            holder.session_id, holder.holder)
+                continue
             if time.monotonic() >= deadline:
                 raise TenantBusy(
                     f"tenant {self.tenant_id}: {holder.operation} session {holder.session_id} "
                     f"({holder.holder}) holds the lease until {holder.expires_at:%Y-%m-%d %H:%M:%S%z}; "
                     "try again later"
                 )
+            if announced != (holder.session_id, holder.holder):  # once per holder, not per poll
+                announced = (holder.session_id, holder.holder)
+                log.warning("tenant %s: waiting up to %.0fs for the lease: %s session %s (%s) holds it until "
+                            "%s", self.tenant_id, max(0.0, deadline - time.monotonic()), holder.operation,
+                            holder.session_id, holder.holder, f"{holder.expires_at:%Y-%m-%d %H:%M:%S%z}")
             # a waiter takes over within half a second of the release or the expiry (one cheap query)
             time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
         self._acquired_at = self._renewed_at = time.monotonic()

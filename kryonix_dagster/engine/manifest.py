@@ -22,6 +22,7 @@ MANIFEST_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 KIND_MANIFEST = "kind=manifest"
 KIND_TIER = "kind=tier"
+EMPTIED = "emptied"  # manifest tag emptied=TIER
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"  # the tenant has no such resource (no bucket, no vhost): nothing to back up
@@ -73,6 +74,9 @@ class SessionManifest:
     health: dict[str, Any] = field(default_factory=dict)
     consistency: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a tier empty after a non-empty one
+    # tiers that came out with no items while the previous restore point had some: a silent loss
+    # until someone says otherwise (tagged on the manifest snapshot, so listings show it)
+    emptied: list[str] = field(default_factory=list)
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> bytes:
@@ -95,7 +99,7 @@ class SessionManifest:
     def tags(self) -> list[str]:
         consistent = "yes" if self.consistency.get("consistent") else "no"
         return [KIND_MANIFEST, f"session={self.session_id}", f"type={self.backup_type}", f"status={self.status}",
-                f"consistent={consistent}"]
+                f"consistent={consistent}", *(f"{EMPTIED}={name}" for name in self.emptied)]
 
 
 _MANIFEST = TypeAdapter(SessionManifest)
@@ -111,15 +115,18 @@ class RestorePoint:
     status: str
     consistent: str
     manifest_snapshot: str
+    emptied: tuple[str, ...] = ()  # tiers empty here that held items in the point before
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> "RestorePoint":
+        emptied = tuple(t[len(EMPTIED) + 1:] for t in snap.tags if t.startswith(f"{EMPTIED}="))
         return cls(snap.tag("session") or "?", snap.time, snap.tag("type") or "?", snap.tag("status") or "?",
-                   snap.tag("consistent") or "?", snap.id)
+                   snap.tag("consistent") or "?", snap.id, emptied)
 
     def to_json(self) -> dict:
         return {"session": self.session_id, "time": self.time.isoformat(), "type": self.backup_type,
-                "status": self.status, "consistent": self.consistent, "manifest_snapshot": self.manifest_snapshot[:8]}
+                "status": self.status, "consistent": self.consistent, "manifest_snapshot": self.manifest_snapshot[:8],
+                "emptied": list(self.emptied)}
 
 
 def tier_tags(session_id: str, tier: str, part: str, backup_type: str) -> list[str]:
@@ -155,6 +162,16 @@ def _as_stored(repo: Restic, manifest: SessionManifest) -> SessionManifest:
     for result in manifest.tiers.values():
         result.snapshots = {part: ids.get(sid, ids.get(sid[:8], sid)) for part, sid in result.snapshots.items()}
     return manifest
+
+
+def newest_with_data(repo: Restic, tier: str, points: list[RestorePoint], limit: int = 30) -> RestorePoint | None:
+    """The newest of `points` (newest first) whose manifest has items in `tier`; reads at most
+    `limit` manifests (one restic process each, no lock)."""
+    for point in points[:limit]:
+        result = read_manifest(repo, point).tiers.get(tier)
+        if result is not None and result.items > 0:
+            return point
+    return None
 
 
 def find_manifest(repo: Restic, snapshot: str) -> SessionManifest | None:

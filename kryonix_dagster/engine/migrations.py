@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import pg
 from .config import Settings
+from .keys import VAULT_LOCK
 
 _MIGRATION_LOCK = 0x6B72796F  # "kryo": pg_advisory_xact_lock key for migrations
 
@@ -140,6 +141,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE tenants.clientes ADD CONSTRAINT clientes_status_check
             CHECK (status IN ('ativo', 'inativo', 'cancelado', 'encerrado'));
         """,
+    ),
+    Migration(
+        7,
+        "the key vault refuses a secret wrapped by a retired master key",
+        """
+        CREATE TABLE tenants.retired_master_keys (
+            master_key_id text PRIMARY KEY,
+            retired_at    timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE FUNCTION tenants.vault_write_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            -- the vault's lock, shared (engine/keys.py VAULT_LOCK): keys rotate-master's final
+            -- pass waits for this transaction, or this one waits for it
+            PERFORM pg_advisory_xact_lock_shared(%d);
+            IF EXISTS (SELECT 1 FROM tenants.retired_master_keys WHERE master_key_id = NEW.master_key_id) THEN
+                RAISE EXCEPTION 'a secret wrapped by master key %%, retired by keys rotate-master, cannot be stored: '
+                    'wrap it with the current master key', NEW.master_key_id;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER vault_write_guard BEFORE INSERT OR UPDATE ON tenants.backup_keys
+            FOR EACH ROW EXECUTE FUNCTION tenants.vault_write_guard();
+        CREATE TRIGGER vault_write_guard BEFORE INSERT OR UPDATE ON tenants.lgpd_ledger_keys
+            FOR EACH ROW EXECUTE FUNCTION tenants.vault_write_guard();
+        CREATE TRIGGER vault_write_guard BEFORE INSERT OR UPDATE ON tenants.pitr_keys
+            FOR EACH ROW EXECUTE FUNCTION tenants.vault_write_guard();
+        """ % VAULT_LOCK,
     ),
 )
 

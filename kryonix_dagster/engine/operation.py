@@ -7,7 +7,8 @@
 
 - Leases: the tenant's, plus `also_lease` (a restore's target), taken in sorted order so two
   operations that need the same pair never deadlock; released on every path, heartbeats
-  stopped first. A lease refused (TenantBusy) raises before anything ran: no audit row.
+  stopped first. With a tenant's lease taken, what a killed session of it left in the backup
+  staging folder is removed (nothing of that tenant can be using it). A lease refused (TenantBusy) raises before anything ran: no audit row.
 - Timing: `op.started_at` (UTC) and `op.seconds`; the audit row's `details.lease_acquired_at`
   is when the lease was taken, by the main database's clock.
 - Audit: one row per operation, success or failure, written after the leases are released.
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import audit
@@ -28,6 +31,7 @@ from .config import Settings
 from .errors import KryonixError, OperationFailed, one_line
 from .lease import Lease
 from .manifest import new_session_id
+from .naming import TENANT_ID_PATTERN, names_for
 from .reporting import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,19 @@ def _write_audit(settings: Settings, op: Operation, audit_tenant: str) -> None:
                   type(exc).__name__, one_line(str(exc), 200))
 
 
+def sweep_backup_staging(settings: Settings, tenant_id: str) -> list[Path]:
+    """Remove what a killed session of the tenant left in the backup staging folder (objects,
+    the compliance tier's LGPD CSVs). Called with the tenant's lease held: no live session of
+    the tenant can be using them."""
+    prefix = f"{names_for(settings, tenant_id).local_name}-"
+    staging = Path(settings.state_dir) / "staging"
+    removed = [leftover for leftover in staging.glob(f"{prefix}*") if leftover.is_dir()] if staging.is_dir() else []
+    for leftover in removed:
+        shutil.rmtree(leftover, ignore_errors=True)
+        log.warning("tenant %s: removed %s, left by an interrupted session", tenant_id, leftover.name)
+    return removed
+
+
 @contextlib.contextmanager
 def tenant_operation(settings: Settings, tenant_id: str, operation: str, *, wait_seconds: float = 0,
                      lease: bool = True, also_lease: tuple[str, ...] = (), lease_id: str | None = None,
@@ -128,6 +145,11 @@ def tenant_operation(settings: Settings, tenant_id: str, operation: str, *, wait
                 _release(op)
                 raise
             op.leases[tenant] = held
+            if TENANT_ID_PATTERN.fullmatch(tenant):  # not a drill's scratch lease: it has no backup staging
+                try:
+                    sweep_backup_staging(settings, tenant)
+                except OSError as exc:  # tidying up never costs the operation (nor leaks its lease)
+                    log.warning("tenant %s: backup staging not swept: %s", tenant, one_line(str(exc), 200))
     try:
         yield op
         if op.success is None:

@@ -91,6 +91,20 @@ def get_tenant(settings: Settings, tenant_id: str) -> Tenant | None:
         return Tenant(*row) if row else None
 
 
+OFFBOARDED = "encerrado"  # off-boarded: live data erased, backups crypto-shredded
+
+
+def refuse_offboarded(settings: Settings, *tenant_ids: str) -> None:
+    """BadInput (exit 2) when any of `tenant_ids` was off-boarded: such a tenant is never restored
+    again, by any path (restore, --at, --into as source or target, --from secondary, drills),
+    even where a backup of it survives (pgBackRest's retention still holds its database)."""
+    for tenant_id in dict.fromkeys(tenant_ids):
+        tenant = get_tenant(settings, tenant_id)
+        if tenant is not None and tenant.status == OFFBOARDED:
+            raise BadInput(f"tenant {tenant_id} was off-boarded (status {OFFBOARDED}): it is never restored again; "
+                           "nothing was touched")
+
+
 def require_tenant(settings: Settings, tenant_id: str) -> Tenant:
     tenant = get_tenant(settings, tenant_id)
     if tenant is None:

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from . import locations, registry
 from .config import Settings
 from .errors import BadInput, KryonixError, OperationFailed, one_line
-from .manifest import SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest
+from .manifest import (SESSION_ID, SNAPSHOT_ID, STATUS_EMPTY, STATUS_OK, SessionManifest, find_manifest,
+                       newest_with_data, restore_points)
 from .naming import TenantNames, names_for, validate_tenant_id
 from .pg_script import IDENTIFIER
 from .lgpd.reapply import ErasureFilter, erasure_filter
@@ -39,12 +40,14 @@ class RestoreResult:
     error: str | None = None
     duration_seconds: float = 0.0
     lgpd: dict = field(default_factory=lambda: {"subjects_reerased": 0})  # the erasure ledger re-applied
+    warnings: list[str] = field(default_factory=list)  # e.g. `latest` has a tier emptied since the point before
 
     def to_json(self) -> dict:
         return {
             "tenant": self.tenant_id, "into": self.target_id, "session": self.session_id, "lgpd": self.lgpd,
             "success": self.success, "error": self.error, "duration_seconds": self.duration_seconds,
             "tiers": {name: asdict(o) for name, o in self.tiers.items()}, "skipped": self.skipped,
+            "warnings": self.warnings,
         }
 
 
@@ -118,10 +121,15 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     target_id = into or tenant_id
     if into and registry.get_tenant(settings, into) is None:
         raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
+    registry.refuse_offboarded(settings, tenant_id, target_id)
     repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
     manifest = _manifest(repo, tenant_id, snapshot)  # refuse early, before waiting for leases
+    if snapshot == "latest" and services:  # asked for a tier that `latest` lost: say where it still is
+        lost = emptied_warnings(repo, manifest, list(services))
+        if lost:
+            raise BadInput(lost[0])
     _plan(manifest, services, schema, NullReporter())
     source, target = names_for(settings, tenant_id), names_for(settings, target_id)
     also = () if target_id == tenant_id else (tenant_id,)
@@ -129,8 +137,13 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
     with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also,
                           started_at=result.started_at) as op:
         op.audit = _audit_fields(result)
+        registry.refuse_offboarded(settings, tenant_id, target_id)  # off-boarded while we waited
         manifest = _manifest(repo, tenant_id, manifest.session_id)  # re-read under the leases
         todo, result.skipped = _plan(manifest, services, schema, report)
+        if snapshot == "latest":
+            result.warnings = emptied_warnings(repo, manifest, list(services or TIER_NAMES))
+            for warning in result.warnings:
+                report.warn(warning)
         if schema and schema not in manifest.tiers["postgresql"].details.get("schemas", []):
             raise BadInput(f"schema {schema} is not in session {manifest.session_id}")
         restore_tiers(settings, source, target, repo, manifest, [tier(name) for name in todo], report, schema,
@@ -139,6 +152,40 @@ def run_restore(settings: Settings, tenant_id: str, snapshot: str = "latest", in
         result.duration_seconds = op.seconds
         op.audit = _audit_fields(result)
     return result
+
+
+def emptied_warnings(repo: Restic, manifest: SessionManifest, tiers: list[str]) -> list[str]:
+    """For `latest`: each tier to restore that came out empty in it while the point before had
+    items (a silent loss), with the newest restore point that still holds data in it."""
+    lost = [name for name in manifest.emptied if name in tiers]
+    if not lost:
+        return []
+    older = [p for p in restore_points(repo) if p.session_id != manifest.session_id and p.time <= _time_of(manifest)]
+    warnings = []
+    for name in lost:
+        found = newest_with_data(repo, name, older)
+        where = (f"the newest restore point with data in it is {found.session_id}: "
+                 f"`restore {manifest.tenant_id} --snapshot {found.session_id} --services {name}`"
+                 if found else "no earlier restore point has data in it either")
+        warnings.append(f"tier {name} of the latest restore point {manifest.session_id} is empty although the "
+                        f"restore point before it had items, so its data does not come back from it; {where}")
+    return warnings
+
+
+def preview(settings: Settings, tenant_id: str, snapshot: str, services: tuple[str, ...] | None,
+            repository: str = locations.PRIMARY) -> tuple[str, list[str]]:
+    """What a restore of `snapshot` would take, for the operator's prompt: the session id it
+    resolves to and the warnings about it (reads only; the restore reads again under its lease)."""
+    repo = open_repository(settings, tenant_id, repository=repository)
+    if repo is None:
+        raise BadInput(f"tenant {tenant_id} has never been backed up")
+    manifest = _manifest(repo, tenant_id, snapshot)
+    wanted = list(services or TIER_NAMES)
+    return manifest.session_id, emptied_warnings(repo, manifest, wanted) if snapshot == "latest" else []
+
+
+def _time_of(manifest: SessionManifest) -> datetime:
+    return datetime.fromisoformat(manifest.started_at)
 
 
 LOAD_LEDGER = object()  # restore_tiers loads the ledgers that apply itself

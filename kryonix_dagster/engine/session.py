@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, ContextManager
 
-from . import audit, consistency, pg, registry, services
+from . import consistency, pg, registry, services
 from .config import Settings
 from .errors import BadInput, KryonixError, one_line
 from .repository_stats import count_session
@@ -55,6 +55,7 @@ class SessionResult:
     duration_seconds: float = 0.0
     consistency: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    emptied: dict[str, int] = field(default_factory=dict)  # tier → items in the previous restore point
     pg_restore_point: dict = field(default_factory=dict)  # name, lsn, time; the PITR window when set up
 
     @property
@@ -85,6 +86,7 @@ class SessionResult:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_seconds": self.duration_seconds, "bytes_processed": self.bytes_processed,
             "bytes_added": self.bytes_added, "error": self.error, "warnings": self.warnings,
+            "emptied": self.emptied,
             "consistency": {k: self.consistency.get(k) for k in ("score", "consistent", "problems")},
             "tiers": {name: _tier_json(t) for name, t in self.tiers.items()},
         }
@@ -278,7 +280,9 @@ def _session(settings: Settings, tenant, names, op: Operation, result: SessionRe
         label = "no rule could be evaluated" if score is None else (
             f"score {score}%, " + ("consistent" if result.consistent else "inconsistent"))
         reporter.warn(f"consistency ({label}): " + "; ".join(result.consistency["problems"]))
-    result.warnings = _tier_warnings(result.tiers) + _emptied_tiers(settings, tenant_id, result.tiers)
+    result.emptied = _emptied_tiers(ctx, result.tiers)
+    result.warnings = _tier_warnings(result.tiers) + [
+        f"tier {name}: empty, the previous restore point had {count} item(s)" for name, count in result.emptied.items()]
     for warning in result.warnings:
         reporter.warn(warning)
     critical_ok = all(result.tiers[t.name].succeeded for t in tiers if t.critical)
@@ -289,6 +293,7 @@ def _session(settings: Settings, tenant, names, op: Operation, result: SessionRe
             started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
             status="complete" if all_ok else "partial", tiers=result.tiers, tools=_tool_versions(),
             restore_point=point, health=health, consistency=result.consistency, warnings=result.warnings,
+            emptied=sorted(result.emptied),
         )
         op.ensure_lease()  # fenced: the lease is ours in the main database, renewed for one more TTL
         result.manifest_snapshot = write_manifest(repo, manifest, started)
@@ -310,16 +315,18 @@ def _tier_warnings(tiers: dict[str, TierResult]) -> list[str]:
     return [f"tier {name}: {w}" for name, t in tiers.items() for w in t.details.get("warnings", []) or []]
 
 
-def _emptied_tiers(settings: Settings, tenant_id: str, tiers: dict[str, TierResult]) -> list[str]:
-    """A tier with nothing in it after the previous restore point had items: say so."""
+def _emptied_tiers(ctx: BackupContext, tiers: dict[str, TierResult]) -> dict[str, int]:
+    """Tiers with no items now whose previous restore point (read from the repository, not from
+    the audit trail) had some: tier → the previous count."""
     try:
-        previous = audit.previous_items(settings, tenant_id)
-    except Exception as exc:  # a warning source, never a reason to fail the session
-        log.warning("tenant %s: previous tier counts unavailable: %s", tenant_id, type(exc).__name__)
-        return []
-    return [f"tier {name}: empty, the previous restore point had {previous[name]} item(s)"
-            for name, t in tiers.items()
-            if t.succeeded and t.items == 0 and previous.get(name, 0) > 0]
+        previous = ctx.previous
+    except (KryonixError, ValueError) as exc:  # a warning source, never a reason to fail the session
+        ctx.report.warn(f"previous restore point unreadable, emptied tiers not checked: {one_line(str(exc), 200)}")
+        return {}
+    if previous is None:
+        return {}
+    return {name: previous.tiers[name].items for name, t in tiers.items()
+            if t.succeeded and t.items == 0 and name in previous.tiers and previous.tiers[name].items > 0}
 
 
 def _audit_fields(result: SessionResult) -> dict:

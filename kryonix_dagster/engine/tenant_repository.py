@@ -36,6 +36,11 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
     parameters, so copies deduplicate."""
     names = names_for(settings, tenant_id)
     where = locations.location(settings, repository)
+    if create and not where.is_copy and keys.wrapped_key(settings, tenant_id) is None:
+        root = local_root(names.repository)
+        if root is not None and (root / "config").exists():  # a lost key row: a new password would poison it
+            raise OperationFailed(f"tenant {tenant_id}: its repository exists but the key vault holds no password for "
+                                  f"it (its key row was lost?): run `kryonix-backup keys recover`")
     password = keys.repository_password(settings, tenant_id, create=create and not where.is_copy)
     if password is None:
         return None

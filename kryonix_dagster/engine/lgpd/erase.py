@@ -23,14 +23,15 @@ from psycopg2 import sql
 
 from .. import pg, registry, services
 from ..config import Settings
-from ..errors import BadInput
+from ..errors import BadInput, OperationFailed
 from ..manifest import restore_points
 from ..naming import TenantNames, names_for, validate_tenant_id
 from ..operation import tenant_operation
 from ..reporting import NullReporter, Reporter
 from ..tenant_repository import open_repository
 from . import ledger, ledger_stash
-from .locations import Erased, erase_appdata, erase_database, erase_objects, erase_redis, existing_tables
+from .locations import (Erased, erase_appdata, erase_database, erase_objects, erase_redis, existing_tables,
+                        path_component)
 from .rules import LgpdRules, load_rules, parse_subject
 
 
@@ -118,6 +119,10 @@ def run_erase(settings: Settings, tenant_id: str, subject: str, dry_run: bool = 
                           audit_row=not dry_run) as op:
         key = ledger.ledger_key(settings, tenant_id, create=not dry_run)
         keys = resolve_keys(settings, names, rules, kind, value, cert.erased)
+        where = rules.locations(kind)
+        if (where.objects or where.appdata) and not all(map(path_component, keys)):
+            raise OperationFailed(f"tenant {tenant_id}: the {kind} subject resolves to a person key that is not one "
+                                  "safe path component (it would name more than the person's files); nothing was erased")
         cert.persons = len(keys)
         report.info(f"tenant {tenant_id}: subject {kind} resolves to {len(keys)} person(s)"
                     + (" (dry run: nothing is changed)" if dry_run else ""))

@@ -34,12 +34,13 @@ def _associated(tenant_id: str) -> bytes:
 
 def ledger_key(settings: Settings, tenant_id: str, create: bool = False) -> bytes | None:
     """The tenant's ledger key; created (stored wrapped) when `create` and absent."""
-    master = keys.master_key(settings)
     select = "SELECT nonce, wrapped_key, master_key_id FROM tenants.lgpd_ledger_keys WHERE cliente_id = %s"
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(select, (tenant_id,))
         row = cur.fetchone()
-        if row is None and create:
+    if row is None and create:
+        # written under the vault's lock, wrapped by the key a rotate-master under way will keep
+        with keys.writing(settings) as (cur, master):
             nonce = secrets.token_bytes(12)
             wrapped = AESGCM(master).encrypt(nonce, secrets.token_bytes(32), _associated(tenant_id))
             cur.execute(
@@ -186,13 +187,21 @@ class Matcher:
 
 
 def matcher(settings: Settings, tenant_id: str) -> Matcher | None:
-    """The tenant's ledger as a Matcher; None when nobody was ever erased from it."""
+    """The tenant's ledger as a Matcher; None when nobody was ever erased from it.
+
+    Fails closed: entries without a readable key (the key row lost, a wrong master key) raise
+    OperationFailed, never "nobody to re-erase", since the restored data would bring back every
+    person of those entries. (An off-boarded tenant, whose key was destroyed on purpose, is
+    refused before any restore reaches here.)"""
     found = entries(settings, tenant_id)
     if not found:
         return None
-    key = ledger_key(settings, tenant_id)
-    if key is None:  # off-boarded: nothing can be recognised any more, and nothing is restored
-        return None
+    key = ledger_key(settings, tenant_id)  # raises when the wrapped key cannot be unwrapped
+    if key is None:
+        raise OperationFailed(f"tenant {tenant_id}: the erasure ledger has {len(found)} entr"
+                              f"{'y' if len(found) == 1 else 'ies'} but no ledger key to recognise them "
+                              "(`kryonix-backup keys recover` restores it from the stash): it cannot be applied, "
+                              "so nothing was done")
     result = Matcher(key)
     for entry in found:
         result.value_hashes.setdefault(entry.subject_kind, set()).add(entry.value_hash)

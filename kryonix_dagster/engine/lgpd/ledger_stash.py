@@ -7,7 +7,8 @@ A stash file holds what the main database holds for the tenant's ledger: the key
 key vault's stash (key_stash.py), files are only ever added — `ledger-<id>-<hash of the
 content>.json` in the vault folder — so they also go through the copy's append-only endpoint;
 where deletion is allowed a rotation removes superseded versions and off-boarding removes all.
-Recovery takes the most complete version the master key opens (the ledger only grows).
+Every record is sealed (key_stash.seal); recovery merges every authentic version whose ledger
+key the master key opens: the entries come back as a union, and rows that are there stay.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from datetime import datetime, timezone
 
 from .. import locations, pg
 from ..config import Settings
-from ..errors import OperationFailed
+from ..errors import OperationFailed, one_line
 from ..key_stash import add_to_vault, read_vault_files, vault_folder
 from ..locations import Location
 from ..naming import ledger_stash_file_name, ledger_stash_file_tenant
 from . import ledger
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # sealed, like every stash record (key_stash.seal)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class LedgerRecord:
 
     @property
     def digest(self) -> str:
-        body = json.dumps([self.tenant_id, self.key.master_key_id, self.key.nonce.hex(), self.key.wrapped.hex(),
+        body = json.dumps([FORMAT, self.tenant_id, self.key.master_key_id, self.key.nonce.hex(), self.key.wrapped.hex(),
                            list(self.entries)], sort_keys=True).encode()
         return hashlib.sha256(body).hexdigest()[:16]
 
@@ -105,9 +106,16 @@ def ensure_stashed(settings: Settings, tenant_id: str, where: Location) -> None:
 
 
 def stash_everywhere(settings: Settings, tenant_id: str) -> None:
-    """After the ledger changed (an erasure, a rewrite): beside the primary and the copy."""
+    """After the ledger changed (an erasure, a rewrite): beside the primary and the copy. A
+    location that cannot take it is an error (OperationFailed): the erasure stands in the main
+    database, but would not survive its loss, and the operator must know."""
     for where in locations.stash_places(settings):
-        ensure_stashed(settings, tenant_id, where)
+        try:
+            stash(settings, tenant_id, where)
+        except OSError as exc:
+            raise OperationFailed(f"tenant {tenant_id}: the erasure ledger could not be stashed beside the {where.kind} "
+                                  f"repository ({one_line(str(exc), 200)}); it is recorded in the main database "
+                                  f"only: fix that location and run the command again") from None
 
 
 def read_ledgers(settings: Settings, where: Location) -> dict[str, list[LedgerRecord]]:
@@ -120,26 +128,50 @@ def read_ledgers(settings: Settings, where: Location) -> dict[str, list[LedgerRe
 
 
 def restore_ledger(settings: Settings, records: list[LedgerRecord]) -> int:
-    """The most complete version the master key opens, back into the main database (rows that
-    are there stay); returns how many entries it holds, 0 when none opens."""
+    """Merge every authentic stashed version into the main database: the ledger key when the
+    tenant has none, and the union of the entries (matched by kind, hash and time) that are not
+    there; nothing that exists is changed. Returns how many entries were added."""
+    chosen, versions = None, []
     for record in records:
         try:
-            ledger.unwrap_key(settings, record.tenant_id, record.key.nonce, record.key.wrapped,
-                              record.key.master_key_id)
+            key = ledger.unwrap_key(settings, record.tenant_id, record.key.nonce, record.key.wrapped,
+                                    record.key.master_key_id)
         except OperationFailed:
             continue
-        ledger.store_wrapped_key(settings, record.key)
-        with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
-            for entry in record.entries:
-                cur.execute(
-                    "INSERT INTO tenants.lgpd_ledger (id, cliente_id, subject_kind, value_hash, key_hashes, erased_at, "
-                    "rewritten_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                    (entry["id"], record.tenant_id, entry["subject_kind"], entry["value_hash"], entry["key_hashes"],
-                     entry["erased_at"], entry["rewritten_at"]))
-            cur.execute("SELECT setval(pg_get_serial_sequence('tenants.lgpd_ledger', 'id'), "
-                        "GREATEST((SELECT max(id) FROM tenants.lgpd_ledger), 1))")
-        return len(record.entries)
-    return 0
+        chosen = chosen or (record, key)
+        if key == chosen[1]:
+            versions.append(record)
+    if chosen is None:
+        return 0
+    record, key = chosen
+    tenant_id = record.tenant_id
+    if not ledger.store_wrapped_key(settings, record.key) and ledger.ledger_key(settings, tenant_id) != key:
+        log.warning("tenant %s: the main database holds another ledger key than the stash's; the stashed "
+                    "entries (hashed under the stash's key) were not merged", tenant_id)
+        return 0
+    union: dict[tuple, dict] = {}
+    for version in versions:
+        for entry in version.entries:
+            ident = (entry["subject_kind"], entry["value_hash"], entry["erased_at"])
+            kept = union.setdefault(ident, dict(entry))
+            if entry["rewritten_at"] and (not kept["rewritten_at"] or entry["rewritten_at"] > kept["rewritten_at"]):
+                kept["rewritten_at"] = entry["rewritten_at"]
+    added = 0
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        for entry in sorted(union.values(), key=lambda e: e["id"]):
+            cur.execute(
+                "INSERT INTO tenants.lgpd_ledger (id, cliente_id, subject_kind, value_hash, key_hashes, erased_at, "
+                "rewritten_at) SELECT CASE WHEN EXISTS (SELECT 1 FROM tenants.lgpd_ledger WHERE id = %(id)s) "
+                "THEN nextval(pg_get_serial_sequence('tenants.lgpd_ledger', 'id')) ELSE %(id)s END, "
+                "%(tenant)s, %(kind)s, %(hash)s, %(keys)s, %(at)s, %(rewritten)s "
+                "WHERE NOT EXISTS (SELECT 1 FROM tenants.lgpd_ledger WHERE cliente_id = %(tenant)s AND "
+                "subject_kind = %(kind)s AND value_hash = %(hash)s AND erased_at = %(at)s::timestamptz)",
+                {"id": entry["id"], "tenant": tenant_id, "kind": entry["subject_kind"], "hash": entry["value_hash"],
+                 "keys": entry["key_hashes"], "at": entry["erased_at"], "rewritten": entry["rewritten_at"]})
+            added += cur.rowcount
+        cur.execute("SELECT setval(pg_get_serial_sequence('tenants.lgpd_ledger', 'id'), "
+                    "GREATEST((SELECT max(id) FROM tenants.lgpd_ledger), 1))")
+    return added
 
 
 def remove(settings: Settings, tenant_id: str, where: Location, keep: LedgerRecord | None = None) -> int:

@@ -105,6 +105,20 @@ def erase_database(cur, where: PersonLocations, keys: list[str], dry_run: bool, 
             erased.database[loc.table] = erased.database.get(loc.table, 0) + count
 
 
+def path_component(key: str) -> str | None:
+    """`key` when it is ONE safe path component, else None. A person key fills object prefixes and
+    application-data paths: `.` would name the parent (`contatos/.` is `contatos`: everybody's),
+    `/`, `..`, an empty key, NUL or another control character would name something else."""
+    if not key or key in (".", "..") or any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return None
+    return key
+
+
+def glob_escaped(key: str) -> str:
+    """`key` as a literal inside a Redis MATCH pattern (`*`, `?`, `[`, `]`, `\\` escaped)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", key)
+
+
 # --- patterns: a rule's `contato:{contato_id}` read backwards, to recognise keys in data --------
 
 def pattern_regex(pattern: str, key_name: str, whole: bool) -> re.Pattern:
@@ -128,8 +142,8 @@ def erase_redis(client, names: TenantNames, patterns: list[str], key_name: str, 
     for key in keys:
         for pattern in patterns:
             if any(ch in pattern for ch in "*?["):  # the rule's own glob; the key itself is escaped
-                escaped = re.sub(r"([*?\[\]\\])", r"\\\1", key)
-                found.update(client.scan_iter(match=names.redis_prefix + fill(pattern, key_name, escaped), count=1000))
+                match = glob_escaped(names.redis_prefix) + fill(pattern, key_name, glob_escaped(key))
+                found.update(client.scan_iter(match=match, count=1000))
             else:
                 full = names.redis_prefix + fill(pattern, key_name, key)
                 if client.exists(full):
@@ -170,7 +184,7 @@ def erase_objects(client, names: TenantNames, prefixes: list[ObjectPrefix], key_
         if not bucket_exists(client, bucket):
             erased.skipped.append(f"object_storage:{bucket}")
             continue
-        for key in keys:
+        for key in filter(path_component, keys):  # a key that is not one component names no prefix
             count = erase_object_prefix(client, bucket, fill(rule.prefix, key_name, key), dry_run)
             if count:
                 erased.objects[bucket] = erased.objects.get(bucket, 0) + count
@@ -220,7 +234,7 @@ def erase_appdata(root: Path, paths: list[str], key_name: str, keys: list[str], 
     except FileNotFoundError:
         erased.skipped.append(f"appdata:{root.name}")
         return
-    for key in keys:
+    for key in filter(path_component, keys):  # `.` would be the parent folder: never a person's
         for pattern in paths:
             target = _inside(root, fill(pattern, key_name, key))
             if target is not None:

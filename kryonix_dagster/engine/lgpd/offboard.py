@@ -47,7 +47,7 @@ from ..retention import legal_hold_ids
 from ..tenant_repository import _marker_path, key_folder, local_root, open_repository
 from . import ledger, ledger_stash
 
-OFFBOARDED = "encerrado"
+OFFBOARDED = registry.OFFBOARDED
 
 
 @dataclass
@@ -62,6 +62,7 @@ class OffboardResult:
     repositories_deleted: list[str] = field(default_factory=list)  # primary, secondary-admin
     stash_files_removed: int = 0
     status: str = ""
+    pitr: dict = field(default_factory=dict)  # until when pgBackRest still holds the database, encrypted
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -69,7 +70,7 @@ class OffboardResult:
                 "live_data_erased": self.live_data_erased, "keys_destroyed": self.keys_destroyed,
                 "repository_deleted": self.repository_deleted, "repositories_deleted": self.repositories_deleted,
                 "stash_files_removed": self.stash_files_removed, "status": self.status,
-                "duration_seconds": self.duration_seconds}
+                "pitr_retention": self.pitr, "duration_seconds": self.duration_seconds}
 
 
 def _refuse(settings: Settings, tenant_id: str, repo: Restic | None) -> None:
@@ -217,6 +218,19 @@ def destroy_keys(settings: Settings, tenant_id: str) -> list[str]:
     return destroyed
 
 
+def _pitr_hold(settings: Settings, tenant_id: str, gone_at: datetime) -> dict:
+    """The certificate's word on pgBackRest: its repository is shared by every tenant and cannot be
+    crypto-shredded per tenant, so it says until when the database is still held there, encrypted.
+    (`restore --at` refuses an off-boarded tenant meanwhile.)"""
+    from ..pitr.archive import database_hold
+
+    try:
+        return database_hold(settings, gone_at)
+    except Exception as exc:  # noqa: BLE001 - the off-boarding is done; say what could not be read
+        return {"configured": None, "statement": f"tenant {tenant_id}: pgBackRest's retention could not be read "
+                                                 f"({type(exc).__name__}: {one_line(str(exc), 200)})"}
+
+
 def run_offboard(settings: Settings, tenant_id: str, export: Path | None = None, report: Reporter | None = None,
                  wait_seconds: float = 0) -> OffboardResult:
     report = report or NullReporter()
@@ -252,6 +266,7 @@ def run_offboard(settings: Settings, tenant_id: str, export: Path | None = None,
                 cur.execute("DELETE FROM tenants.offsite_copies WHERE cliente_id = %s", (tenant_id,))
         result.repository_deleted = True
         result.status = registry.set_status(settings, tenant_id, OFFBOARDED).status
+        result.pitr = _pitr_hold(settings, tenant_id, datetime.now(timezone.utc))
         result.duration_seconds = op.seconds
         op.audit = {"details": result.to_json() | {"exported_to": bool(result.exported_to)}}
     return result

@@ -4,7 +4,9 @@ One file (`rules.json` beside this module, or the file named by KRYONIX_LGPD_RUL
 - `retention`: per table, an age column and a period after which rows are deleted or have
   columns anonymised, optionally unless the row's subject has an active consent elsewhere;
 - `subjects`: the kinds of identifier a data subject is named by (`email=...`, `telefone=...`,
-  `contato_id=...`), each resolved to the person's key (e.g. `contato_id`) by one column lookup;
+  `contato_id=...`), each with the `format` its values must have (`email`, `phone`, `contact_id`:
+  checked before anything runs) and resolved to the person's key (e.g. `contato_id`) by one
+  column lookup;
 - `person`: for each key, where the person lives: database tables (delete the rows, anonymise
   columns, or keep them with a legal reason), Redis key patterns inside the tenant's namespace,
   object key prefixes inside the tenant's buckets, application-data paths. Patterns name the key
@@ -122,6 +124,7 @@ class Resolve(Strict):
 
 class SubjectKind(Strict):
     description: str = ""
+    format: Literal["email", "phone", "contact_id"]  # what a value of this kind must look like
     resolve: Resolve
 
 
@@ -200,14 +203,44 @@ def fill(pattern: str, key_name: str, key_value: object) -> str:
     return pattern.replace("{" + key_name + "}", str(key_value))
 
 
+# What a subject value may be, per format. Deliberately narrow: no wildcard (`*?[]%`), no path
+# separator, no control character, no leading dot, so a value used as a Redis key, an object
+# prefix, a path component or an SQL parameter names exactly one person's things.
+_EMAIL = re.compile(r"^[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                    r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_PHONE = re.compile(r"^\+?[0-9]{6,15}$")  # E.164: up to 15 digits, as stored (no spaces or dashes)
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_FORMAT_HELP = {"email": "an e-mail address (name@domain.tld)",
+                "phone": "a phone number of 6 to 15 digits, optionally after a + (no spaces)",
+                "contact_id": "a contact id: digits or a UUID"}
+
+
+def canonical_value(fmt: str, value: str) -> str | None:
+    """The value in its one canonical form for `fmt`, or None when it is not such a value."""
+    if fmt == "email":
+        return value if len(value) <= 254 and _EMAIL.fullmatch(value) else None
+    if fmt == "phone":
+        return value if _PHONE.fullmatch(value) else None
+    if _DIGITS.fullmatch(value):
+        return str(int(value))  # `007` and `7` are one contact
+    if _UUID.fullmatch(value):
+        return value.lower()  # uuid::text is lower case
+    return None
+
+
 def parse_subject(text: str, rules: LgpdRules) -> tuple[str, str]:
-    """`KIND=VALUE` -> (kind, value). The value is never echoed back in an error."""
+    """`KIND=VALUE` -> (kind, canonical value), validated for the kind's format. The value is
+    never echoed back in an error."""
     kind, sep, value = text.partition("=")
-    kind = kind.strip()
-    if not sep or not kind or not value.strip():
+    kind, value = kind.strip(" "), value.strip(" ")  # spaces only: any other control character refuses
+    if not sep or not kind or not value:
         raise BadInput("--subject takes KIND=VALUE, e.g. email=pessoa@exemplo.com")
-    rules.subject(kind)
-    return kind, value.strip()
+    fmt = rules.subject(kind).format
+    canonical = canonical_value(fmt, value)
+    if canonical is None:
+        raise BadInput(f"the {kind} value is not {_FORMAT_HELP[fmt]}; nothing was touched")
+    return kind, canonical
 
 
 def rules_source(path: str | Path | None = None) -> Path:

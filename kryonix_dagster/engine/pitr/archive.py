@@ -15,6 +15,7 @@ from ..pgbackrest import BaseBackup, ConfigFile, PgBackRest, as_user, write_conf
 from ..plans import PLANS
 from ..reporting import NullReporter, Reporter
 from . import cluster as clusters
+from . import cluster_record, passphrase_stash
 from .config import PitrConfig, load_pitr_config, repository_passphrase
 
 MAX_LAG_SECONDS = 300  # the archiving check's promise: WAL lag under 5 minutes
@@ -77,7 +78,14 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     if not cluster.local:
         raise OperationFailed(f"PostgreSQL {pg.server_label(settings.pg_dsn)} is not on this machine (data directory "
                               f"{cluster.data_dir} not found here): run `pitr setup` on the database host")
-    passphrase = repository_passphrase(settings, cfg.stanza, create=True)
+    passphrase = repository_passphrase(settings, cfg.stanza)
+    if passphrase is None:  # a new one only for a repository without this stanza: never orphan an archive
+        if passphrase_stash.stanza_in_repository(settings, cfg):
+            raise OperationFailed(f"the pgBackRest repository {cfg.repo.path} already holds stanza {cfg.stanza}, but the "
+                                  f"main database has no passphrase for it: run `kryonix-backup keys recover` (it "
+                                  f"brings the stashed passphrase back); a new passphrase would lose that archive")
+        passphrase = repository_passphrase(settings, cfg.stanza, create=True)
+    passphrase_stash.stash_all(settings, cfg.stanza)  # beside the repositories: survives the main database
     write_config(ConfigFile(cfg.config_path, cfg.stanza, cluster.data_dir, cluster.port, cluster.socket_dir,
                             cluster.superuser, cfg.repo, passphrase, longest_promise_days(), cfg.work_dir,
                             settings.repo_access_key, settings.repo_secret_key), cluster.owner)
@@ -87,6 +95,7 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     if cfg.repo.ca_file and not _owner_can_read(cluster.owner, cfg.repo.ca_file):
         raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read the CA file {cfg.repo.ca_file} of "
                               "KRYONIX_PITR_REPO (archive_command verifies the S3 endpoint with it)")
+    cluster_record.write(settings, cfg.stanza, cluster)  # what restore-cluster trusts, not the config file
     result = SetupResult(cfg.stanza, False, False)
     result.archive_command_set = _alter_system(settings, "archive_command", pgbr.archive_command())
     if cluster.wal_level == "minimal":
@@ -277,3 +286,55 @@ def window_fields(settings: Settings) -> dict:
         return {"pitr_earliest": _iso(earliest), "pitr_latest": _iso(latest or earliest)}
     except Exception:  # noqa: BLE001 - see the docstring
         return {}
+
+
+# --- how long the repository still holds a database that is gone ---------------------------
+
+def _retention_setting(cfg: PitrConfig) -> tuple[str, int, str]:
+    """(retention type, value, cipher type) as the stanza's config file says; where the file
+    cannot be read, what `setup` writes (time-based, the longest plan promise, aes-256-cbc).
+    Only these three keys are read: the file also holds the cipher passphrase."""
+    found = {"repo1-retention-full-type": "count", "repo1-retention-full": "",
+             "repo1-cipher-type": "none"}
+    try:
+        lines = cfg.config_path.read_text().splitlines()
+    except OSError:
+        return "time", max(1, longest_promise_days()), "aes-256-cbc"
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip() in found:
+            found[name.strip()] = value.strip()
+    value = found["repo1-retention-full"]
+    return found["repo1-retention-full-type"], int(value) if value.isdigit() else 0, found["repo1-cipher-type"]
+
+
+def database_hold(settings: Settings, gone_at: datetime) -> dict:
+    """Until when pgBackRest's repository still holds a database dropped at `gone_at` (an
+    off-boarded tenant's): in every base backup taken before then and the WAL after them, until
+    retention expires them. With time-based retention of D days, pgBackRest keeps one full backup
+    older than D days, so the last backup holding the database goes once a full backup taken
+    after `gone_at` is D days old: not before `gone_at` + D days, and only while full backups
+    keep being taken (each one runs `expire`)."""
+    cfg = load_pitr_config(settings)
+    if not cfg.config_path.exists():
+        return {"configured": False, "statement": "no PITR configured: no pgBackRest repository holds the database"}
+    kind, value, cipher = _retention_setting(cfg)
+    doc: dict = {"configured": True, "stanza": cfg.stanza, "encryption": cipher, "retention_full_type": kind,
+                 "retention_full": value, "base_backups_before": None, "held_until_at_least": None}
+    try:
+        info = engine_for(settings, cfg)[0].info()
+        doc["base_backups_before"] = sum(1 for b in (info.backups if info else ()) if b.started <= gone_at)
+    except (OperationFailed, OSError) as exc:
+        doc["info_error"] = str(exc)[:300]
+    held = f"encrypted ({cipher})" if cipher != "none" else "NOT encrypted"
+    if kind == "time" and value:
+        until = gone_at + timedelta(days=value)
+        doc["held_until_at_least"] = _iso(until)
+        doc["statement"] = (f"pgBackRest stanza {cfg.stanza} still holds the database, {held}, in its base backups "
+                            f"taken before {_iso(gone_at)} and their WAL, until a full backup taken after that is "
+                            f"{value} days old: not before {_iso(until)}")
+    else:
+        doc["statement"] = (f"pgBackRest stanza {cfg.stanza} still holds the database, {held}, in its base backups "
+                            f"taken before {_iso(gone_at)} and their WAL, until {value} newer full backup(s) "
+                            "have been taken")
+    return doc

@@ -1,40 +1,48 @@
 """The whole tenants' cluster back from pgBackRest after it is lost (runbook scenario 6).
 
 Works without the cluster (and so without the main database, which may live in it): where the
-cluster lives comes from our pgBackRest config file, written by `pitr setup` (data directory,
-port, socket folder; its owner owns the file). The rule that keeps a live cluster safe: refuse
-while a postmaster runs on the data directory (a live pid in postmaster.pid) or anything answers
-on KRYONIX_PG_DSN. What is left of the data directory is moved aside, never deleted (pgBackRest
-restores into an empty directory; `--delta` over it only when it cannot be moved).
+cluster lives (data directory, port, owner, the postmaster's options) comes from the record
+`pitr setup` wrote as the product's own user (cluster_record.py), never from the pgBackRest config
+file, which the cluster's owner can edit. The rule that keeps a live cluster safe: refuse while a
+postmaster runs on the data directory (a live pid in postmaster.pid) or anything answers on
+KRYONIX_PG_DSN. What is left of the data directory is moved aside, never deleted (pgBackRest
+restores into an empty directory; `--delta` over it only when it cannot be moved). A restored
+server that stops during recovery fails the command at once with its log's FATAL line; a restore
+that comes back writes a cluster-wide audit row (cliente_id `*`) into the restored main database.
 """
 from __future__ import annotations
 
 import configparser
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from pwd import getpwuid
 
 import psycopg2
 
-from .. import pg
+from .. import audit, pg, procs
 from ..config import Settings
 from ..errors import BadInput, OperationFailed, one_line
 from ..pgbackrest import PgBackRest, as_user, owner_ids
 from ..reporting import NullReporter, Reporter
+from . import cluster_record
 from .cluster import LOCAL_HOSTS, debian_cluster_of, run_detached
 from .config import PitrConfig, load_pitr_config
+
+CLUSTER_AUDIT_ID = "*"  # backup_audit.cliente_id of a cluster-wide operation (never a tenant id)
+OPERATION = "restore-cluster"
 
 
 @dataclass(frozen=True)
 class LostCluster:
-    """Where the cluster lived, from the config file `pitr setup` wrote."""
+    """Where the cluster lived, from what `pitr setup` recorded (cluster_record.py)."""
 
     data_dir: Path
     port: int
     owner: str
+    options: tuple[str, ...] = ()  # the postmaster's options but -D/-p, for `pg_ctl -o`
 
 
 @dataclass
@@ -42,17 +50,22 @@ class ClusterRestore:
     stanza: str
     data_dir: str
     target: str | None  # ISO-8601 UTC, or None: the end of the archive
+    port: int | None = None
+    log: str | None = None
     moved_aside: str | None = None
     delta: bool = False
     started_with: str = ""
     timeline: int | None = None
     archive_checked: bool = False
+    audited: bool = False
+    warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"success": True, "stanza": self.stanza, "data_dir": self.data_dir, "target": self.target,
-                "moved_aside": self.moved_aside, "delta": self.delta, "started_with": self.started_with,
-                "timeline": self.timeline, "archive_checked": self.archive_checked,
+        return {"success": True, "stanza": self.stanza, "data_dir": self.data_dir, "port": self.port,
+                "log": self.log, "target": self.target, "moved_aside": self.moved_aside, "delta": self.delta,
+                "started_with": self.started_with, "timeline": self.timeline,
+                "archive_checked": self.archive_checked, "audited": self.audited, "warnings": self.warnings,
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
@@ -64,13 +77,20 @@ def lost_cluster(settings: Settings, cfg: PitrConfig) -> LostCluster:
     if not cfg.config_path.is_file():
         raise BadInput(f"no pgBackRest config {cfg.config_path}: `pitr setup` never ran here "
                        f"(KRYONIX_PITR_WORK_DIR / KRYONIX_PITR_STANZA), nothing to restore from")
+    record = cluster_record.read(settings, cfg.stanza)
+    # The restored cluster archives through the config file (archive_command runs as its owner):
+    # one whose pg1-path was changed since setup would leave it unarchived, and says someone edited it.
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read(cfg.config_path)
-    section = parser[cfg.stanza] if parser.has_section(cfg.stanza) else None
-    if section is None or "pg1-path" not in section:
-        raise BadInput(f"{cfg.config_path} has no [{cfg.stanza}] pg1-path: run `pitr setup` again")
-    return LostCluster(Path(section["pg1-path"]), int(section.get("pg1-port", "5432")),
-                       getpwuid(cfg.config_path.stat().st_uid).pw_name)
+    try:
+        parser.read(cfg.config_path)
+        configured = parser.get(cfg.stanza, "pg1-path", fallback=None)
+    except (OSError, configparser.Error):
+        configured = None
+    if configured is None or Path(configured) != record.data_dir:
+        raise BadInput(f"{cfg.config_path} says pg1-path={configured}, but `pitr setup` recorded {record.data_dir} "
+                       f"({cluster_record.record_path(settings, cfg.stanza)}): the config file was changed since; "
+                       f"put pg1-path={record.data_dir} back (nothing was touched)")
+    return LostCluster(record.data_dir, record.port, record.owner, record.options)
 
 
 def _live_postmaster(data_dir: Path) -> int | None:
@@ -135,26 +155,81 @@ def _restore_args(target: datetime | None, delta: bool) -> list[str]:
     return args + ["--type=time", f"--target={stamp}+00", "--target-action=promote"]
 
 
-def _start(cfg: PitrConfig, lost: LostCluster, timeout: float) -> str:
+@dataclass(frozen=True)
+class ServerLog:
+    """The restored server's log file, and where this start's lines begin in it."""
+
+    path: Path
+    offset: int
+
+    @classmethod
+    def before_start(cls, path: Path) -> "ServerLog":
+        try:
+            return cls(path, path.stat().st_size)
+        except OSError:
+            return cls(path, 0)
+
+    def fatal_line(self) -> str | None:
+        """The first FATAL or PANIC line this start wrote (the log belongs to the cluster's owner:
+        never followed through a symbolic link, read in a bounded amount)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(self.offset if size >= self.offset else 0)  # a shorter log was started anew
+            text = handle.read(4 << 20).decode(errors="replace")
+        found = [line for line in text.splitlines() if "FATAL:" in line or "PANIC:" in line]
+        return one_line(found[0], 300) if found else None
+
+    def explain(self) -> str:
+        line = self.fatal_line()
+        return (f"{line!r} (log {self.path})" if line
+                else f"no FATAL line in its log {self.path} (read it for the cause)")
+
+
+def _debian_log(version: str, name: str) -> Path:
+    out = procs.run(["pg_lsclusters", "--no-header", version, name], capture_output=True, text=True)
+    fields = out.stdout.split()
+    if len(fields) >= 7 and fields[6].startswith("/"):
+        return Path(fields[6])
+    return Path(f"/var/log/postgresql/postgresql-{version}-{name}.log")
+
+
+def _start(cfg: PitrConfig, lost: LostCluster, result: ClusterRestore, timeout: float) -> ServerLog:
+    """Start the restored cluster as it ran before: pg_ctlcluster for a Debian cluster (its port and
+    options live in /etc/postgresql), else pg_ctl with the recorded options and port."""
     debian = debian_cluster_of(str(lost.data_dir))
     if debian:
+        log = ServerLog.before_start(_debian_log(*debian))
         cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", debian[0], debian[1], "start"]
-        how = "pg_ctlcluster"
+        result.started_with = "pg_ctlcluster"
     else:
         major = (lost.data_dir / "PG_VERSION").read_text().strip()
         pg_ctl = Path(f"/usr/lib/postgresql/{major}/bin/pg_ctl")
-        log = cfg.work_dir / "log" / f"postgresql-{cfg.stanza}.log"
+        log = ServerLog.before_start(cfg.work_dir / "log" / f"postgresql-{cfg.stanza}.log")
+        options = shlex.join([*lost.options, "-p", str(lost.port)])
         cmd = as_user(lost.owner, [str(pg_ctl) if pg_ctl.exists() else "pg_ctl", "-D", str(lost.data_dir),
-                                   "-l", str(log), "-w", "-t", str(int(timeout)), "start"])
-        how = "pg_ctl"
+                                   "-l", str(log.path), "-o", options, "-w", "-t", str(int(timeout)), "start"])
+        result.started_with = f"pg_ctl -o {options}"
+    result.log = str(log.path)
     code, output = run_detached(cmd, timeout + 30)
     if code != 0:
-        raise OperationFailed(f"starting the restored cluster in {lost.data_dir} ({how}) failed: {one_line(output)}")
-    return how
+        raise OperationFailed(f"starting the restored cluster in {lost.data_dir} ({result.started_with}) failed: "
+                              f"{log.explain()}; pg_ctl said: {one_line(output, 200)}")
+    return log
 
 
-def _wait_promoted(settings: Settings, timeout: float) -> int:
-    """Until the cluster accepts connections out of recovery; its timeline."""
+def _postmaster_gone(data_dir: Path) -> bool:
+    """True once the postmaster has stopped (no postmaster.pid, or its pid is dead); False while it
+    runs or when we may not look inside the data directory (then the connection polling decides)."""
+    return os.access(data_dir, os.R_OK | os.X_OK) and _live_postmaster(data_dir) is None
+
+
+def _wait_promoted(settings: Settings, data_dir: Path, log: ServerLog, timeout: float) -> int:
+    """Until the cluster accepts connections out of recovery; its timeline. Fails at once when
+    the postmaster stops on the way (recovery ended before its target, a bad setting …)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -165,9 +240,29 @@ def _wait_promoted(settings: Settings, timeout: float) -> int:
                 return int(timeline)
         except OperationFailed:
             pass
+        if _postmaster_gone(data_dir):
+            raise OperationFailed(f"the restored cluster in {data_dir} stopped during recovery: {log.explain()}; "
+                                  "its data directory is left as it is (the next restore-cluster moves it aside)")
         if time.monotonic() > deadline:
-            raise OperationFailed(f"the restored cluster did not leave recovery within {timeout:.0f}s")
+            raise OperationFailed(f"the restored cluster did not leave recovery within {timeout:.0f}s "
+                                  f"(log {log.path})")
         time.sleep(0.3)
+
+
+def _audit(settings: Settings, result: ClusterRestore, started: datetime, error: str | None,
+           report: Reporter) -> None:
+    """The cluster-wide audit row, in the restored main database (the restore's own outcome
+    stands when it cannot be written: a warning says so)."""
+    details = {k: v for k, v in result.to_json().items() if k not in ("success", "audited")}
+    rec = audit.AuditRecord(CLUSTER_AUDIT_ID, OPERATION, started, error is None,
+                            finished_at=datetime.now(timezone.utc), error=error,
+                            duration_seconds=round(sum(result.seconds.values()), 2), details=details)
+    try:
+        audit.record(settings, rec)
+        result.audited = True
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        result.warnings.append(f"audit row not written: {type(exc).__name__}: {one_line(str(exc), 200)}")
+        report.warn(result.warnings[-1])
 
 
 def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lambda _q: None,
@@ -180,24 +275,32 @@ def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lamb
     refuse_if_live(settings, lost)
     confirm(f"Replace the PostgreSQL cluster in {lost.data_dir} with the pgBackRest restore "
             f"({'as of ' + at.isoformat() if at else 'end of the archive'})?")
-    result = ClusterRestore(cfg.stanza, str(lost.data_dir), at.astimezone(timezone.utc).isoformat() if at else None)
+    started = datetime.now(timezone.utc)
+    result = ClusterRestore(cfg.stanza, str(lost.data_dir), at.astimezone(timezone.utc).isoformat() if at else None,
+                            port=lost.port)
     pgbr = PgBackRest(cfg.config_path, cfg.stanza, lost.owner)
+    pg1_path = f"--pg1-path={lost.data_dir}"  # the record's, even should the config file change meanwhile
     clock = time.monotonic()
     _prepare_data_dir(lost, result)
     if result.moved_aside:
         report.info(f"moved what was left of the data directory to {result.moved_aside}")
     report.info(f"pgbackrest restore of stanza {cfg.stanza} into {lost.data_dir}"
                 + (" (--delta)" if result.delta else "") + (f", to {result.target}" if at else ", to the archive's end"))
-    pgbr.run("restore", *_restore_args(at, result.delta), timeout=timeout)
+    pgbr.run("restore", pg1_path, *_restore_args(at, result.delta), timeout=timeout)
     result.seconds["restore"] = time.monotonic() - clock
     clock = time.monotonic()
     report.info("starting the restored cluster and waiting for the end of recovery")
-    result.started_with = _start(cfg, lost, timeout)
-    result.timeline = _wait_promoted(settings, timeout)
+    log = _start(cfg, lost, result, timeout)
+    result.timeline = _wait_promoted(settings, lost.data_dir, log, timeout)
     result.seconds["recovery"] = time.monotonic() - clock
     clock = time.monotonic()
     report.info(f"timeline {result.timeline}: checking that WAL reaches the repository")
-    pgbr.check()
+    try:
+        pgbr.run("check", pg1_path, f"--pg1-port={lost.port}", timeout=120)
+    except OperationFailed as exc:
+        _audit(settings, result, started, str(exc), report)
+        raise
     result.archive_checked = True
     result.seconds["check"] = time.monotonic() - clock
+    _audit(settings, result, started, None, report)
     return result

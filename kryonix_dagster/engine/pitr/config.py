@@ -64,13 +64,16 @@ def _aad(stanza: str) -> bytes:
 
 def repository_passphrase(settings: Settings, stanza: str, create: bool = False) -> str | None:
     """The pgBackRest repository's cipher passphrase: random, generated once, stored wrapped by
-    the master key (AES-GCM, the stanza as associated data) in tenants.pitr_keys."""
-    key = keys.master_key(settings)
+    the master key (AES-GCM, the stanza as associated data) in tenants.pitr_keys; created under
+    the vault's lock with the key new secrets get (keys.writing). `pitr setup` creates it only
+    while the repository has no stanza, and stashes it (passphrase_stash.py)."""
+    keys.master_key(settings)
     query = "SELECT nonce, wrapped_password, master_key_id FROM tenants.pitr_keys WHERE stanza = %s"
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(query, (stanza,))
         row = cur.fetchone()
-        if row is None and create:
+    if row is None and create:
+        with keys.writing(settings) as (cur, key):
             nonce = secrets.token_bytes(12)
             wrapped = AESGCM(key).encrypt(nonce, secrets.token_urlsafe(48).encode(), _aad(stanza))
             cur.execute("INSERT INTO tenants.pitr_keys (stanza, master_key_id, nonce, wrapped_password) "

@@ -84,6 +84,7 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
     target_id = into or tenant_id
     if into and registry.get_tenant(settings, into) is None:
         raise BadInput(f"tenant {into} is not registered (add it with `kryonix-backup tenants add`)")
+    registry.refuse_offboarded(settings, tenant_id, target_id)  # pgBackRest still holds its database
     source, target = names_for(settings, tenant_id), names_for(settings, target_id)
     pgbr, cluster, cfg = archive.engine_for(settings)
     archive._require_setup(cfg)
@@ -115,9 +116,12 @@ def run_restore_at(settings: Settings, tenant_id: str, at: datetime, into: str |
         result.session_id, result.session_time = manifest.session_id, point.time
         report.info(f"other tiers come from restore point {manifest.session_id} ({archive._iso(point.time)})")
     also = () if target_id == tenant_id else (tenant_id,)
-    erasure = erasure_filter(settings, source, target)  # the ledger, re-applied before anything goes live
     with tenant_operation(settings, target_id, "restore", wait_seconds=wait_seconds, also_lease=also) as op:
         op.audit = _audit(result)
+        registry.refuse_offboarded(settings, tenant_id, target_id)  # off-boarded while we waited
+        # the ledger is read under the leases: an erasure committed while this restore waited is
+        # in it, and is re-applied before anything goes live
+        erasure = erasure_filter(settings, source, target)
         result.swept_scratch = sweep(cfg.scratch_root, cluster.owner, cluster)
         if result.swept_scratch:
             report.warn(f"removed {result.swept_scratch} scratch cluster(s) an interrupted restore left behind")

@@ -4,7 +4,7 @@ here. The session, the restore, the drill and the Dagster layer all read this li
 from __future__ import annotations
 
 from . import appdata, compliance, object_storage, postgres, rabbitmq, redis_keys
-from .base import PHASES, TierSpec, upstream
+from .base import PHASES, TierSpec
 
 TIERS: tuple[TierSpec, ...] = (
     postgres.SPEC,
@@ -17,7 +17,7 @@ TIERS: tuple[TierSpec, ...] = (
 
 TIER_NAMES = tuple(t.name for t in TIERS)
 
-__all__ = ["PHASES", "TIERS", "TIER_NAMES", "TierSpec", "tier", "upstream"]
+__all__ = ["PHASES", "TIERS", "TIER_NAMES", "TierSpec", "tier"]
 
 
 def tier(name: str, tiers: tuple[TierSpec, ...] = TIERS) -> TierSpec:

@@ -144,13 +144,3 @@ class TierSpec:
             raise ValueError(f"tier {self.name}: unknown phase {self.phase!r}, expected one of {', '.join(PHASE_NAMES)}")
         if not self.asset_key:
             object.__setattr__(self, "asset_key", f"{self.name}_backup")
-
-
-def upstream(spec: TierSpec, tiers: tuple[TierSpec, ...]) -> list[TierSpec]:
-    """The tiers of the nearest earlier phase that has any: what `spec` waits for in a session."""
-    index = PHASE_NAMES.index(spec.phase)
-    for phase in reversed(PHASE_NAMES[:index]):
-        earlier = [t for t in tiers if t.phase == phase]
-        if earlier:
-            return earlier
-    return []
