@@ -125,7 +125,8 @@ def test_an_s3_repository_location_names_its_port_and_ca_file_and_refuses_plain_
     repo = RepoLocation.parse("s3:https://minio.internal:9000/backups/pitr/main?ca-file=/etc/ssl/minio-ca.pem")
     assert (repo.kind, repo.endpoint, repo.port, repo.bucket, repo.path, repo.ca_file) == (
         "s3", "minio.internal", 9000, "backups", "/pitr/main", "/etc/ssl/minio-ca.pem")
-    assert RepoLocation.parse("s3:https://s3.amazonaws.com/b").port is None
+    assert repo.endpoint_url == "https://minio.internal:9000"
+    assert RepoLocation.parse("s3:https://s3.amazonaws.com/b").endpoint_url == "https://s3.amazonaws.com"
     for raw, fragment in (("s3:http://127.0.0.1:9000/b/p", "TLS only"), ("s3:https://h/b?verify=n", "unknown option"),
                           ("s3:https://h/b?ca-file=ca.pem", "absolute"), ("s3:https://h:x/b", "bad port"),
                           ("s3:https://h/", "expected")):

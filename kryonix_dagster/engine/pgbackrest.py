@@ -39,6 +39,14 @@ class RepoLocation:
     port: int | None = None
     ca_file: str | None = None
 
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint as a URL, for an S3 client of our own (boto3: verify with `ca_file`)."""
+        if self.kind != "s3":
+            return None
+        host = f"[{self.endpoint}]" if self.endpoint and ":" in self.endpoint else self.endpoint
+        return f"https://{host}" + (f":{self.port}" if self.port else "")
+
     @classmethod
     def parse(cls, raw: str) -> "RepoLocation":
         if raw.startswith("s3:"):
