@@ -145,7 +145,7 @@ def _moto_tls(cert: Path, key: Path) -> tuple[list[subprocess.Popen], str]:
             time.sleep(0.2)
 
 
-def _ctl(name: str, action: str, *extra: str) -> None:
+def ctlcluster(name: str, action: str, *extra: str) -> None:
     with tempfile.TemporaryFile() as out:  # the postmaster inherits no pipe of ours
         proc = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", VERSION, name, action, *extra],
                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -166,7 +166,7 @@ def _new_debian_cluster(base: Path, name: str, port: int) -> None:
                     "-o", "max_connections=40", "--", "--no-sync"], check=True, capture_output=True)
     hba = Path(f"/etc/postgresql/{VERSION}/{name}/pg_hba.conf")
     hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
-    _ctl(name, "start")
+    ctlcluster(name, "start")
 
 
 def _drop_debian_cluster(base: Path, name: str) -> None:

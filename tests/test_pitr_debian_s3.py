@@ -1,9 +1,11 @@
 """PITR on a Debian-managed cluster with an S3 pgBackRest repository (tests/pitr_debian_s3_world.py):
 `pitr setup --restart` through pg_ctlcluster, the repository in the bucket over verified TLS, and
 `pitr restore-cluster` restoring with `--delta` over a data directory that cannot be moved aside,
-then starting the cluster with pg_ctlcluster. Judged by the bucket (boto3), psql, pg_lsclusters."""
+then starting the cluster with pg_ctlcluster, and a tenant's `restore --at` from the bucket.
+Judged by the bucket (boto3), psql, pg_lsclusters."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +14,10 @@ import time
 
 import pytest
 
-from .pitr_debian_s3_world import BUCKET, PREFIX, S3_SECRET, VERSION, _ctl, debian_s3_world_fixture
+from kryonix_dagster.engine.pitr.config import load_pitr_config
+from kryonix_dagster.engine.pitr.passphrase_stash import stanza_in_repository
+
+from .pitr_debian_s3_world import BUCKET, PREFIX, S3_SECRET, VERSION, ctlcluster, debian_s3_world_fixture
 
 __all__ = ["debian_s3_world_fixture"]  # the module-scoped `debian_s3_world` fixture
 
@@ -58,6 +63,10 @@ def test_the_repository_is_in_the_bucket_and_pgbackrest_verifies_the_endpoint(de
     assert {f"{root}/backup/{stanza}/backup.info", f"{root}/archive/{stanza}/archive.info",
             f"{root}/backup/{stanza}/{label}/backup.manifest"} <= set(keys)
     assert [k for k in keys if k.startswith(f"{root}/archive/{stanza}/{VERSION}-1/")]  # WAL segments
+    # what `pitr setup` asks before it would make a new passphrase: is the stanza in the bucket?
+    cfg = load_pitr_config(world.settings, {**os.environ, **world.env})
+    assert stanza_in_repository(world.settings, cfg) is True
+    assert stanza_in_repository(world.settings, dataclasses.replace(cfg, stanza="never-created")) is False
     status = world.cli("pitr", "status", "--json")
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
@@ -79,7 +88,7 @@ def test_lost_cluster_restores_with_delta_over_the_mount_point_and_starts_with_p
     assert world.rows(a) == _rows(a, 1) and world.rows(b) == _rows(b, 1)  # t1: only in the archived WAL
     oid = world.psql("postgres", f"SELECT oid FROM pg_database WHERE datname = 'kryonix_cliente_{a}'")
     _switch_and_see_in_bucket(world)
-    _ctl(world.name, "stop", "-m", "immediate")  # a crash, then a damaged data directory
+    ctlcluster(world.name, "stop", "-m", "immediate")  # a crash, then a damaged data directory
     assert world.cluster_status() == "down"
     shutil.rmtree(world.data_dir / "base" / oid)
     (world.data_dir / "left-over").write_text("not PostgreSQL's")
