@@ -5,7 +5,8 @@ cli.py are imported inside the commands (cli.py imports this module to register 
 
 - `lgpd apply ID…|--all [--dry-run] [--wait S] [--json]`: the retention rules on each tenant's
   live database, counts per rule; `--all` is every registered tenant (inactive tenants still
-  hold personal data). Exit 1 when any tenant failed (the others are still applied).
+  hold personal data) except the off-boarded ones (status encerrado: their data is erased).
+  Exit 1 when any tenant failed (the others are still applied).
 - `lgpd report [ID] [--json]`: the compliance report of one tenant or of the fleet. Exit 1
   when a tenant is not compliant (personal data past its period, or restore points kept past
   the plan, or those could not be judged), after printing the whole report: a scheduler or a
@@ -32,7 +33,7 @@ def _apply_targets(settings, tenant_ids: tuple[str, ...], all_: bool) -> list[st
     if all_ == bool(tenant_ids):
         raise BadInput("give tenant ids or --all (not both)")
     if all_:
-        return [t.id for t in registry.list_tenants(settings)]
+        return registry.list_tenant_ids(settings)  # off-boarded (encerrado) tenants hold nothing any more
     missing = [tid for tid in tenant_ids if registry.get_tenant(settings, tid) is None]
     if missing:
         raise BadInput(f"tenant(s) not registered: {', '.join(missing)}")

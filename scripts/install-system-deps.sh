@@ -8,6 +8,7 @@ command -v pg_dump >/dev/null || missing+=(postgresql-client)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v rclone >/dev/null || missing+=(rclone)  # the off-site copy's append-only endpoint
 command -v curl >/dev/null || missing+=(curl)
+command -v socat >/dev/null || missing+=(socat)  # tests: TLS in front of moto_server for an S3 pgBackRest repository
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing tools: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

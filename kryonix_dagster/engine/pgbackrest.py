@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from . import procs
 from .errors import OperationFailed, one_line
@@ -26,21 +26,48 @@ PGBACKREST = "pgbackrest"
 
 @dataclass(frozen=True)
 class RepoLocation:
-    """Where the repository is: a local folder, or an S3 bucket and prefix."""
+    """Where the repository is: a local folder, or an S3 bucket and prefix.
+
+    S3 is `s3:https://host[:port]/bucket[/prefix][?ca-file=PATH]`: pgBackRest speaks S3 over TLS
+    only, and verifies the endpoint's certificate; `ca-file` names the CA bundle that signs it
+    when that is a private CA (a MinIO of one's own), readable by the cluster's owner."""
 
     kind: str  # posix | s3
     path: str
     bucket: str | None = None
-    endpoint: str | None = None
+    endpoint: str | None = None  # the host, without the port
+    port: int | None = None
+    ca_file: str | None = None
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint as a URL, for an S3 client of our own (boto3: verify with `ca_file`)."""
+        if self.kind != "s3":
+            return None
+        host = f"[{self.endpoint}]" if self.endpoint and ":" in self.endpoint else self.endpoint
+        return f"https://{host}" + (f":{self.port}" if self.port else "")
 
     @classmethod
     def parse(cls, raw: str) -> "RepoLocation":
         if raw.startswith("s3:"):
+            expected = f"KRYONIX_PITR_REPO {raw!r}: expected s3:https://host[:port]/bucket[/prefix][?ca-file=PATH]"
             url = urlparse(raw[3:])
             parts = url.path.strip("/").split("/", 1)
-            if not url.netloc or not parts[0]:
-                raise ValueError(f"KRYONIX_PITR_REPO {raw!r}: expected s3:https://host[:port]/bucket[/prefix]")
-            return cls("s3", "/" + (parts[1] if len(parts) > 1 else ""), parts[0], url.netloc)
+            if not url.hostname or not parts[0]:
+                raise ValueError(expected)
+            if url.scheme != "https":
+                raise ValueError(f"{expected}: pgBackRest reaches S3 over TLS only, not {url.scheme or 'no'} scheme")
+            try:
+                port = url.port
+            except ValueError:
+                raise ValueError(f"{expected}: bad port") from None
+            options = parse_qs(url.query, keep_blank_values=True)
+            if set(options) - {"ca-file"}:
+                raise ValueError(f"{expected}: unknown option(s) {', '.join(sorted(set(options) - {'ca-file'}))}")
+            ca_file = options.get("ca-file", [None])[-1]
+            if ca_file is not None and not Path(ca_file).is_absolute():
+                raise ValueError(f"{expected}: ca-file must be an absolute path")
+            return cls("s3", "/" + (parts[1] if len(parts) > 1 else ""), parts[0], url.hostname, port, ca_file)
         return cls("posix", str(Path(raw.removeprefix("file://")).expanduser()))
 
 
@@ -72,10 +99,16 @@ class ConfigFile:
                  f"lock-path={self.work_dir / 'lock'}", f"log-path={self.work_dir / 'log'}",
                  "log-level-file=off", "log-level-console=warn", "log-level-stderr=off"]
         if self.repo.kind == "s3":
-            lines += ["repo1-type=s3", f"repo1-s3-bucket={self.repo.bucket}",
+            # bundle=y: small files share one object, so a base backup is a few requests, not
+            # one per file (a cluster is thousands of files of a few kB)
+            lines += ["repo1-type=s3", "repo1-bundle=y", f"repo1-s3-bucket={self.repo.bucket}",
                       f"repo1-s3-endpoint={self.repo.endpoint}", "repo1-s3-region=us-east-1",
                       "repo1-s3-uri-style=path", f"repo1-s3-key={self.s3_key or ''}",
                       f"repo1-s3-key-secret={self.s3_key_secret or ''}"]
+            if self.repo.port:
+                lines.append(f"repo1-storage-port={self.repo.port}")
+            if self.repo.ca_file:
+                lines.append(f"repo1-storage-ca-file={self.repo.ca_file}")
         lines += ["", f"[{self.stanza}]", f"pg1-path={self.pg_path}", f"pg1-port={self.pg_port}",
                   f"pg1-user={self.pg_user}"]
         if self.pg_socket_dir:

@@ -92,6 +92,9 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     if not _owner_can_read(cluster.owner, cfg.config_path):
         raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read {cfg.config_path}: set "
                               "KRYONIX_PITR_WORK_DIR to a folder it can reach")
+    if cfg.repo.ca_file and not _owner_can_read(cluster.owner, cfg.repo.ca_file):
+        raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read the CA file {cfg.repo.ca_file} of "
+                              "KRYONIX_PITR_REPO (archive_command verifies the S3 endpoint with it)")
     cluster_record.write(settings, cfg.stanza, cluster)  # what restore-cluster trusts, not the config file
     result = SetupResult(cfg.stanza, False, False)
     result.archive_command_set = _alter_system(settings, "archive_command", pgbr.archive_command())
