@@ -8,7 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from kryonix_dagster.engine.config import Settings
+from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.pitr import config as pitr_config
 from kryonix_dagster.engine.pitr.config import load_pitr_config
 
@@ -33,11 +36,20 @@ def test_not_root_the_defaults_are_the_users_own(monkeypatch, tmp_path):
 def test_an_explicit_work_folder_holds_the_config_file(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     env = {"KRYONIX_PITR_WORK_DIR": str(tmp_path / "w"), "KRYONIX_PITR_REPO": "s3:https://h:9/b/p",
-           "KRYONIX_PITR_STANZA": "st-1"}
-    cfg = load_pitr_config(Settings(), environ=env)
+           "KRYONIX_PITR_STANZA": "st-1", "KRYONIX_PITR_REPO_ACCESS_KEY": "pitr-ak",
+           "KRYONIX_PITR_REPO_SECRET_KEY": "pitr-sk-secret"}
+    cfg = load_pitr_config(Settings(repo_access_key="restic-ak", repo_secret_key="restic-sk"), environ=env)
     assert cfg.config_path == tmp_path / "w" / "pgbackrest-st-1.conf"
     assert (cfg.repo.kind, cfg.repo.bucket, cfg.repo.path) == ("s3", "b", "/p")
     assert pitr_config.SYSTEM_CONFIG_DIR not in cfg.config_path.parents
+    assert (cfg.access_key, cfg.secret_key) == ("pitr-ak", "pitr-sk-secret")  # pgBackRest's own, not restic's
+    assert "pitr-sk-secret" not in repr(cfg)
+
+
+def test_an_s3_pitr_repository_without_its_own_credentials_is_refused():
+    env = {"KRYONIX_PITR_REPO": "s3:https://h:9/b/p", "KRYONIX_PITR_REPO_ACCESS_KEY": "pitr-ak"}
+    with pytest.raises(BadInput, match="KRYONIX_PITR_REPO_SECRET_KEY"):
+        load_pitr_config(Settings(repo_access_key="restic-ak", repo_secret_key="restic-sk"), environ=env)
 
 
 def test_a_work_folder_the_owner_cannot_reach_is_refused_before_archiving_changes(cli, psql, test_env):

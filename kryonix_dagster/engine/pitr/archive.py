@@ -88,7 +88,7 @@ def setup(settings: Settings, restart: bool = False, report: Reporter | None = N
     passphrase_stash.stash_all(settings, cfg.stanza)  # beside the repositories: survives the main database
     write_config(ConfigFile(cfg.config_path, cfg.stanza, cluster.data_dir, cluster.port, cluster.socket_dir,
                             cluster.superuser, cfg.repo, passphrase, longest_promise_days(), cfg.work_dir,
-                            settings.repo_access_key, settings.repo_secret_key), cluster.owner)
+                            cfg.access_key, cfg.secret_key), cluster.owner)
     if not _owner_can_read(cluster.owner, cfg.config_path):
         raise OperationFailed(f"the cluster's owner {cluster.owner} cannot read {cfg.config_path}: set "
                               "KRYONIX_PITR_WORK_DIR to a folder it can reach")

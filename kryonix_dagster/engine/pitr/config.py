@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -29,6 +29,10 @@ class PitrConfig:
     repo: RepoLocation
     work_dir: Path  # pgBackRest's lock/log folders, scratch clusters; the cluster owner's
     config_dir: Path | None = None  # where the config file lives; the work folder when None
+    # an S3 repository's credentials: pgBackRest's own, never the restic repositories' (a cluster
+    # superuser can read the config file through COPY … PROGRAM)
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -50,12 +54,17 @@ def load_pitr_config(settings: Settings, environ: dict[str, str] | None = None) 
         repo = RepoLocation.parse(raw_repo)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    credentials = {"access_key": env.get("KRYONIX_PITR_REPO_ACCESS_KEY") or None,
+                   "secret_key": env.get("KRYONIX_PITR_REPO_SECRET_KEY") or None}
+    if repo.kind == "s3" and not all(credentials.values()):
+        raise BadInput("KRYONIX_PITR_REPO is an S3 bucket: set KRYONIX_PITR_REPO_ACCESS_KEY and "
+                       "KRYONIX_PITR_REPO_SECRET_KEY (pgBackRest's own credentials, never the restic repositories')")
     work = env.get("KRYONIX_PITR_WORK_DIR")
     if work:  # an explicit work folder holds the config file too, as it always has
-        return PitrConfig(stanza, repo, Path(work).expanduser())
+        return PitrConfig(stanza, repo, Path(work).expanduser(), **credentials)
     if system:
-        return PitrConfig(stanza, repo, SYSTEM_WORK_DIR, SYSTEM_CONFIG_DIR)
-    return PitrConfig(stanza, repo, Path(settings.state_dir) / "pitr")
+        return PitrConfig(stanza, repo, SYSTEM_WORK_DIR, SYSTEM_CONFIG_DIR, **credentials)
+    return PitrConfig(stanza, repo, Path(settings.state_dir) / "pitr", **credentials)
 
 
 def _aad(stanza: str) -> bytes:

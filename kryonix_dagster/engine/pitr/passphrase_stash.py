@@ -130,8 +130,8 @@ def stanza_in_repository(settings: Settings, cfg: pitr_config.PitrConfig) -> boo
     if cfg.repo.kind == "posix":
         return any((Path(cfg.repo.path) / name).exists() for name in names)
     import boto3
-    client = boto3.client("s3", endpoint_url=cfg.repo.endpoint_url, aws_access_key_id=settings.repo_access_key,
-                          aws_secret_access_key=settings.repo_secret_key, region_name="us-east-1",
+    client = boto3.client("s3", endpoint_url=cfg.repo.endpoint_url, aws_access_key_id=cfg.access_key,
+                          aws_secret_access_key=cfg.secret_key, region_name="us-east-1",
                           verify=cfg.repo.ca_file or True)
     prefix = cfg.repo.path.strip("/")
     for name in names:
