@@ -219,16 +219,16 @@ def _summary(sessions: list[dict]) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def snapshots(tenant_id: str, from_: str, as_json: bool) -> None:
     """A tenant's restore points (sessions with a manifest), newest first."""
-    from .engine.manifest import restore_points
+    from .engine.manifest import point_details, restore_points
     from .engine.tenant_repository import open_repository
 
     validate_tenant_id(tenant_id)
     repo = open_repository(ready_settings(), tenant_id, repository=from_)
-    points = [p.to_json() for p in restore_points(repo)] if repo else []
-    if as_json:
-        emit_json(points)
+    listed = restore_points(repo) if repo else []
+    if as_json:  # each point's tiers from its manifest (one restic process each, no lock)
+        emit_json([point_details(repo, p) for p in listed])
     else:
-        rows = [{**p, "emptied": ",".join(p["emptied"]) or "-"} for p in points]
+        rows = [{**p.to_json(), "emptied": ",".join(p.emptied) or "-"} for p in listed]
         print_table(rows, ["session", "time", "type", "status", "consistent", "emptied", "manifest_snapshot"])
 
 
