@@ -281,9 +281,15 @@ def test_lease_hold_is_capped(settings, tenant_factory):
 # --- master key (item 13, finding 18) ------------------------------------------------------------
 
 CREATE_KEY = """
-import sys
+import os, sys, time
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.config import load_settings
+barrier, parties = sys.argv[1], int(sys.argv[2])
+open(os.path.join(barrier, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 120
+while len(os.listdir(barrier)) < parties:  # every process imported and ready: they ask at once
+    assert time.monotonic() < deadline, "not every process reached the barrier"
+    time.sleep(0.002)
 print(keys._fingerprint(keys.master_key(load_settings())))
 """
 
@@ -292,7 +298,9 @@ def test_master_key_created_once_by_concurrent_processes(own_registry, tmp_path)
     path = tmp_path / "keys" / "master.key"
     env = dict(os.environ, KRYONIX_MAIN_DB=own_registry.main_db, KRYONIX_MASTER_KEY_FILE=str(path),
                PYTHONPATH=os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parent.parent)))
-    procs = [subprocess.Popen([sys.executable, "-c", CREATE_KEY], env=env, stdout=subprocess.PIPE,
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_KEY, str(barrier), "8"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(8)]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
