@@ -317,7 +317,8 @@ def _tool_of(cmd):
         cmd = cmd[cmd.index("--") + 1:]
     if os.path.basename(cmd[0]) not in _tools or "version" in cmd or "--version" in cmd:
         return None
-    return " ".join([os.path.basename(cmd[0])] + [c for c in cmd[1:] if not c.startswith("-")][:2])
+    tiers = [t for c in cmd for t in c.split(",") if t.startswith(("tier=", "part="))]
+    return " ".join([os.path.basename(cmd[0])] + [c for c in cmd[1:] if not c.startswith("-")][:2] + tiers)
 if _spawn_log or _stop_after:
     class _CountedPopen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
