@@ -318,7 +318,8 @@ def _tool_of(cmd):
     if os.path.basename(cmd[0]) not in _tools or "version" in cmd or "--version" in cmd:
         return None
     tiers = [t for c in cmd for t in c.split(",") if t.startswith(("tier=", "part="))]
-    return " ".join([os.path.basename(cmd[0])] + [c for c in cmd[1:] if not c.startswith("-")][:2] + tiers)
+    return " ".join([os.path.basename(cmd[0])] + [c for c in cmd[1:] if not c.startswith("-") and "=" not in c][:2]
+                    + tiers)
 if _spawn_log or _stop_after:
     class _CountedPopen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
