@@ -111,20 +111,6 @@ def lease_holder(tenant_id: str) -> str | None:
     return row[0] if row else None
 
 
-def wait_for_lease(proc: subprocess.Popen, tenant_id: str, timeout: float = 60) -> float:
-    """Block until `proc` holds the tenant's lease; return the monotonic time it was seen."""
-    me = holder_of(proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lease_holder(tenant_id) == me:
-            return time.monotonic()
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended before taking the lease: {proc.returncode} {err[-500:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"tenant {tenant_id}: the lease was never taken by pid {proc.pid}")
-
-
 def holder_of(proc: subprocess.Popen) -> str:
     """The lease holder name a CLI process writes (host:pid)."""
     return f"{socket.gethostname()}:{proc.pid}"

@@ -3,8 +3,8 @@
 Bounded in time: one small demo tenant per test (scale 0.05), seeded randomness, short lease
 TTLs for the processes that are killed. A kill is certain: the CLI is stopped by a hook at a
 chosen step (after its n-th tool, before a catalog change) and SIGKILLed there; races meet at a
-barrier right before their lease attempts. Every outcome is judged through independent paths: psql, boto3, the file system, restic
-itself, and the Redis flag read directly.
+barrier right before their lease attempts. Every outcome is judged through independent paths:
+psql, boto3, the file system, restic itself, and the Redis flag read directly.
 """
 from __future__ import annotations
 
@@ -350,8 +350,7 @@ def test_verify_waits_for_a_backup_and_forget_is_refused(cli, settings, tenant_f
         verify = faults.start_logged("verify", tid, "--read-data", "--json", "--wait", "300",
                                      hook=faults.hook_dir(tmp_path), log=attempts)
         faults.wait_for_lease_attempts(verify, attempts, 2)  # refused once, then waiting
-        forget = finish(faults.start_cli("forget", tid))
-        assert busy_or_ok(forget) == "busy"
+        assert busy_or_ok(cli("forget", tid)) == "busy"
         assert faults.lease_holder(tid) == faults.holder_of(backup) and verify.poll() is None
     finally:
         lock.close()
