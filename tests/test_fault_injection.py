@@ -1,7 +1,8 @@
 """Fault injection: kill -9 at seeded steps, a damaged repository, racing commands, bad input.
 
-Bounded in time: one small demo tenant per test (scale 0.05), seeded randomness, short lease
-TTLs for the processes that are killed. A kill is certain: the CLI is stopped by a hook at a
+Bounded in time: one small demo tenant per test (scale 0.05), seeded randomness; the default
+lease TTL (a killed CLI's lease is expired at once by the next operation: its process is gone
+from this host, so nobody waits out the TTL). A kill is certain: the CLI is stopped by a hook at a
 chosen step (after its n-th tool, before a catalog change) and SIGKILLed there; races meet at a
 barrier right before their lease attempts. Every outcome is judged through independent paths:
 psql, boto3, the file system, restic itself, and the Redis flag read directly.
@@ -31,8 +32,6 @@ KILL_POINTS = 10
 KILLS_BEFORE_NEXT = 2
 FORGET_KILL_POINTS = 2
 FORGET_TOOLS = 3  # a forget with something to remove starts at least `restic unlock`, `forget`, `prune`
-LEASE_TTL = "3"
-SHORT_LEASE = {"KRYONIX_LEASE_TTL_SECONDS": LEASE_TTL}
 
 
 def one_line_error(result) -> str:
@@ -99,17 +98,17 @@ def test_kill9_of_backups_at_seeded_steps_then_next_sessions_and_forget_heal(cli
     points = faults.stratified_steps(rng, KILL_POINTS, len(tools))
     rng.shuffle(points)
     failed_next, flags_left = [], []
-    # Kills come in pairs (the second session takes over the first one's expired lease and is
+    # Kills come in pairs (the second session takes over the lease the killed one left, and is
     # killed too); then the next session must complete. Pairs keep the module's time bounded.
     pairs = [points[i:i + KILLS_BEFORE_NEXT] for i in range(0, len(points), KILLS_BEFORE_NEXT)]
     for i, pair in enumerate(pairs):
         for j, step in enumerate(pair):
             proc, tool = faults.stop_after_spawn(("backup", tid, "--wait", "60"), step, hook,
-                                                 tmp_path / f"stop-{i}-{j}", env=SHORT_LEASE)
+                                                 tmp_path / f"stop-{i}-{j}")
             faults.kill9(proc)
             exists, ttl = flag_state(settings, tid)
             assert not exists or ttl > 0, f"kill after {tool} left the flag without an expiry"
-        result = cli("backup", tid, "--wait", "60", "--json")  # the survivor keeps the default TTL
+        result = cli("backup", tid, "--wait", "60", "--json")
         session = json.loads(result.stdout)["sessions"][0] if result.stdout else {"error": result.stderr}
         if result.returncode != 0 or session.get("status") != "complete":
             failed_next.append((pair, session.get("error")))
@@ -123,8 +122,7 @@ def test_kill9_of_backups_at_seeded_steps_then_next_sessions_and_forget_heal(cli
 
     # forget --prune killed at seeded steps (the killed sessions left tier snapshots to prune)
     for step in rng.sample(range(1, FORGET_TOOLS + 1), FORGET_KILL_POINTS):
-        proc, _ = faults.stop_after_spawn(("forget", tid, "--wait", "60"), step, hook, tmp_path / f"forget-{step}",
-                                          env=SHORT_LEASE)
+        proc, _ = faults.stop_after_spawn(("forget", tid, "--wait", "60"), step, hook, tmp_path / f"forget-{step}")
         faults.kill9(proc)
     healed = cli("forget", tid, "--wait", "60", "--json")
     assert healed.returncode == 0, healed.stdout[-1000:] + healed.stderr[-1000:]
@@ -148,7 +146,7 @@ def test_kill9_between_the_database_renames_then_next_restore_heals(cli, setting
     hook = faults.hook_dir(tmp_path)
 
     stepper = faults.CatalogStepper(tid, kill_when_live_missing=True, marker=tmp_path / "killed-steps")
-    stepper.run(stepper.start("restore", tid, "--yes", "--services", "postgresql", hook=hook, env=SHORT_LEASE))
+    stepper.run(stepper.start("restore", tid, "--yes", "--services", "postgresql", hook=hook))
     assert stepper.killed, f"the restore never removed {live} (steps {stepper.seen_queries})"
     assert faults.database_exists(live) or faults.database_exists(f"{live}__previous"), \
         "after the kill neither the live database nor its previous copy exists"
@@ -171,7 +169,7 @@ def test_kill9_after_the_app_data_folder_moved_then_next_restore_heals(cli, sett
     expected = faults.file_hashes(live)
     hook = str(faults.hook_dir(tmp_path))
     marker = tmp_path / "moved"
-    env = {"H7_LIVE_DIR": str(live.resolve()), "H7_MARKER": str(marker), "H7_MODE": "pause", **SHORT_LEASE}
+    env = {"H7_LIVE_DIR": str(live.resolve()), "H7_MARKER": str(marker), "H7_MODE": "pause"}
     proc = faults.start_cli("restore", tid, "--yes", "--services", "appdata", env=env, extra_pythonpath=hook)
     moved_to = Path(faults.wait_for_file(marker, proc))
     faults.kill9(proc)  # paused right after the live folder was moved away
@@ -204,13 +202,13 @@ def test_kill9_of_restores_at_seeded_steps_never_leaves_the_tenant_without_data(
     tools = faults.tool_steps(args, hook, tmp_path / "tools")  # restic, pg_restore: each a step to kill after
     gone = []
     for step in faults.stratified_steps(rng, 3, len(tools)):
-        proc, tool = faults.stop_after_spawn(args, step, hook, tmp_path / f"stop-{step}", env=SHORT_LEASE)
+        proc, tool = faults.stop_after_spawn(args, step, hook, tmp_path / f"stop-{step}")
         faults.kill9(proc)
         if not (faults.database_exists(db) or faults.database_exists(f"{db}__previous")):
             gone.append((tool, "database"))
         if not (folder.is_dir() or any(folder.parent.glob(f".{folder.name}.previous*"))):
             gone.append((tool, "app data"))
-        healed = cli(*args)  # only the killed processes take a short lease
+        healed = cli(*args)
         assert healed.returncode == 0, (tool, healed.stderr)
         assert pg_rows(db) == rows and faults.file_hashes(folder) == files, tool
     assert gone == [], f"kills left the tenant without its data: {gone}"

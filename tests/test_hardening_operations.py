@@ -246,7 +246,9 @@ def test_backup_forget_verify_and_restore_during_a_backup_are_refused_or_wait(cl
             assert "holds the lease" in one_line_error(cli(*args), 1), args
         timed_out = faults.start_logged("restore", tid, "--yes", "--wait", "5", hook=hook,
                                          log=tmp_path / "timed-out")
-        assert "holds the lease" in one_line_error(finish(timed_out), 1)
+        gave_up = finish(timed_out)  # it says once that it waits, then one error line
+        assert gave_up.returncode == 1 and "waiting up to 5s for the lease" in gave_up.stderr, gave_up.stderr
+        assert "holds the lease" in gave_up.stderr.strip().splitlines()[-1], gave_up.stderr
         faults.wait_for_lease_attempts(timed_out, tmp_path / "timed-out", 2)  # it retried before giving up
         waiting = faults.start_logged("restore", tid, "--yes", "--wait", "300", hook=hook, log=tmp_path / "waiting")
         faults.wait_for_lease_attempts(waiting, tmp_path / "waiting", 2)  # refused once: it waits
