@@ -399,20 +399,23 @@ def _drop_staging_exchanges(api: services.RabbitMQApi, vhost: str) -> None:
 def live_depths(settings, api: services.RabbitMQApi, vhost: str) -> dict[str, int]:
     """Each queue's message count as the restore begins, read over AMQP (the management API's
     counts lag by its statistics interval). A queue AMQP cannot inspect (exclusive to another
-    connection) takes the API's count. No vhost: nothing."""
+    connection, or the vhost no longer grants our AMQP user access) takes the API's count.
+    No vhost: nothing."""
     if not api.vhost_exists(vhost):
         return {}
     queues = api.queues(vhost) or []
-    depths: dict[str, int] = {}
-    connection = services.amqp_connection(settings, vhost)
+    depths = {queue["name"]: int(queue.get("messages") or 0) for queue in queues}
+    try:
+        connection = services.amqp_connection(settings, vhost)
+    except pika.exceptions.AMQPError:
+        return depths
     try:
         channel = connection.channel()
         for queue in queues:
             try:
                 depths[queue["name"]] = channel.queue_declare(queue["name"], passive=True).method.message_count
             except pika.exceptions.ChannelClosedByBroker:
-                depths[queue["name"]] = int(queue.get("messages") or 0)
-                channel = connection.channel()
+                channel = connection.channel()  # the API's count stays
     finally:
         connection.close()
     return depths
