@@ -67,6 +67,7 @@ def test_restore_terminates_open_connections_and_says_how_many(settings, cli, te
             conn.close()
 
 
+@pytest.mark.slow(35)
 def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.2)

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.naming import names_for, repository_in
@@ -31,6 +33,7 @@ def chunker_polynomial(location: str, password: str) -> str:
     return json.loads(proc.stdout)["chunker_polynomial"]
 
 
+@pytest.mark.slow(40)
 def test_a_replacement_primary_keeps_the_copy_deduplicating(settings, tenant_factory, cli, tmp_path):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
