@@ -67,6 +67,7 @@ def test_restore_terminates_open_connections_and_says_how_many(settings, cli, te
             conn.close()
 
 
+@pytest.mark.slow(35)
 def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.2)
@@ -88,6 +89,31 @@ def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     assert after["auth.usuarios"] != at_backup["auth.usuarios"]
     # the foreign keys into crm from other schemas are back and valid
     assert int(observe.psql(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")) == 7
+
+    # DROP TABLE … CASCADE takes the foreign keys of other schemas (inbound) and its own (outbound)
+    before_drop = foreign_keys(db)
+    assert len(before_drop) == 7 and any(fk.startswith("crm.contatos ") for fk in before_drop), before_drop
+    observe.psql(db, "DROP TABLE crm.contatos CASCADE")
+    assert len(foreign_keys(db)) < 7
+    result = cli("restore", tid, "--yes", "--schema", "crm", "--json")
+    assert result.returncode == 0, result.stderr
+    assert foreign_keys(db) == before_drop
+    assert json.loads(result.stdout)["tiers"]["postgresql"]["details"]["foreign_keys"] == 6  # all touch crm
+
+    # one it cannot bring back (its table is gone too) is named, and the restore does not say ok
+    observe.psql(db, "DROP TABLE crm.contatos CASCADE; DROP TABLE whatsapp.mensagens")
+    result = cli("restore", tid, "--yes", "--schema", "crm")
+    assert result.returncode == 1, result.stderr
+    assert "foreign key whatsapp.mensagens.mensagens_contato_id_fkey" in result.stderr, result.stderr
+    assert foreign_keys(db) == [fk for fk in before_drop if not fk.startswith("whatsapp.mensagens ")]
+
+
+def foreign_keys(db) -> list[str]:
+    """Every foreign key of the database, as pg_constraint holds it: table, name, definition, valid."""
+    rows = observe.psql(db, "SET search_path = pg_catalog; SELECT conrelid::regclass || ' ' || conname || ' ' || "
+                            "pg_get_constraintdef(oid) || ' ' || convalidated FROM pg_constraint "
+                            "WHERE contype = 'f' ORDER BY 1")
+    return rows.splitlines()
 
 
 @pytest.mark.slow(93)
