@@ -16,6 +16,7 @@ import redis
 from kryonix_dagster.engine.naming import names_for
 
 from . import observe
+from .helpers_tenant import destroy
 
 PG = {"host": "127.0.0.1", "user": "postgres"}
 
@@ -60,6 +61,31 @@ def whole_state(settings, tenant_id: str) -> dict:
     state = observe.tenant_state(settings, tenant_id)
     state["redis_expiry"] = redis_expiries(settings.redis_url, names_for(settings, tenant_id).redis_prefix)
     return state
+
+
+def lose_everything(settings, tenant_id: str) -> dict:
+    """The tenant's data as it is now (whole_state), then destroyed in every service (checked)."""
+    before = whole_state(settings, tenant_id)
+    assert all(before[tier] for tier in ("tables", "objects", "redis", "vhost", "files", "messages", "redis_expiry"))
+    assert any(before["messages"].values())
+    destroy(settings, tenant_id)
+    lost = whole_state(settings, tenant_id)
+    assert (lost["tables"], lost["objects"], lost["redis"], lost["vhost"], lost["files"]) == (None, {}, {}, None, {})
+    return before
+
+
+def assert_restored(settings, tenant_id: str, before: dict) -> None:
+    """Every tier as `before`, seen through the independent clients. Biometric templates are
+    device-local and never backed up (docs/architecture.md): lost with the folder, they stay lost."""
+    after = whole_state(settings, tenant_id)
+    same_expiries(after.pop("redis_expiry"), before["redis_expiry"])
+    templates = {f for f in before["files"] if "/biometric/templates/" in f"/{f}"}
+    assert templates and not templates & set(after["files"])
+    expected = {**before, "files": {f: h for f, h in before["files"].items() if f not in templates}}
+    expected.pop("redis_expiry")
+    assert set(after) == set(expected)
+    for tier in expected:
+        assert after[tier] == expected[tier], tier
 
 
 def same_expiries(after: dict[bytes, int], before: dict[bytes, int], slack: int = 1) -> None:

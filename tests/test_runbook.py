@@ -16,9 +16,8 @@ from kryonix_dagster.engine.naming import repository_in
 from kryonix_dagster.engine.repository import restic_location
 
 from . import faults, observe
-from .helpers_tenant import destroy
 from .offsite_world import new_master_key_file
-from .recovery_checks import kill9_running, poll, same_expiries, whole_state
+from .recovery_checks import assert_restored, kill9_running, lose_everything, poll
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
 
@@ -67,27 +66,14 @@ def test_2_primary_storage_lost_restore_from_the_secondary(world):
     settings = world.settings
     secondary = world.cli_json("snapshots", world.tenant_id, "--from", "secondary", env=world.worker_env)
     assert secondary[0]["session"] == world.cli_json("snapshots", world.tenant_id)[0]["session"]  # copied
-    before = whole_state(settings, world.tenant_id)
-    assert all(before[tier] for tier in ("tables", "objects", "redis", "vhost", "files", "messages")), before.keys()
-    assert any(before["messages"].values())
-    destroy(settings, world.tenant_id)
-    lost_now = whole_state(settings, world.tenant_id)
-    assert (lost_now["tables"], lost_now["objects"], lost_now["redis"], lost_now["vhost"], lost_now["files"]) == (
-        None, {}, {}, None, {})
+    before = lose_everything(settings, world.tenant_id)
     lost = primary_dir(world).with_name(primary_dir(world).name + ".lost")
     primary_dir(world).rename(lost)
     try:
         gone = world.cli("snapshots", world.tenant_id)
         assert gone.returncode == 1 and "Is there a repository" in gone.stderr  # the primary is gone
         ok(world.cli("restore", world.tenant_id, "--from", "secondary", "--yes", env=world.worker_env))
-        after = whole_state(settings, world.tenant_id)
-        same_expiries(after.pop("redis_expiry"), before.pop("redis_expiry"))
-        # biometric templates are device-local, never backed up (docs/architecture.md): lost with the folder
-        templates = {f for f in before["files"] if "/biometric/templates/" in f"/{f}"}
-        assert templates and not templates & set(after["files"])
-        before["files"] = {f: h for f, h in before["files"].items() if f not in templates}
-        for tier in before:
-            assert after[tier] == before[tier], tier
+        assert_restored(settings, world.tenant_id, before)
         assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
     finally:
         shutil.rmtree(primary_dir(world), ignore_errors=True)
