@@ -3,7 +3,9 @@ every tenant readable, run again it finishes; a wrong key file is bad input."""
 from __future__ import annotations
 
 import base64
+import json
 import secrets
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,11 +16,10 @@ from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
 from kryonix_dagster.engine.lgpd import ledger
 from kryonix_dagster.engine.pitr.config import repository_passphrase
 
+from . import faults, observe
+from .conftest import run_cli
 from .offsite_world import new_master_key_file
-
-
-class Killed(Exception):
-    pass
+from .recovery_checks import RowHold, kill9_running, poll
 
 
 @pytest.fixture
@@ -31,40 +32,68 @@ def vault(own_registry, tmp_path):
     return own, passwords
 
 
+def vault_env(own) -> dict[str, str]:
+    """What a `kryonix-backup` child needs to see the test's own vault, and nothing else."""
+    return {"KRYONIX_MAIN_DB": own.main_db, "KRYONIX_MASTER_KEY_FILE": str(own.master_key_file),
+            "KRYONIX_REPO": own.repo, "KRYONIX_REPO_SECONDARY": "", "KRYONIX_REPO_SECONDARY_ADMIN": ""}
+
+
+def kill_while_blocked_on(own, table: str, tenant_id: str, done: str, *args: str) -> None:
+    """Start the CLI with the tenant's row of `table` locked by the test: the child re-wraps the
+    rows before it and then waits on that one; once it waits there and `done` (psql) says the
+    earlier row is re-wrapped, SIGKILL it (checked to be running), end the statement it was
+    waiting in, as the kill would have before that statement ran, and let the row go."""
+    hold = RowHold(own.main_db, f"SELECT cliente_id FROM tenants.{table} WHERE cliente_id = %s FOR UPDATE",
+                   (tenant_id,))
+    try:
+        proc = faults.start_cli(*args, env=vault_env(own))
+        waiting = poll(lambda: hold.waiters() if observe.psql(own.main_db, done) == "1" else None, proc,
+                       f"the child waiting on {table} of {tenant_id} with the earlier row re-wrapped")
+        kill9_running(proc)
+        hold.end_backends(waiting)
+    finally:
+        hold.release()
+
+
 def test_a_rotation_killed_mid_way_leaves_every_tenant_readable_and_resumes(vault, tmp_path):
     own, passwords = vault
     old_key = own.master_key_file.read_text()
     new_key = new_master_key_file(tmp_path / "new.key")
-    first = sorted(passwords)[0]  # rows are re-wrapped in id order
+    first, second = observe.psql(own.main_db, "SELECT cliente_id FROM tenants.backup_keys ORDER BY 1").split()[:2]
     passphrase = repository_passphrase(own, "rotstanza", create=True)  # pgBackRest's, wrapped alike
     ledger_keys = {tid: ledger.ledger_key(own, tid, create=True) for tid in passwords}  # LGPD ledgers' too
     old_id = keys.fingerprint(keys.master_key(own))
+    new_id = keys.fingerprint(keys.read_key_file(new_key))
 
-    def kill_after_first(tenant_id: str) -> None:
-        if tenant_id == first:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        rotate_master(own, new_key, after_each=kill_after_first)
-    wrapped_by = {w.tenant_id: w.master_key_id for w in keys.wrapped_keys(own)}
-    assert len(set(wrapped_by.values())) == 2  # mixed: one re-wrapped, the others not yet
-    assert own.master_key_file.read_text() == old_key
+    # killed (SIGKILL) with the first tenant's password re-wrapped and the second's next
+    kill_while_blocked_on(own, "backup_keys", second,
+                          f"SELECT count(*) FROM tenants.backup_keys WHERE cliente_id = '{first}' "
+                          f"AND master_key_id = '{new_id}'",
+                          "keys", "rotate-master", "--new-key-file", str(new_key))
+    wrapped_by = dict(line.split("|") for line in observe.psql(
+        own.main_db, "SELECT cliente_id, master_key_id FROM tenants.backup_keys").splitlines())
+    assert wrapped_by == {tid: new_id if tid == first else old_id for tid in passwords}  # mixed
+    assert own.master_key_file.read_text() == old_key and keys.pending_key_file(own).exists()
     assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
     assert repository_passphrase(own, "rotstanza") == passphrase
     other = new_master_key_file(tmp_path / "other.key")
     with pytest.raises(BadInput, match="under way"):
         rotate_master(own, other)  # a second, different rotation is refused until this one ends
 
-    def kill_after_first_ledger_key(step: str) -> None:
-        if step == f"ledger:{first}":
-            raise Killed()
-
-    with pytest.raises(Killed):  # killed again, now among the ledger keys
-        rotate_master(own, new_key, after_each=kill_after_first_ledger_key)
+    # killed again, now among the ledger keys: the first tenant's re-wrapped, the second's next
+    kill_while_blocked_on(own, "lgpd_ledger_keys", second,
+                          f"SELECT count(*) FROM tenants.lgpd_ledger_keys WHERE cliente_id = '{first}' "
+                          f"AND master_key_id = '{new_id}'",
+                          "keys", "rotate-master", "--new-key-file", str(new_key))
     ledger_by = {tid: ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords}
-    assert ledger_by[first] != old_id and set(ledger_by.values()) == {old_id, ledger_by[first]}  # mixed
+    assert ledger_by == {tid: new_id if tid == first else old_id for tid in passwords}  # mixed
+    assert {w.master_key_id for w in keys.wrapped_keys(own)} == {new_id}  # every password done before
     assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys  # every one readable mid-way
-    done = rotate_master(own, new_key)
+    assert {tid: keys.repository_password(own, tid) for tid in passwords} == passwords
+    assert own.master_key_file.read_text() == old_key
+    rerun = run_cli("keys", "rotate-master", "--new-key-file", str(new_key), "--json", env=vault_env(own))
+    assert rerun.returncode == 0, rerun.stderr
+    done = SimpleNamespace(**json.loads(rerun.stdout))
     assert sorted(done.ledger_keys) == sorted(set(passwords) - {first})  # resumed where it stopped
     assert {ledger.wrapped_ledger_key(own, tid).master_key_id for tid in passwords} == {done.new_key_id}
     assert {tid: ledger.ledger_key(own, tid) for tid in passwords} == ledger_keys
