@@ -140,10 +140,22 @@ class RowHold:
 
 
 def restic_at(location: str, password: str, *args: str, extra_env: dict[str, str] | None = None,
-              cache: str | None = None) -> subprocess.CompletedProcess:
+              cache: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, RESTIC_REPOSITORY=location, RESTIC_PASSWORD=password, **(extra_env or {}))
     flags = ["--cache-dir", cache] if cache else ["--no-cache"]
-    return subprocess.run(["restic", *flags, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["restic", *flags, *args], env=env, capture_output=True, text=True, timeout=300,
+                          input=stdin)
+
+
+def expire_dead_lease(main_db: str, tenant_id: str, pid: int) -> None:
+    """End the lease a SIGKILLed holder left (what its TTL would do; waiting for the TTL is
+    tests/test_runbook.py::test_5's subject), checked to be that dead holder's."""
+    import socket
+    holder = f"{socket.gethostname()}:{pid}"
+    ended = observe.psql(main_db, "UPDATE tenants.backup_leases SET expires_at = now() - interval '1 second' "
+                                  f"WHERE cliente_id = '{tenant_id}' AND holder = '{holder}' "
+                                  "AND expires_at > now() RETURNING cliente_id")
+    assert ended == tenant_id, (ended, holder)
 
 
 def restic_snapshots(location: str, password: str, **kwargs) -> list[dict]:

@@ -9,7 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from kryonix_dagster.engine import keys
+from kryonix_dagster.engine import keys, registry
+from kryonix_dagster.engine.naming import names_for
+from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.tenant_repository import open_repository
 from kryonix_dagster.engine.errors import BadInput, OperationFailed
 from kryonix_dagster.engine import pg
 from kryonix_dagster.engine.key_rotation import rotate_master, rotate_tenant
@@ -19,7 +22,7 @@ from kryonix_dagster.engine.pitr.config import repository_passphrase
 from . import faults, observe
 from .conftest import run_cli
 from .offsite_world import new_master_key_file
-from .recovery_checks import RowHold, kill9_running, poll
+from .recovery_checks import RowHold, expire_dead_lease, kill9_running, poll, restic_at
 
 
 @pytest.fixture
@@ -131,3 +134,97 @@ def test_rotating_passwords_needs_the_copys_admin_path_when_a_copy_exists(vault)
         rotate_tenant(worker, tenant_id)
     assert keys.repository_password(own, tenant_id) == passwords[tenant_id]  # nothing changed
 
+
+
+@pytest.fixture
+def repository(own_registry, tmp_path):
+    """A registered tenant of the test's own vault with a real primary repository holding one file."""
+    own = own_registry.with_overrides(master_key_file=tmp_path / "keys" / "master.key",
+                                      repo=f"file://{tmp_path / 'repos'}", repo_secondary=None,
+                                      repo_secondary_admin=None)
+    tid = f"k{secrets.token_hex(4)}"
+    registry.add_tenant(own, tid, "Rotacao", "basic")
+    open_repository(own, tid, create=True)
+    location = restic_location(names_for(own, tid).repository)
+    content = secrets.token_hex(256)
+    saved = restic_at(location, keys.repository_password(own, tid), "backup", "--stdin", "--stdin-filename",
+                      "probe.txt", stdin=content)
+    assert saved.returncode == 0, saved.stderr
+    return own, tid, location, content
+
+
+def opens(location: str, password: str, content: str) -> bool:
+    """restic itself opens the repository with `password` and reads the file back."""
+    dumped = restic_at(location, password, "dump", "--no-lock", "latest", "/probe.txt")
+    return dumped.returncode == 0 and dumped.stdout == content
+
+
+def key_count(location: str, password: str) -> int:
+    listed = restic_at(location, password, "key", "list", "--json", "--no-lock")
+    assert listed.returncode == 0, listed.stderr
+    return len(json.loads(listed.stdout))
+
+
+def wrapped_digest(own, tid: str) -> str:
+    return observe.psql(own.main_db, f"SELECT md5(wrapped_password) FROM tenants.backup_keys WHERE cliente_id = '{tid}'")
+
+
+def test_a_password_rotation_killed_between_its_steps_keeps_the_repository_open_and_resumes(repository):
+    """`keys rotate` SIGKILLed after the new key was added (vault not yet updated), then after the
+    vault was updated (old keys not yet removed): each time restic opens the repository with the
+    vault's password, and a rerun finishes with one key left."""
+    own, tid, location, content = repository
+    env = vault_env(own)
+    first_password = keys.repository_password(own, tid)
+    assert key_count(location, first_password) == 1
+
+    # 1. new key added, vault not updated: the vault's row is held, the child waits on it
+    vault_row = RowHold(own.main_db, "SELECT cliente_id FROM tenants.backup_keys WHERE cliente_id = %s FOR UPDATE",
+                        (tid,))
+    try:
+        proc = faults.start_cli("keys", "rotate", tid, env=env)
+        waiting = poll(lambda: vault_row.waiters() if key_count(location, first_password) == 2 else None, proc,
+                       "the new key added and the child waiting to update the vault")
+        kill9_running(proc)
+        vault_row.end_backends(waiting)
+    finally:
+        vault_row.release()
+    assert keys.repository_password(own, tid) == first_password  # the vault kept the old password ...
+    assert opens(location, first_password, content)  # ... which opens the repository
+    assert key_count(location, first_password) == 2  # beside the killed run's key, whose password is lost
+    expire_dead_lease(own.main_db, tid, proc.pid)
+
+    # 2. vault updated, old keys not removed: the child is let through the vault's row and held
+    # on the registry table, which it reads (the key stash) before it removes the old keys
+    before = wrapped_digest(own, tid)
+    vault_row = RowHold(own.main_db, "SELECT cliente_id FROM tenants.backup_keys WHERE cliente_id = %s FOR UPDATE",
+                        (tid,))
+    registry_table = None
+    try:
+        proc = faults.start_cli("keys", "rotate", tid, env=env)
+        poll(vault_row.waiters, proc, "the child waiting to update the vault")
+        registry_table = RowHold(own.main_db, "LOCK TABLE tenants.clientes IN ACCESS EXCLUSIVE MODE; SELECT 1", ())
+        vault_row.release()
+        waiting = poll(lambda: registry_table.waiters() if wrapped_digest(own, tid) != before else None, proc,
+                       "the vault updated and the child waiting before it removes the old keys")
+        kill9_running(proc)
+        registry_table.end_backends(waiting)
+    finally:
+        vault_row.release()
+        if registry_table is not None:
+            registry_table.release()
+    second_password = keys.repository_password(own, tid)
+    assert second_password != first_password
+    assert opens(location, second_password, content)  # the vault's new password opens it
+    assert key_count(location, second_password) == 3  # old, the first killed run's, the new
+    expire_dead_lease(own.main_db, tid, proc.pid)
+
+    # 3. the rerun finishes: one key, the vault's; no earlier password opens anything
+    rerun = run_cli("keys", "rotate", tid, "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    doc = json.loads(rerun.stdout)
+    assert doc["failed"] == [] and [(r["tenant_id"], r["removed_keys"]) for r in doc["rotated"]] == [(tid, 3)], doc
+    final_password = keys.repository_password(own, tid)
+    assert final_password not in (first_password, second_password)
+    assert opens(location, final_password, content) and key_count(location, final_password) == 1
+    assert not opens(location, first_password, content) and not opens(location, second_password, content)
