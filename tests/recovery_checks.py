@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg2
@@ -118,20 +119,7 @@ class RowHold:
         return found
 
     def end_backends(self, pids: list[int]) -> None:
-        """What the kill would have done to a statement not yet run: its backend ends, so releasing
-        the lock grants it nothing; polled until they are gone."""
-        with psycopg2.connect(dbname=self.main_db, **PG) as watch, watch.cursor() as cur:
-            watch.autocommit = True
-            for pid in pids:
-                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            deadline = time.monotonic() + 60
-            while True:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
-                if cur.fetchone()[0] == 0:
-                    break
-                assert time.monotonic() < deadline, f"backends {pids} did not exit"
-                time.sleep(0.05)
-        watch.close()
+        end_backends(self.main_db, pids)
 
     def release(self) -> None:
         if not self.conn.closed:
@@ -172,3 +160,86 @@ def sessions_in(snapshots: list[dict]) -> set[str]:
         if "kind=manifest" in tags:
             found |= {t[len("session="):] for t in tags if t.startswith("session=")}
     return found
+
+
+class TableStepper:
+    """Holds SHARE on one table of a database, so every write of a child to it waits; lets the
+    writes through one at a time. Two connections take turns holding the lock: before one lets
+    the waiting statement through, the other's request is already queued behind that statement,
+    so the child's next write waits again however slowly the test runs (as faults.CatalogStepper
+    does for pg_database)."""
+
+    def __init__(self, dbname: str, table: str):
+        self.lock = f"LOCK TABLE {table} IN SHARE MODE"
+        self.dbname = dbname
+        self.conns = [psycopg2.connect(dbname=dbname, application_name=f"recovery-stepper-{i}", **PG) for i in (0, 1)]
+        self.current = 0
+        self.conns[0].cursor().execute(self.lock)
+
+    def _ours(self) -> list[int]:
+        return [c.get_backend_pid() for c in self.conns]
+
+    def waiting(self) -> list[tuple[int, str]]:
+        """(pid, query) of the statements (not ours) waiting on the held lock."""
+        with psycopg2.connect(dbname=self.dbname, **PG) as watch, watch.cursor() as cur:
+            cur.execute("SELECT pid, query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) "
+                        "AND NOT pid = ANY(%s) ORDER BY query_start",
+                        (self.conns[self.current].get_backend_pid(), self._ours()))
+            found = cur.fetchall()
+        watch.close()
+        return found
+
+    def let_through(self, timeout: float = 60) -> None:
+        nxt = self.conns[1 - self.current]
+        failure: list[BaseException] = []
+
+        def lock() -> None:
+            try:
+                nxt.cursor().execute(self.lock)
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+        locker = threading.Thread(target=lock, daemon=True)
+        locker.start()
+        deadline = time.monotonic() + timeout
+        with psycopg2.connect(dbname=self.dbname, **PG) as watch, watch.cursor() as cur:
+            while locker.is_alive():  # queued behind the waiting statement
+                cur.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", (nxt.get_backend_pid(),))
+                if cur.fetchone()[0]:
+                    break
+                assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
+                time.sleep(0.01)
+        watch.close()
+        self.conns[self.current].commit()  # the waiting statement goes; our queued request follows it
+        locker.join(timeout=timeout)
+        assert not locker.is_alive() and not failure, ("the stepper's next lock was never granted", failure)
+        self.current = 1 - self.current
+
+    def end_backends(self, pids: list[int]) -> None:
+        end_backends(self.dbname, pids)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            if not conn.closed:
+                conn.rollback()
+                conn.close()
+
+
+def end_backends(dbname: str, pids: list[int]) -> None:
+    """What a SIGKILL of the client does to a statement not yet run: its backend ends (so a
+    released lock grants it nothing); polled until they are gone."""
+    watch = psycopg2.connect(dbname=dbname, **PG)
+    watch.autocommit = True
+    try:
+        with watch.cursor() as cur:
+            for pid in pids:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 60
+            while True:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+                if cur.fetchone()[0] == 0:
+                    return
+                assert time.monotonic() < deadline, f"backends {pids} did not exit"
+                time.sleep(0.05)
+    finally:
+        watch.close()
