@@ -53,8 +53,12 @@ def test_the_runbook_names_every_scenario():
 
 
 def test_1_a_tenants_data_lost_restore(world):
-    damage(world)
     session = world.cli_json("snapshots", world.tenant_id)[0]["session"]
+    before = lose_everything(world.settings, world.tenant_id)  # tables, buckets, keys, vhost, files
+    ok(world.cli("restore", world.tenant_id, "--snapshot", session, "--yes"))
+    assert_restored(world.settings, world.tenant_id, before)
+    assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
+    damage(world)  # the runbook's other form: one module's tables
     ok(world.cli("restore", world.tenant_id, "--snapshot", session, "--services", "postgresql", "--yes"))
     assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
 
@@ -89,8 +93,9 @@ def test_3_main_database_lost_keys_recover_then_restore(world):
         assert [(t["id"], t["plano"], t["status"]) for t in listed] == [(world.tenant_id, "basic", "ativo")]
         points = world.cli_json("snapshots", world.tenant_id, env=empty)
         assert len(points) == recovered["recovered"][0]["restore_points"] >= 1
-        damage(world)
-        ok(world.cli("restore", world.tenant_id, "--services", "postgresql", "--yes", env=empty))
+        before = lose_everything(world.settings, world.tenant_id)  # the tenant's data was lost too
+        ok(world.cli("restore", world.tenant_id, "--yes", env=empty))
+        assert_restored(world.settings, world.tenant_id, before)
         assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
     finally:
         pg.drop_database(world.settings.pg_dsn, empty["KRYONIX_MAIN_DB"])
