@@ -178,11 +178,15 @@ def fake_restore_point(world, tenant_id: str, when: datetime) -> str:
     return sid
 
 
-def test_copy_all_then_retention_on_the_copy_removes_old_restore_points(world):
-    """`copy --all` brings every active tenant's restore points to the copy; the basic plan's
-    `forget --repo secondary` (admin path) then removes a restore point older than 48 hours that
-    another one of the same day supersedes. Both read back with restic itself."""
+def test_copy_all_then_retention_on_the_copy_removes_old_restore_points(world, tmp_path):
+    """`copy --all` brings every active tenant's restore points to a copy of its own (its vault
+    is append-only: a tenant stashed in the world's copy would come back in `keys recover`); the
+    basic plan's `forget --repo secondary` (admin path) then removes a restore point older than
+    48 hours that a later one of the same day supersedes. Both read back with restic itself."""
     settings = world.settings
+    endpoint = start_endpoint(tmp_path)
+    env = {"KRYONIX_REPO_SECONDARY": endpoint.url, "KRYONIX_REPO_SECONDARY_ADMIN": endpoint.admin,
+           "KRYONIX_STATE_DIR": str(tmp_path / "state")}
     small = "r" + secrets.token_hex(4)
     try:
         registry.add_tenant(settings, small, "Retencao fora", "basic")
@@ -193,24 +197,27 @@ def test_copy_all_then_retention_on_the_copy_removes_old_restore_points(world):
         recent = fake_restore_point(world, small, now - timedelta(hours=1))
         active = [t["id"] for t in world.cli_json("tenants", "list") if t["status"] == "ativo"]
         assert {small, world.tenant_id} <= set(active)
-        copied = world.cli_json("copy", "--all")
+        copied = world.cli_json("copy", "--all", env=env)
         assert sorted(c["tenant"] for c in copied["copies"]) == sorted(active), copied
-        assert sorted(next(c for c in copied["copies"] if c["tenant"] == small)["copied_sessions"]) == sorted(
-            [older, newer, recent])
         for tid in active:  # read with restic on the copy's admin path, and as a worker reads it
             password = keys.repository_password(settings, tid)
-            copy_location = restic_location(repository_in(settings.repo_secondary_admin, tid))
             primary = sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, tid)), password))
+            copy_location = restic_location(repository_in(endpoint.admin, tid))
             assert primary and sessions_in(restic_snapshots(copy_location, password)) == primary, tid
-            from_secondary = world.cli_json("snapshots", tid, "--from", "secondary", env=world.worker_env)
+            assert set(next(c for c in copied["copies"] if c["tenant"] == tid)["copied_sessions"]) == primary
+            from_secondary = world.cli_json("snapshots", tid, "--from", "secondary",
+                                            env={**env, **world.worker_env})
             assert {p["session"] for p in from_secondary} == primary, tid
+        assert sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, small)),
+                                            keys.repository_password(settings, small))) == {older, newer, recent}
 
-        applied = world.cli_json("forget", small, "--repo", "secondary")
+        applied = world.cli_json("forget", small, "--repo", "secondary", env=env)
         assert applied["restore_points"]["removed"] == 1 and applied["restore_points"]["kept"] == 2, applied
-        copy_location = restic_location(repository_in(settings.repo_secondary_admin, small))
+        copy_location = restic_location(repository_in(endpoint.admin, small))
         left = sessions_in(restic_snapshots(copy_location, keys.repository_password(settings, small)))
         assert left == {newer, recent}  # the day's older point went; the primary keeps all three
         assert sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, small)),
                                             keys.repository_password(settings, small))) == {older, newer, recent}
     finally:
+        endpoint.stop()
         purge_tenant(settings, small)
