@@ -224,31 +224,7 @@ class CatalogStepper:
             watch.close()
 
     def _hand_over(self, cur, holders, current: int, deadline: float) -> int:
-        """Queue the other connection's SHARE request, then let the waiting statement through;
-        returns the index of the connection that holds the lock afterwards."""
-        nxt = holders[1 - current]
-        failure: list[BaseException] = []
-
-        def lock() -> None:
-            try:
-                nxt.cursor().execute(self.LOCK)
-            except BaseException as exc:  # reported below
-                failure.append(exc)
-
-        locker = threading.Thread(target=lock, daemon=True)
-        locker.start()
-        while True:  # the request is in pg_database's lock queue (or granted: nobody waited on it)
-            cur.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'relation' "
-                        "AND relation = 'pg_catalog.pg_database'::regclass", (nxt.get_backend_pid(),))
-            if cur.fetchone() or not locker.is_alive():
-                break
-            assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
-            time.sleep(0.01)
-        holders[current].commit()  # the waiting statement is granted; our queued request follows it
-        locker.join(timeout=max(1.0, deadline - time.monotonic()))
-        assert not locker.is_alive(), "the stepper's next lock was never granted"
-        assert not failure, failure
-        return 1 - current
+        return hand_over_lock(self.LOCK, "pg_catalog.pg_database", cur, holders, current, deadline)
 
     @staticmethod
     def _wait_gone(cur, pids: list[int], deadline: float) -> None:
@@ -259,6 +235,35 @@ class CatalogStepper:
                 return
             assert time.monotonic() < deadline, f"backends {pids} did not exit after pg_terminate_backend"
             time.sleep(0.02)
+
+
+def hand_over_lock(lock: str, table: str, cur, holders, current: int, deadline: float) -> int:
+    """Of two connections taking turns to hold `lock` on `table`: queue the other connection's
+    request, then let the waiting statement through; returns the index of the connection that
+    holds the lock afterwards."""
+    nxt = holders[1 - current]
+    failure: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            nxt.cursor().execute(lock)
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    locker = threading.Thread(target=take, daemon=True)
+    locker.start()
+    while True:  # the request is in the table's lock queue (or granted: nobody waited on it)
+        cur.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'relation' AND relation = %s::regclass",
+                    (nxt.get_backend_pid(), table))
+        if cur.fetchone() or not locker.is_alive():
+            break
+        assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
+        time.sleep(0.01)
+    holders[current].commit()  # the waiting statement is granted; our queued request follows it
+    locker.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not locker.is_alive(), "the stepper's next lock was never granted"
+    assert not failure, failure
+    return 1 - current
 
 
 # --- app data: pause a CLI right after it moved the live folder away ----------------------------

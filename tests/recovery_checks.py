@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import psycopg2
@@ -17,6 +16,7 @@ import redis
 from kryonix_dagster.engine.naming import names_for
 
 from . import observe
+from .faults import CatalogStepper, hand_over_lock
 from .helpers_tenant import destroy
 
 PG = {"host": "127.0.0.1", "user": "postgres"}
@@ -170,7 +170,7 @@ class TableStepper:
     does for pg_database)."""
 
     def __init__(self, dbname: str, table: str):
-        self.lock = f"LOCK TABLE {table} IN SHARE MODE"
+        self.lock, self.table = f"LOCK TABLE {table} IN SHARE MODE", table
         self.dbname = dbname
         self.conns = [psycopg2.connect(dbname=dbname, application_name=f"recovery-stepper-{i}", **PG) for i in (0, 1)]
         self.current = 0
@@ -190,30 +190,13 @@ class TableStepper:
         return found
 
     def let_through(self, timeout: float = 60) -> None:
-        nxt = self.conns[1 - self.current]
-        failure: list[BaseException] = []
-
-        def lock() -> None:
-            try:
-                nxt.cursor().execute(self.lock)
-            except BaseException as exc:  # reported below
-                failure.append(exc)
-
-        locker = threading.Thread(target=lock, daemon=True)
-        locker.start()
-        deadline = time.monotonic() + timeout
-        with psycopg2.connect(dbname=self.dbname, **PG) as watch, watch.cursor() as cur:
-            while locker.is_alive():  # queued behind the waiting statement
-                cur.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", (nxt.get_backend_pid(),))
-                if cur.fetchone()[0]:
-                    break
-                assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
-                time.sleep(0.01)
-        watch.close()
-        self.conns[self.current].commit()  # the waiting statement goes; our queued request follows it
-        locker.join(timeout=timeout)
-        assert not locker.is_alive() and not failure, ("the stepper's next lock was never granted", failure)
-        self.current = 1 - self.current
+        watch = psycopg2.connect(dbname=self.dbname, **PG)
+        watch.autocommit = True
+        try:
+            self.current = hand_over_lock(self.lock, self.table, watch.cursor(), self.conns, self.current,
+                                          time.monotonic() + timeout)
+        finally:
+            watch.close()
 
     def end_backends(self, pids: list[int]) -> None:
         end_backends(self.dbname, pids)
@@ -234,12 +217,6 @@ def end_backends(dbname: str, pids: list[int]) -> None:
         with watch.cursor() as cur:
             for pid in pids:
                 cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            deadline = time.monotonic() + 60
-            while True:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
-                if cur.fetchone()[0] == 0:
-                    return
-                assert time.monotonic() < deadline, f"backends {pids} did not exit"
-                time.sleep(0.05)
+            CatalogStepper._wait_gone(cur, pids, time.monotonic() + 60)
     finally:
         watch.close()
