@@ -135,17 +135,6 @@ def restic_at(location: str, password: str, *args: str, extra_env: dict[str, str
                           input=stdin)
 
 
-def expire_dead_lease(main_db: str, tenant_id: str, pid: int) -> None:
-    """End the lease a SIGKILLed holder left (what its TTL would do; waiting for the TTL is
-    tests/test_runbook.py::test_5's subject), checked to be that dead holder's."""
-    import socket
-    holder = f"{socket.gethostname()}:{pid}"
-    ended = observe.psql(main_db, "UPDATE tenants.backup_leases SET expires_at = now() - interval '1 second' "
-                                  f"WHERE cliente_id = '{tenant_id}' AND holder = '{holder}' "
-                                  "AND expires_at > now() RETURNING cliente_id")
-    assert ended == tenant_id, (ended, holder)
-
-
 def restic_snapshots(location: str, password: str, **kwargs) -> list[dict]:
     listed = restic_at(location, password, "snapshots", "--json", "--no-lock", **kwargs)
     assert listed.returncode == 0, listed.stderr[-1000:]

@@ -22,7 +22,7 @@ from kryonix_dagster.engine.pitr.config import repository_passphrase
 from . import faults, observe
 from .conftest import run_cli
 from .offsite_world import new_master_key_file
-from .recovery_checks import RowHold, expire_dead_lease, kill9_running, poll, restic_at
+from .recovery_checks import RowHold, kill9_running, poll, restic_at
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def wrapped_digest(own, tid: str) -> str:
 def test_a_password_rotation_killed_between_its_steps_keeps_the_repository_open_and_resumes(repository):
     """`keys rotate` SIGKILLed after the new key was added (vault not yet updated), then after the
     vault was updated (old keys not yet removed): each time restic opens the repository with the
-    vault's password, and a rerun finishes with one key left."""
+    vault's password, and a rerun (which takes over the dead child's lease) finishes with one key left."""
     own, tid, location, content = repository
     env = vault_env(own)
     first_password = keys.repository_password(own, tid)
@@ -192,7 +192,6 @@ def test_a_password_rotation_killed_between_its_steps_keeps_the_repository_open_
     assert keys.repository_password(own, tid) == first_password  # the vault kept the old password ...
     assert opens(location, first_password, content)  # ... which opens the repository
     assert key_count(location, first_password) == 2  # beside the killed run's key, whose password is lost
-    expire_dead_lease(own.main_db, tid, proc.pid)
 
     # 2. vault updated, old keys not removed: the child is let through the vault's row and held
     # on the registry table, which it reads (the key stash) before it removes the old keys
@@ -217,7 +216,6 @@ def test_a_password_rotation_killed_between_its_steps_keeps_the_repository_open_
     assert second_password != first_password
     assert opens(location, second_password, content)  # the vault's new password opens it
     assert key_count(location, second_password) == 3  # old, the first killed run's, the new
-    expire_dead_lease(own.main_db, tid, proc.pid)
 
     # 3. the rerun finishes: one key, the vault's; no earlier password opens anything
     rerun = run_cli("keys", "rotate", tid, "--json", env=env)

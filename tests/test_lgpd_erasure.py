@@ -28,7 +28,7 @@ from kryonix_dagster.engine.lgpd.rules import load_rules, parse_subject
 from . import faults, lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
 
-from .recovery_checks import TableStepper, expire_dead_lease, kill9_running, poll, restic_snapshots, sessions_in
+from .recovery_checks import TableStepper, kill9_running, poll, restic_snapshots, sessions_in
 
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
 rewrite_world = lgpd_erasure_world.rewrite_world  # a tenant of the rewrite test's own
@@ -202,7 +202,8 @@ def test_a_rewrite_killed_before_its_manifest_loses_nothing_and_the_rerun_takes_
     """`lgpd erase --rewrite` SIGKILLed after it wrote the restore point's new tier snapshots, at
     its fenced lease check right before the new manifest (the lease table's writes are single-
     stepped, the heartbeat is 200 s away): the old restore point stands, whole; the ledger still
-    says "not rewritten". The rerun rewrites the point: the person is in no snapshot any more."""
+    says "not rewritten". The rerun (which takes over the dead child's lease) rewrites the point:
+    the person is in no snapshot any more."""
     world = rewrite_world
     world.erased(cli)
     assert ledger_entries(world) == (1, 0)
@@ -232,7 +233,6 @@ def test_a_rewrite_killed_before_its_manifest_loses_nothing_and_the_rerun_takes_
                                         keys.repository_password(world.settings, world.tenant))) == {world.session}
     assert ledger_entries(world)[1] == 0  # nothing marked rewritten (the rerun's erasure added an entry)
     assert absent(person_counts(world.settings, world.tenant, ERASED))
-    expire_dead_lease(world.settings.main_db, world.tenant, proc.pid)
 
     result = world.run(cli, *erase)
     assert result.returncode == 0, result.stderr
