@@ -75,7 +75,7 @@ def test_2_primary_storage_lost_restore_from_the_secondary(world):
     primary_dir(world).rename(lost)
     try:
         gone = world.cli("snapshots", world.tenant_id)
-        assert gone.returncode == 1 and "Is there a repository" in gone.stderr  # the primary is gone
+        assert gone.returncode == 1 and "its repository is missing" in gone.stderr  # the primary is gone
         ok(world.cli("restore", world.tenant_id, "--from", "secondary", "--yes", env=world.worker_env))
         assert_restored(settings, world.tenant_id, before)
         assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
