@@ -274,6 +274,45 @@ class CatalogStepper:
         finally:
             watch.close()
 
+    @staticmethod
+    def _wait_gone(cur, pids: list[int], deadline: float) -> None:
+        """Poll until the terminated backends have exited, so releasing the lock grants them nothing."""
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+            if cur.fetchone()[0] == 0:
+                return
+            assert time.monotonic() < deadline, f"backends {pids} did not exit after pg_terminate_backend"
+            time.sleep(0.02)
+
+
+def hand_over_lock(lock: str, table: str, cur, holders, current: int, deadline: float) -> int:
+    """Of two connections taking turns to hold `lock` on `table`: queue the other connection's
+    request, then let the waiting statement through; returns the index of the connection that
+    holds the lock afterwards."""
+    nxt = holders[1 - current]
+    failure: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            nxt.cursor().execute(lock)
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    locker = threading.Thread(target=take, daemon=True)
+    locker.start()
+    while True:  # the request is in the table's lock queue (or granted: nobody waited on it)
+        cur.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'relation' AND relation = %s::regclass",
+                    (nxt.get_backend_pid(), table))
+        if cur.fetchone() or not locker.is_alive():
+            break
+        assert time.monotonic() < deadline, "the stepper's next lock request never reached the queue"
+        time.sleep(0.01)
+    holders[current].commit()  # the waiting statement is granted; our queued request follows it
+    locker.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not locker.is_alive(), "the stepper's next lock was never granted"
+    assert not failure, failure
+    return 1 - current
+
 
 # --- app data: pause a CLI right after it moved the live folder away ----------------------------
 

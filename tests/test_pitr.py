@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -20,7 +21,7 @@ from kryonix_dagster.engine.tenant_repository import open_repository
 
 from .alert_inbox import inbox  # noqa: F401 (a fixture)
 from .conftest import run_cli
-from .pitr_world import ERASED_EMAIL, pitr_world_fixture
+from .pitr_world import ERASED_EMAIL, as_postgres, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
 
@@ -59,13 +60,46 @@ def test_setup_says_restart_then_restarts_and_is_idempotent(pitr_world):
     assert b"[backup:current]" not in info.read_bytes()
 
 
+def pgbackrest_backups(world) -> list[tuple[str, str]]:
+    """(label, type) of every base backup, oldest first, from pgBackRest's own `info`."""
+    stanza = world.env["KRYONIX_PITR_STANZA"]
+    conf = world.base / "pitr-work" / f"pgbackrest-{stanza}.conf"
+    out = subprocess.run(as_postgres("pgbackrest", f"--config={conf}", f"--stanza={stanza}", "info", "--output=json"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (info,) = json.loads(out.stdout)
+    return [(b["label"], b["type"]) for b in info["backup"]]
+
+
+def wal_archived_after_the_backup(world) -> None:
+    """This test's precondition: a WAL segment archived after the second that follows the base
+    backup's stop (the window's start), so the window has an end after its start. The base
+    backup's own segment can be archived within its stop second; then, once the clock is past
+    the window's start, a commit is written and the segment switched, and pg_stat_archiver is
+    polled (psql) until the archive holds it."""
+    start = (world.backup_stopped + timedelta(seconds=1)).isoformat()
+    deadline = time.monotonic() + 120
+    switched = False
+    while world.psql("postgres", f"SELECT coalesce(last_archived_time >= '{start}', false) FROM pg_stat_archiver") != "t":
+        assert time.monotonic() < deadline, "no WAL segment was archived after the base backup's stop second"
+        if not switched and world.psql("postgres", f"SELECT clock_timestamp() > '{start}'") == "t":
+            world.psql("postgres", "SELECT txid_current()")  # a commit in the segment to close
+            world.psql("postgres", "SELECT pg_switch_wal()")
+            switched = True
+        time.sleep(0.1)
+
+
 def test_status_shows_healthy_archiving_and_the_window(pitr_world):
+    wal_archived_after_the_backup(pitr_world)
     result = pitr_world.cli("pitr", "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["archiving"]["healthy"] is True, doc["archiving"]
     assert doc["archiving"]["last_archived_wal"]
-    assert [b["type"] for b in doc["backups"]] == ["full"]
+    # the world's full backup first, then whatever other tests took, as pgBackRest lists them
+    listed = [(b["label"], b["type"]) for b in doc["backups"]]
+    assert listed == pgbackrest_backups(pitr_world)
+    assert listed[0] == (json.loads(pitr_world.extra["backup"])["label"], "full")
     earliest = datetime.fromisoformat(doc["window"]["earliest"].replace("Z", "+00:00"))
     latest = datetime.fromisoformat(doc["window"]["latest"].replace("Z", "+00:00"))
     assert earliest <= latest
@@ -227,12 +261,15 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
     assert INCIDENT not in sensor_cursor(json.dumps(cursor))
     assert [a["kind"] for a in archiving_alerts()] == ["stale", "resolved"]
     assert archiving_alerts()[1]["title"].startswith("WAL archiving works again")
+    backups_before = pgbackrest_backups(world)  # the world's full, and any other test's
     result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
                          resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
                          run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
     assert result.success
     meta = result.asset_materializations_for_node("pitr_base_backup")[0].metadata
-    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == 2
+    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == len(backups_before) + 1
+    after = pgbackrest_backups(world)
+    assert after[:-1] == backups_before and after[-1][1] == "incr"
     assert meta["window_earliest"].value.startswith(_earliest(json.loads(world.extra["backup"]))[:19])
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["wal_archiving"].passed is True

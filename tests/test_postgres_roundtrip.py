@@ -173,9 +173,17 @@ def test_s3_repository_round_trip(settings, cli, tenant_factory, moto_endpoint):
     s3 = observe.s3(moto_endpoint, "repo-access", "repo-secret-key")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kryonix-backups", Prefix=f"{tid}/cliente_{tid}/")["Contents"]]
     assert any(k.endswith("/config") for k in keys) and any("/snapshots/" in k for k in keys)
-    observe.psql(db, "DELETE FROM crm.contatos WHERE id > 100 AND id NOT IN (SELECT contato_id FROM lgpd.consentimentos)"
-                     " AND false")
+    # contacts above id 100 lost (with the rows that reference them), the others renamed
+    assert int(observe.psql(db, "SELECT count(*) FROM crm.contatos WHERE id > 100")) > 0
+    dependents = ("whatsapp.mensagens", "agendamento.agendamentos", "financeiro.faturas", "marketing.envios",
+                  "lgpd.consentimentos")
+    observe.psql(db, "".join(f"DELETE FROM {t} WHERE contato_id > 100; " for t in dependents)
+                 + "DELETE FROM crm.contatos WHERE id > 100")
+    assert observe.psql(db, "SELECT count(*) FROM crm.contatos WHERE id > 100") == "0"
     observe.psql(db, "UPDATE crm.contatos SET nome = 'Y'")
+    damaged = observe.table_checksums(db)
+    assert damaged["crm.contatos"][0] == 100 < at_backup["crm.contatos"][0]
+    assert sum(damaged[t][0] for t in dependents) < sum(at_backup[t][0] for t in dependents)
     assert cli("restore", tid, "--yes", env=env).returncode == 0
     assert observe.table_checksums(db) == at_backup
     assert cli("verify", tid, "--read-data", env=env).returncode == 0
