@@ -102,3 +102,4 @@ def pitr_restore_cluster(at: str | None, yes: bool, as_json: bool) -> None:
                    f"{result.started_with}, timeline {result.timeline}, archiving checked"
                    + (", audit row written" if result.audited else ", NO audit row (see the warning)")
                    + (f"; the old data directory is in {result.moved_aside}" if result.moved_aside else ""))
+        click.echo(f"put back after the restore: {result.merged.describe()}")
