@@ -90,7 +90,10 @@ def _stale_keys(settings: Settings, where: locations.Location, stash: dict[str, 
 
 def _reapply_ledgers(settings: Settings, result: ClusterMerge, report: Reporter) -> None:
     """Step 3 of the module docstring."""
-    for tenant_id in registry.list_tenant_ids(settings):
+    with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT cliente_id FROM tenants.lgpd_ledger")  # one query for the fleet
+        erased_in = {row[0] for row in cur.fetchall()}
+    for tenant_id in (t for t in registry.list_tenant_ids(settings) if t in erased_in):
         names = names_for(settings, tenant_id)
         try:
             filt = erasure_filter(settings, names, names)
@@ -110,12 +113,12 @@ def _reapply_ledgers(settings: Settings, result: ClusterMerge, report: Reporter)
 def merge_after_cluster_restore(settings: Settings, report: Reporter) -> ClusterMerge:
     result = ClusterMerge()
     where = locations.location(settings, locations.PRIMARY)
+    stash: dict[str, list[StashRecord]] = {}
     try:
-        recovered = recover_keys(settings)
         stash = read_stash(settings, where)
-    except KryonixError as exc:
+        recovered = recover_keys(settings)
+    except (KryonixError, OSError) as exc:
         result.problems.append(f"stashes not merged: {one_line(str(exc), 200)}")
-        stash = {}
     else:
         for tenant in recovered.recovered:
             if "key" in tenant.filled:
