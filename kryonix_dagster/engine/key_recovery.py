@@ -79,7 +79,7 @@ def recover_keys(settings: Settings, source: str = locations.PRIMARY) -> Recover
         recovered = RecoveredTenant(tenant_id, records[0].name if records else tenant_id,
                                     records[0].plan if records else "basic", 0)
         if records and tenant_id not in with_key:
-            chosen = _first_that_opens(settings, where, records)
+            chosen = first_that_opens(settings, where, records)
             if chosen is None:
                 result.skipped[tenant_id] = "no stashed password opens its repository with this master key"
                 continue
@@ -116,7 +116,7 @@ def restore_points_with(settings: Settings, where: locations.Location, tenant_id
     return len(restore_points(repo))
 
 
-def _first_that_opens(settings: Settings, where: locations.Location,
+def first_that_opens(settings: Settings, where: locations.Location,
                       records: list[StashRecord]) -> tuple[StashRecord, int] | None:
     known = keys.known_master_keys(settings)
     for record in records:

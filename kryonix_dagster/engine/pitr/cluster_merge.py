@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from .. import keys, locations, pg, registry
 from ..config import Settings
 from ..errors import KryonixError, one_line
-from ..key_recovery import _first_that_opens, recover_keys, restore_points_with
+from ..key_recovery import first_that_opens, recover_keys, restore_points_with
 from ..key_stash import StashRecord, read_stash
 from ..lgpd.reapply import erasure_filter, reapply_database
 from ..naming import names_for
@@ -77,7 +77,7 @@ def _stale_keys(settings: Settings, where: locations.Location, stash: dict[str, 
             continue  # it opens the repository: never overwritten
         except KryonixError as exc:
             why = one_line(str(exc), 160)
-        chosen = _first_that_opens(settings, where, records)
+        chosen = first_that_opens(settings, where, records)
         if chosen is None:
             result.problems.append(f"tenant {tenant_id}: its key row does not open its repository ({why}) and no "
                                    "stashed record does")
