@@ -48,7 +48,8 @@ def test_the_runbook_names_every_scenario():
     text = RUNBOOK.read_text()
     for heading in ("A tenant's data is lost", "primary repository storage is lost", "main database is lost",
                     "master key leaked", "worker was killed mid-session", "PostgreSQL cluster is lost",
-                    "One tenant's key row was deleted", "The main database is lost, with PITR configured"):
+                    "One tenant's key row was deleted", "The main database is lost, with PITR configured",
+                    "Cluster restored to an earlier time after erasures"):
         assert heading in text
 
 
