@@ -2,6 +2,7 @@
 on real services: the copy behind the real append-only endpoint, real restic, psql checks."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,7 +23,7 @@ from kryonix_dagster.engine.tiers import TIERS
 
 from . import lgpd_offsite_world, observe
 from .helpers import purge_tenant
-from .lgpd_offsite_world import ERASED, KEPT
+from .lgpd_offsite_world import EMAIL, ERASED, KEPT
 
 erasure_world = lgpd_offsite_world.erasure_world  # a fixture: one world per test process
 
@@ -146,3 +147,99 @@ def test_the_ledger_survives_the_loss_of_the_main_database(erasure_world):
         assert erasure_world.person(ERASED) == 0 and erasure_world.person(KEPT) > 0
     finally:
         pg.drop_database(dr.settings.pg_dsn, lost["KRYONIX_MAIN_DB"])
+
+
+# --- `lgpd erase --rewrite`: every location, every blob ------------------------------------------
+
+OTHER = 9  # erased with --rewrite by the test below (person 7 is the world's, erased without it)
+OTHER_EMAIL = f"contato{OTHER}@exemplo.com.br"
+
+
+def restic_env(location: Path, password: str, cache: Path) -> dict[str, str]:
+    return dict({k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "AWS_"))},
+                RESTIC_REPOSITORY=str(location), RESTIC_PASSWORD=password, RESTIC_CACHE_DIR=str(cache))
+
+
+def blob_hits(location: Path, password: str, cache: Path, needles: list[bytes]) -> tuple[int, dict[bytes, int]]:
+    """(blobs read, needle -> blobs holding it): every blob of the repository (`restic list
+    blobs`), each read back decrypted and decompressed by the restic binary (`restic cat blob`)."""
+    from concurrent.futures import ThreadPoolExecutor
+    env = restic_env(location, password, cache)
+    listed = subprocess.run(["restic", "--no-lock", "list", "blobs"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    ids = [line.split()[1] for line in listed.stdout.splitlines() if line.split()[:1] in (["data"], ["tree"])]
+    assert ids, listed.stdout  # a repository holding restore points has blobs: the loop below reads something
+
+    def read(blob: str) -> bytes:
+        got = subprocess.run(["restic", "--no-lock", "cat", "blob", blob], env=env, capture_output=True, timeout=300)
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+
+    with ThreadPoolExecutor(3) as pool:
+        contents = list(pool.map(read, ids))
+    return len(ids), {n: sum(1 for c in contents if n in c) for n in needles}
+
+
+def copy_line(email: str) -> bytes:
+    """The person's e-mail as pg_dump's COPY text writes it: one tab-separated field."""
+    return f"\t{email}\t".encode()
+
+
+def compliance(dr, tid: str) -> dict:
+    """`lgpd report ID --json` (exit 1 when the seed's data is past its period: the document still comes)."""
+    done = dr.cli("lgpd", "report", tid, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def test_rewrite_takes_the_person_out_of_every_location_and_every_blob(erasure_world, tmp_path):
+    dr = erasure_world.dr
+    settings, tid = dr.settings, dr.tenant_id
+    erasure_world.erased()  # person 7 erased from the live data only: both locations still hold them
+    assert erasure_world.person(OTHER) > 0
+    repos = {"primary": Path(restic_location(repository_in(settings.repo, tid))),
+             "secondary": Path(restic_location(repository_in(settings.repo_secondary_admin, tid)))}
+    password = keys.repository_password(settings, tid)
+    needles = [EMAIL.encode(), OTHER_EMAIL.encode(), copy_line(EMAIL), copy_line(OTHER_EMAIL)]
+    for name, location in repos.items():  # before: the values are there, in the dump's COPY lines (the test can fail)
+        read, hits = blob_hits(location, password, tmp_path / "cache", needles)
+        assert all(hits[n] for n in needles), (name, hits)
+    report = compliance(dr, tid)
+    assert {w["location"]: bool(w["ledger_pending"]) for w in report["locations"]} == \
+        {"primary": True, "secondary": True}
+
+    subject = tmp_path / "subject"
+    subject.write_text(f"email={OTHER_EMAIL}\n")
+    main_db = settings.main_db
+    entries = observe.psql(main_db, f"SELECT count(*) FROM tenants.lgpd_ledger WHERE cliente_id = '{tid}'")
+    snapshots = {name: subprocess.run(["restic", "--no-lock", "snapshots", "--json"], capture_output=True, text=True,
+                                      env=restic_env(loc, password, tmp_path / "cache"), timeout=300).stdout
+                 for name, loc in repos.items()}
+    refused = dr.cli("lgpd", "erase", tid, "--subject-file", str(subject), "--rewrite", "--yes",
+                     env=dr.worker_env)  # a worker: the copy holds restore points, no admin path to rewrite it
+    assert refused.returncode == 1 and "KRYONIX_REPO_SECONDARY_ADMIN" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and OTHER_EMAIL not in refused.stderr + refused.stdout
+    assert erasure_world.person(OTHER) > 0  # nothing touched: the live data, the ledger, both repositories
+    assert observe.psql(main_db, f"SELECT count(*) FROM tenants.lgpd_ledger WHERE cliente_id = '{tid}'") == entries
+    for name, loc in repos.items():
+        now = subprocess.run(["restic", "--no-lock", "snapshots", "--json"], capture_output=True, text=True,
+                             env=restic_env(loc, password, tmp_path / "cache"), timeout=300).stdout
+        assert json.loads(now) and now == snapshots[name], name
+
+    cert = dr.cli_json("lgpd", "erase", tid, "--subject-file", str(subject), "--rewrite", "--yes")
+    assert erasure_world.person(OTHER) == 0 and erasure_world.person(KEPT) > 0
+    assert {(p["location"], p["session"]) for p in cert["rewritten_restore_points"]} == \
+        {("primary", erasure_world.session), ("secondary", erasure_world.session)}
+    assert {w["location"]: (w["restore_points_taken_before"], w["rewritten"], w["may_still_hold"])
+            for w in cert["locations"]} == {"primary": ([erasure_world.session], True, []),
+                                            "secondary": ([erasure_world.session], True, [])}
+    assert cert["restore_points_that_may_hold_the_person"] == []
+    for name, location in repos.items():  # after: not one stored blob holds either value, in either location
+        read, hits = blob_hits(location, password, tmp_path / "cache", needles)
+        assert read and not any(hits.values()), (name, hits)
+    assert observe.psql(main_db, "SELECT count(*) FILTER (WHERE rewritten_at IS NULL) || '/' || count(*) FROM "
+                                 f"tenants.lgpd_ledger WHERE cliente_id = '{tid}'") == f"0/{int(entries) + 1}"
+    report = compliance(dr, tid)
+    assert {w["location"]: w["ledger_pending"] for w in report["locations"]} == {"primary": 0, "secondary": 0}
+    assert report["ledger_pending"] == 0
