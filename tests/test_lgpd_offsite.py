@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from kryonix_dagster.engine import keys, locations, pg, registry
@@ -14,9 +15,11 @@ from kryonix_dagster.engine.key_recovery import recover_keys
 from kryonix_dagster.engine.key_stash import read_stash
 from kryonix_dagster.engine.lgpd import ledger, ledger_stash
 from kryonix_dagster.engine.lgpd.offboard import run_offboard
+from kryonix_dagster.engine.lgpd.rewrite import run_rewrite
 from kryonix_dagster.engine.migrations import migrate
 from kryonix_dagster.engine.naming import names_for, repository_in
 from kryonix_dagster.engine.offsite import run_copy
+from kryonix_dagster.engine.reporting import NullReporter
 from kryonix_dagster.engine.repository import restic_location
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import TIERS
@@ -270,3 +273,55 @@ def test_rewrite_takes_the_person_out_of_every_location_and_every_blob(erasure_w
     report = compliance(dr, tid)
     assert {w["location"]: w["ledger_pending"] for w in report["locations"]} == {"primary": 0, "secondary": 0}
     assert report["ledger_pending"] == 0
+
+
+class AppendWhilePruning(NullReporter):
+    """At the rewrite's prune (the ledger already read, not yet marked), lets a writer thread
+    append a ledger entry and waits for it: the overlap is certain."""
+
+    def __init__(self, reached: threading.Event, appended: threading.Event) -> None:
+        self.reached, self.appended = reached, appended
+
+    def info(self, message: str) -> None:
+        if "pruning" in message and not self.reached.is_set():
+            self.reached.set()
+            assert self.appended.wait(120), "the writer did not append within 120 s"
+
+
+def test_a_rewrite_marks_only_the_ledger_entries_it_started_with(erasure_world):
+    settings = erasure_world.dr.settings
+    tid = "r" + secrets.token_hex(4)
+    try:
+        registry.ensure_tenant(settings, tid, "Regravado", "basic")
+        names = names_for(settings, tid)
+        observe.psql("postgres", f"CREATE DATABASE {names.database}")
+        observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); INSERT INTO notas VALUES (1, 'a')")
+        session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
+        assert session.restore_point, session.error
+        key = ledger.ledger_key(settings, tid, create=True)
+
+        def entry(value: str) -> int:
+            return ledger.append(settings, tid, "email", ledger.keyed_hash(key, "email", value),
+                                 [ledger.keyed_hash(key, "contato_id", value)], {}).id
+
+        first = entry("antes@exemplo.com.br")
+        reached, appended, late = threading.Event(), threading.Event(), []
+
+        def writer() -> None:  # another thread, its own connection: an entry the rewrite never read
+            if reached.wait(300):
+                late.append(entry("durante@exemplo.com.br"))
+                appended.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            run_rewrite(settings, tid, report=AppendWhilePruning(reached, appended))
+        finally:
+            reached.set()
+            thread.join(timeout=120)
+        assert late and not thread.is_alive()
+        marked = observe.psql(settings.main_db, "SELECT id || ':' || (rewritten_at IS NOT NULL) FROM "
+                                                f"tenants.lgpd_ledger WHERE cliente_id = '{tid}' ORDER BY id")
+        assert marked.split() == [f"{first}:true", f"{late[0]}:false"]
+    finally:
+        purge_tenant(settings, tid)
