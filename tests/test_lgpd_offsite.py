@@ -295,7 +295,8 @@ def test_a_rewrite_marks_only_the_ledger_entries_it_started_with(erasure_world):
         registry.ensure_tenant(settings, tid, "Regravado", "basic")
         names = names_for(settings, tid)
         observe.psql("postgres", f"CREATE DATABASE {names.database}")
-        observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); INSERT INTO notas VALUES (1, 'a')")
+        observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); "
+                                     "INSERT INTO notas VALUES (1, 'a')")
         session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
         assert session.restore_point, session.error
         key = ledger.ledger_key(settings, tid, create=True)
