@@ -10,6 +10,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import redis
+
 from kryonix_dagster.engine import keys, locations, pg, registry
 from kryonix_dagster.engine.key_recovery import recover_keys
 from kryonix_dagster.engine.key_stash import read_stash
@@ -163,9 +165,11 @@ def restic_env(location: Path, password: str, cache: Path) -> dict[str, str]:
                 RESTIC_REPOSITORY=str(location), RESTIC_PASSWORD=password, RESTIC_CACHE_DIR=str(cache))
 
 
-def blob_hits(location: Path, password: str, cache: Path, needles: list[bytes]) -> tuple[int, dict[bytes, int]]:
+def blob_hits(location: Path, password: str, cache: Path, needles: list[bytes],
+              until_all: bool = False) -> tuple[int, dict[bytes, int]]:
     """(blobs read, needle -> blobs holding it): every blob of the repository (`restic list
-    blobs`), each read back decrypted and decompressed by the restic binary (`restic cat blob`)."""
+    blobs`), each read back decrypted and decompressed by the restic binary (`restic cat blob`);
+    `until_all`: stop once every needle was seen (a check that they are there)."""
     from concurrent.futures import ThreadPoolExecutor
     env = restic_env(location, password, cache)
     listed = subprocess.run(["restic", "--no-lock", "list", "blobs"], env=env, capture_output=True, text=True,
@@ -179,9 +183,13 @@ def blob_hits(location: Path, password: str, cache: Path, needles: list[bytes]) 
         assert got.returncode == 0, got.stderr
         return got.stdout
 
+    contents: list[bytes] = []
     with ThreadPoolExecutor(3) as pool:
-        contents = list(pool.map(read, ids))
-    return len(ids), {n: sum(1 for c in contents if n in c) for n in needles}
+        for start in range(0, len(ids), 6):
+            contents += pool.map(read, ids[start:start + 6])
+            if until_all and all(any(n in c for c in contents) for n in needles):
+                break
+    return len(contents), {n: sum(1 for c in contents if n in c) for n in needles}
 
 
 def snapshot_ids(location: Path, password: str, cache: Path) -> list[str]:
@@ -205,22 +213,30 @@ def compliance(dr, tid: str) -> dict:
     return json.loads(done.stdout)
 
 
-def second_point_with_app_data(erasure_world) -> str:
+def second_point_with_app_data(erasure_world) -> tuple[str, bytes]:
     """A second restore point, copied off-site, whose app data holds person OTHER's file (with
     the e-mail) beside incompressible files: restic packs them together, so after the rewrite
-    that pack is partly used and its unused part is far below restic's default 5% tolerance."""
+    that pack is partly used and its unused part is far below restic's default 5% tolerance.
+    Its Redis tier holds the person's key; returned: the session and that key's DUMP payload
+    (read with redis-py), as the Redis stream stores it."""
     dr = erasure_world.dr
     settings, tid = dr.settings, dr.tenant_id
-    root = names_for(settings, tid).app_data_dir
+    names = names_for(settings, tid)
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(f"{names.redis_prefix}contato:{OTHER}", mapping={"email": OTHER_EMAIL, "nome": f"Contato {OTHER}"})
+    payload = client.dump(f"{names.redis_prefix}contato:{OTHER}")
+    assert payload
+    root = names.app_data_dir
     (root / "contatos" / str(OTHER)).mkdir(parents=True, exist_ok=True)
     (root / "contatos" / str(OTHER) / "ficha.txt").write_text(f"ficha do contato {OTHER}: {OTHER_EMAIL}\n")
     (root / "anexos").mkdir(parents=True, exist_ok=True)
     for n in range(3):
         (root / "anexos" / f"contrato-{n}.bin").write_bytes(secrets.token_bytes(300_000))
-    session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in ("postgresql", "appdata")))
+    session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in ("postgresql", "redis",
+                                                                                            "appdata")))
     assert session.restore_point, session.error
     assert dr.cli_json("copy", tid)["copies"][0]["copied_sessions"] == [session.session_id]
-    return session.session_id
+    return session.session_id, payload
 
 
 def test_rewrite_takes_the_person_out_of_every_location_and_every_blob(erasure_world, tmp_path):
@@ -228,16 +244,16 @@ def test_rewrite_takes_the_person_out_of_every_location_and_every_blob(erasure_w
     settings, tid = dr.settings, dr.tenant_id
     erasure_world.erased()  # person 7 erased from the live data only: both locations still hold them
     assert erasure_world.person(OTHER) > 0
-    second = second_point_with_app_data(erasure_world)
+    second, payload = second_point_with_app_data(erasure_world)
     sessions = sorted([erasure_world.session, second])
     repos = {"primary": Path(restic_location(repository_in(settings.repo, tid))),
              "secondary": Path(restic_location(repository_in(settings.repo_secondary_admin, tid)))}
     password = keys.repository_password(settings, tid)
     needles = [EMAIL.encode(), OTHER_EMAIL.encode(), copy_line(EMAIL), copy_line(OTHER_EMAIL)]
     file_line = f"ficha do contato {OTHER}: {OTHER_EMAIL}".encode()  # as the app-data file holds it
-    needles.append(file_line)
+    needles += [file_line, payload]
     for name, location in repos.items():  # before: the values are there, in the dump's COPY lines (the test can fail)
-        read, hits = blob_hits(location, password, tmp_path / "cache", needles)
+        read, hits = blob_hits(location, password, tmp_path / "cache", needles, until_all=True)
         assert all(hits[n] for n in needles), (name, hits)
     report = compliance(dr, tid)
     assert {w["location"]: bool(w["ledger_pending"]) for w in report["locations"]} == \
@@ -260,6 +276,7 @@ def test_rewrite_takes_the_person_out_of_every_location_and_every_blob(erasure_w
     cert = dr.cli_json("lgpd", "erase", tid, "--subject-file", str(subject), "--rewrite", "--yes")
     assert erasure_world.person(OTHER) == 0 and erasure_world.person(KEPT) > 0
     assert not (names_for(settings, tid).app_data_dir / "contatos" / str(OTHER)).exists()
+    assert not redis.Redis.from_url(settings.redis_url).exists(f"{names_for(settings, tid).redis_prefix}contato:{OTHER}")
     assert sorted((p["location"], p["session"]) for p in cert["rewritten_restore_points"]) == \
         [(where, s) for where in ("primary", "secondary") for s in sessions]
     assert {w["location"]: (sorted(w["restore_points_taken_before"]), w["rewritten"], w["may_still_hold"])
