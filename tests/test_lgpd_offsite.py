@@ -55,16 +55,21 @@ def ledger_files(settings, tenant_id: str) -> int:
                for kind in (locations.PRIMARY, locations.SECONDARY_ADMIN))
 
 
-def leaving_tenant(world, tid: str) -> None:
-    """A small tenant with a ledger, backed up (no compliance tier: no legal hold), copied off-site."""
-    settings = world.dr.settings
-    registry.ensure_tenant(settings, tid, "Saindo", "basic")
+def small_tenant(settings, tid: str, name: str) -> None:
+    """A registered tenant with one small table, backed up once (PostgreSQL tier only)."""
+    registry.ensure_tenant(settings, tid, name, "basic")
     names = names_for(settings, tid)
     observe.psql("postgres", f"CREATE DATABASE {names.database}")
     observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); "
                                  "INSERT INTO notas SELECT g, 'nota ' || g FROM generate_series(1, 50) g")
     session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
     assert session.restore_point, session.error
+
+
+def leaving_tenant(world, tid: str) -> None:
+    """A small tenant with a ledger, backed up (no compliance tier: no legal hold), copied off-site."""
+    settings = world.dr.settings
+    small_tenant(settings, tid, "Saindo")
     ledger.ledger_key(settings, tid, create=True)
     ledger_stash.stash_everywhere(settings, tid)  # what an erasure does
     run_copy(settings, tid)  # through the append-only endpoint; stashes the password and the ledger there
@@ -309,13 +314,7 @@ def test_a_rewrite_marks_only_the_ledger_entries_it_started_with(erasure_world):
     settings = erasure_world.dr.settings
     tid = "r" + secrets.token_hex(4)
     try:
-        registry.ensure_tenant(settings, tid, "Regravado", "basic")
-        names = names_for(settings, tid)
-        observe.psql("postgres", f"CREATE DATABASE {names.database}")
-        observe.psql(names.database, "CREATE TABLE notas (id int PRIMARY KEY, texto text); "
-                                     "INSERT INTO notas VALUES (1, 'a')")
-        session = run_backup(settings, tid, "full", tiers=tuple(t for t in TIERS if t.name == "postgresql"))
-        assert session.restore_point, session.error
+        small_tenant(settings, tid, "Regravado")  # not copied off-site: the rewrite prunes the primary only
         key = ledger.ledger_key(settings, tid, create=True)
 
         def entry(value: str) -> int:
