@@ -5,6 +5,10 @@ compliance officer's columns as Markdown and JSON; the demo's report runner reco
 reports and their checks in DAGSTER_HOME. Judged by psql (data unchanged) and the instance."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
 
 from .lgpd_world import TABLES, checksums, drop_lgpd_tenant, new_tenant_id, seed_lgpd_tenant
@@ -68,3 +72,35 @@ def test_lgpd_compliance_executes_alone_read_only_and_the_report_check_names_the
     finally:
         drop_lgpd_tenant(own_registry, bad)
         drop_lgpd_tenant(own_registry, good)
+
+
+def test_demo_reports_runner_records_both_reports_and_their_checks(own_registry, psql, dagster_home):
+    """What `make demo` runs last, as a process of its own on a DAGSTER_HOME: afterwards the
+    instance holds a materialization of fleet_backup_report and lgpd_compliance_report, the
+    report's check and the tenant's lgpd_compliance (on its partition) evaluated, data unchanged."""
+    tid = new_tenant_id()
+    try:
+        db = seed_lgpd_tenant(own_registry, tid)
+        before = checksums(psql, db)
+        env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "KRYONIX_MAIN_DB": own_registry.main_db}
+        done = subprocess.run([sys.executable, "-W", "ignore", "-m", "kryonix_dagster.fleet.demo_reports"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert "fleet_report_job: materialized" in done.stderr and "lgpd_report_job: materialized" in done.stderr
+        with DagsterInstance.from_config(str(dagster_home)) as instance:
+            fleet = instance.get_latest_materialization_event(AssetKey("fleet_backup_report"))
+            lgpd = instance.get_latest_materialization_event(AssetKey("lgpd_compliance_report"))
+            assert fleet and lgpd
+            [row] = fleet.asset_materialization.metadata["json"].value["rows"]
+            assert row["id"] == tid and row["lgpd_compliant"] is False and row["verified_session"] is None
+            report_check = instance.get_latest_asset_check_evaluation_record(REPORT_CHECK)
+            evaluation = report_check.event.asset_check_evaluation
+            assert not evaluation.passed and tid in evaluation.description
+            [tenant_check] = instance.event_log_storage.get_asset_check_execution_history(LGPD_CHECK, limit=10)
+            evaluation = tenant_check.event.asset_check_evaluation
+            assert evaluation.partition == tid and not evaluation.passed
+            assert evaluation.metadata["overdue_rows"].value == 6
+            assert {r.dagster_run.job_name for r in instance.get_run_records()} == {"fleet_report_job", "lgpd_report_job"}
+        assert checksums(psql, db) == before
+    finally:
+        drop_lgpd_tenant(own_registry, tid)
