@@ -93,6 +93,8 @@ def test_demo_reports_runner_records_both_reports_and_their_checks(own_registry,
             assert fleet and lgpd
             [row] = fleet.asset_materialization.metadata["json"].value["rows"]
             assert row["id"] == tid and row["lgpd_compliant"] is False and row["verified_session"] is None
+            [line] = [r for r in fleet.asset_materialization.metadata["compliance"].value.splitlines() if tid in r]
+            assert [c.strip() for c in line.strip("|").split("|")][1:3] == ["none", "—"] and "NOT compliant" in line
             report_check = instance.get_latest_asset_check_evaluation_record(REPORT_CHECK)
             evaluation = report_check.event.asset_check_evaluation
             assert not evaluation.passed and tid in evaluation.description

@@ -10,7 +10,7 @@ from dagster import DagsterInstance
 
 from .tenant_checks import QUIET
 
-REPORT_JOBS = ("fleet_report_job", "lgpd_report_job")
+REPORT_JOBS = ("lgpd_report_job", "fleet_report_job")  # the fleet report shows the LGPD report's result
 
 
 def materialize_reports(instance: DagsterInstance) -> dict[str, bool]:

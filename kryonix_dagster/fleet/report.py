@@ -4,8 +4,8 @@ integrity check and restore drill with their dates, the off-site lag and LGPD co
 import json
 
 import pandas as pd
-from dagster import (AssetExecutionContext, AssetSelection, MaterializeResult, MetadataValue, ScheduleDefinition,
-                     asset, define_asset_job)
+from dagster import (AssetExecutionContext, AssetKey, AssetSelection, DagsterInstance, MaterializeResult, MetadataValue,
+                     ScheduleDefinition, asset, define_asset_job)
 
 from ..resources import BackupEngineResource
 from ..scheduling import TIMEZONE, default_schedule_status
@@ -29,6 +29,20 @@ def fleet_frame(status: dict, verified: dict | None = None, lgpd: dict | None = 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+LGPD_REPORT = "lgpd_compliance_report"
+
+
+def lgpd_by_tenant(instance: DagsterInstance) -> tuple[dict[str, bool], str | None]:
+    """Each tenant's LGPD compliance as the latest lgpd_compliance_report found it (read from
+    the instance: the hourly fleet report never re-reads every tenant's database and
+    repository), and when that report was made; ({}, None) before the first report."""
+    event = instance.get_latest_materialization_event(AssetKey(LGPD_REPORT))
+    doc = event.asset_materialization.metadata.get("json") if event else None
+    if doc is None:
+        return {}, None
+    return {t["tenant"]: t["compliant"] for t in doc.value["tenants"]}, doc.value["generated_at"]
+
+
 def _when(ok, at) -> str:
     if ok is None or pd.isna(ok):
         return "never"
@@ -39,10 +53,11 @@ def _value(value, empty: str = "—") -> str:
     return empty if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def compliance_markdown(frame: pd.DataFrame) -> str:
+def compliance_markdown(frame: pd.DataFrame, lgpd_at: str | None = None) -> str:
     """The compliance officer's table: short cells, one line per tenant, nothing clipped."""
     if frame.empty:
         return "(no tenants)"
+    lgpd_column = f"LGPD (report {lgpd_at[:16].replace('T', ' ')})" if lgpd_at else "LGPD (no report yet)"
     view = pd.DataFrame({
         "tenant": frame["id"],
         "newest verified restore point": [_value(s, "none") for s in frame["verified_session"]],
@@ -50,21 +65,22 @@ def compliance_markdown(frame: pd.DataFrame) -> str:
         "integrity": [_when(ok, at) for ok, at in zip(frame["last_check_ok"], frame["last_check_at"])],
         "restore drill": [_when(ok, at) for ok, at in zip(frame["last_drill_ok"], frame["last_drill_at"])],
         "off-site lag (h)": [_value(lag, "no copy") for lag in frame["offsite_lag_hours"]],
-        "LGPD": ["—" if c is None or pd.isna(c) else ("compliant" if c else "NOT compliant")
+        lgpd_column: ["not evaluated" if c is None or pd.isna(c) else ("compliant" if c else "NOT compliant")
                  for c in frame["lgpd_compliant"]],
         "stale": ["STALE" if s else "" for s in frame["stale"]],
     })
     return view.to_markdown(index=False)
 
 
-@asset(group_name="fleet", kinds={"pandas", "csv"},
+@asset(group_name="fleet", kinds={"pandas", "csv"}, deps=[LGPD_REPORT],
        description="Every tenant's plan, last session, age, staleness, restore points, repository size; for the "
                    "compliance officer the newest verified (drilled) restore point and its age, the last integrity "
-                   "check and restore drill with dates, the off-site lag and LGPD compliance; the last 24 hours' "
-                   "totals. The `compliance` table here; every column downloadable as the `json` metadata.")
+                   "check and restore drill with dates, the off-site lag and LGPD compliance (as the latest "
+                   "lgpd_compliance_report found it); the last 24 hours' totals. The `compliance` table here; "
+                   "every column downloadable as the `json` metadata.")
 def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
     status = engine.fleet_status()
-    lgpd = {t.tenant_id: t.compliant for t in engine.lgpd_fleet_compliance().tenants}
+    lgpd, lgpd_at = lgpd_by_tenant(context.instance)
     frame = fleet_frame(status, engine.verified_points(), lgpd)
     path = engine.reports_dir() / "fleet_backup_report.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,16 +91,16 @@ def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineReso
         "tenants": MetadataValue.int(len(frame)),
         "stale_tenants": MetadataValue.int(len(status["stale"])),
         "offsite_lagging_tenants": MetadataValue.int(len(status.get("offsite_lagging", []))),
-        "lgpd_non_compliant_tenants": MetadataValue.int(sum(1 for ok in lgpd.values() if not ok)),
+        "lgpd_non_compliant_tenants": MetadataValue.int(sum(1 for ok in lgpd.values() if ok is False)),
         "unverified_tenants": MetadataValue.int(int(frame["verified_session"].isna().sum())),
         "storage_bytes": MetadataValue.int(status["storage_bytes"]),
         "bytes_last_24h": MetadataValue.int(totals["bytes"]),
         "tenants_backed_up_last_24h": MetadataValue.int(totals["tenants"]),
         "average_session_bytes_last_24h": MetadataValue.float(totals["average_bytes"]),
         "sessions_last_24h": MetadataValue.int(totals["sessions"]),
-        "compliance": MetadataValue.md(compliance_markdown(frame)),
+        "compliance": MetadataValue.md(compliance_markdown(frame, lgpd_at)),
         "report": MetadataValue.md(frame.to_markdown(index=False) if not frame.empty else "(no tenants)"),
-        "json": MetadataValue.json({"generated_at": status["generated_at"], "columns": COLUMNS,
+        "json": MetadataValue.json({"generated_at": status["generated_at"], "lgpd_report_at": lgpd_at, "columns": COLUMNS,
                                     "rows": json.loads(frame.to_json(orient="records"))}),
         "csv": MetadataValue.path(str(path)),
     })
