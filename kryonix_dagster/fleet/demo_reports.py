@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, build_resources
 
 from .tenant_checks import QUIET
 
@@ -18,10 +18,10 @@ def materialize_reports(instance: DagsterInstance) -> dict[str, bool]:
     (so its lgpd_compliance lands on it): {job: succeeded}."""
     from ..definitions import defs
     from ..partitions import KRYONIX_TENANTS
-    from ..engine import registry
-    from ..engine.config import load_settings
+    from ..resources import resources_from_env
 
-    tenants = registry.list_tenant_ids(load_settings())
+    with build_resources({"engine": resources_from_env()["engine"]}) as built:  # EnvVars resolved as in a run
+        tenants = built.engine.tenant_ids()
     missing = [t for t in tenants if not instance.has_dynamic_partition(KRYONIX_TENANTS, t)]
     if missing:
         instance.add_dynamic_partitions(KRYONIX_TENANTS, missing)
