@@ -1,8 +1,8 @@
 """`tenants offboard ID [--export DIR] --yes`: the end of a tenant, crypto-shredded.
 
 Refused (exit 2, nothing touched) for an active tenant (status `ativo`: mark it `cancelado` or
-`inativo` first), for one already off-boarded, and while a legal hold runs (the compliance
-tier's monthly snapshots the legal policy of engine/retention.py still keeps). Then, under the
+`inativo` first), for one already off-boarded, and while a legal hold runs (a compliance
+snapshot under a hold marker, engine/retention.py place_hold). Then, under the
 tenant's lease:
 
 1. `--export DIR`: the newest restore point restored into the tenant's scratch names through
@@ -101,8 +101,8 @@ def _refuse(settings: Settings, tenant_id: str, repo: Restic | None) -> None:
         plan, _ = plan_for(tenant.plano)
         held = legal_hold_ids(repo, plan, repo.snapshots())
         if held:
-            raise BadInput(f"tenant {tenant_id}: a legal hold runs ({len(held)} compliance snapshot(s) the legal "
-                           "policy keeps): off-boarding is refused until it ends; nothing was changed")
+            raise BadInput(f"tenant {tenant_id}: a legal hold runs ({len(held)} compliance snapshot(s) under a "
+                           "hold marker): off-boarding is refused until it ends; nothing was changed")
 
 
 def _export(settings: Settings, tenant_id: str, repo: Restic, folder: Path, report: Reporter) -> tuple[str, list[dict]]:
