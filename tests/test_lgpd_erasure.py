@@ -20,6 +20,8 @@ from kryonix_dagster.demo.plan import DemoCounts
 from kryonix_dagster.engine import keys, pg, registry
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.retention import place_hold
+from kryonix_dagster.engine.tenant_repository import open_repository
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import TIERS
 from kryonix_dagster.engine.verify import run_verify
@@ -260,6 +262,7 @@ def test_a_rewrite_killed_before_its_manifest_loses_nothing_and_the_rerun_takes_
 def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(world, cli):
     with pytest.raises(BadInput, match="ativo"):
         run_offboard(world.settings, world.into)
+    mark = place_hold(open_repository(world.settings, world.tenant), world.session, "processo 7")
     registry.set_status(world.settings, world.tenant, "cancelado")
     try:
         held = world.run(cli, "tenants", "offboard", world.tenant, "--yes")  # its compliance snapshot is held
@@ -267,6 +270,8 @@ def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(worl
         assert keys.repository_password(world.settings, world.tenant) is not None
     finally:
         registry.set_status(world.settings, world.tenant, "ativo")
+        released = world.run(cli, "restic", world.tenant, "--", "forget", mark)
+        assert released.returncode == 0, released.stderr
 
 
 def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path, tenant_factory):
