@@ -397,7 +397,7 @@ def forget(tenant_id: str, dry_run: bool, repo_kind: str, wait_seconds: float, a
     if decision.unfinished_sessions:
         click.echo(f"  unfinished sessions {verb}: {', '.join(decision.unfinished_sessions)}")
     if decision.legal_hold_sessions:
-        click.echo(f"  compliance snapshots kept for the legal period: {len(decision.legal_hold_sessions)} session(s)")
+        click.echo(f"  compliance snapshots kept under a legal hold: {len(decision.legal_hold_sessions)} session(s)")
 
 
 @cli.command()

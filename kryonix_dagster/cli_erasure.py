@@ -135,6 +135,9 @@ def offboard(tenant_id: str, export: Path | None, yes: bool, wait_seconds: float
         return
     if result.exported_to:
         click.echo(f"exported session {result.exported_session} to {result.exported_to}")
+        for item in result.export_refused:
+            click.echo(f"refused object (its file would be outside the export folder): "
+                       f"{item['bucket']}/{item['key']!r}")
     click.echo(f"tenant {tenant_id}: live data erased; destroyed {', '.join(result.keys_destroyed) or 'no keys'}; "
                f"repository deleted; status {result.status}")
     if result.pitr.get("statement"):

@@ -23,6 +23,7 @@ from kryonix_dagster.engine.lease import Lease
 from kryonix_dagster.engine.manifest import KIND_MANIFEST, MANIFEST_FILE
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.restore import run_restore
+from kryonix_dagster.engine.retention import place_hold
 from kryonix_dagster.engine.tenant_repository import open_repository
 
 from . import faults, observe
@@ -88,27 +89,31 @@ def _tag(snap, key):
     return next((t.split("=", 1)[1] for t in snap["tags"] if t.startswith(key + "=")), None)
 
 
-def test_legal_hold_survives_every_forget_run_until_its_period_ends(settings, cli, tenant_factory):
+def test_legal_hold_survives_every_forget_run_and_nothing_else_outlives_the_plan(settings, cli, tenant_factory):
     tid = tenant_factory()
     registry.add_tenant(settings, tid, "Guarda legal", "basic")
     repo = open_repository(settings, tid, create=True)
     now = datetime.now(timezone.utc)
     days = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 70, 100, 130, 400, 2300]
-    with_compliance = {8, 9, 40, 70, 100, 130, 400, 2300}  # 2300 days: past the 5-year legal period
+    with_compliance = {8, 9, 40, 70, 100, 130, 400, 2300}
     with ThreadPoolExecutor(max_workers=3) as pool:
         sessions = dict(zip(days, pool.map(lambda d: _session(repo, now - timedelta(days=d, minutes=5),
                                                               d in with_compliance), days)))
     crashed = _session(repo, now - timedelta(days=2, hours=3), False, manifest=False)
 
+    marks = {d: place_hold(repo, sessions[d], "processo 42") for d in (130, 400)}  # two legal holds
+
     first = json.loads(cli("forget", tid, "--json").stdout)
     held = set(first["legal_hold_sessions"])
     live = {s["session_id"] for s in first["sessions"] if s["keep"]}
-    # sessions whose restore point expired keep their compliance snapshot, within the legal period
-    assert sessions[400] in held and sessions[400] not in live
-    assert held == {sessions[d] for d in with_compliance if d != 2300} - live, first
+    # only the held sessions keep their compliance snapshot past their restore point (issue 22 item 9:
+    # no standing five-year keep: a row would outlive its LGPD period in it)
+    assert held == {sessions[130], sessions[400]} and not held & live, first
     assert first["unfinished_sessions"] == [crashed]
     compliance_left = {_tag(s, "session") for s in _snapshots(cli, tid) if _tag(s, "tier") == "compliance"}
-    assert sessions[2300] not in compliance_left and held <= compliance_left
+    assert compliance_left == held | {sessions[d] for d in with_compliance if sessions[d] in live}
+    expired = {sessions[d] for d in with_compliance} - live - held
+    assert sessions[2300] in expired and expired.isdisjoint(compliance_left)  # the plan let them go
 
     for run in (2, 3):  # the next days' runs: the hold stays, and nothing is called unfinished
         again = json.loads(cli("forget", tid, "--json").stdout)
@@ -121,6 +126,13 @@ def test_legal_hold_survives_every_forget_run_until_its_period_ends(settings, cl
     doc = json.loads(verify.stdout)
     assert doc["unfinished_sessions"] == [] and set(doc["legal_hold_sessions"]) == held
     assert [row[0] for row in audit(tid, "forget")] == ["true"] * 3
+    # the hold on 400 released (its marker forgotten): the next run lets that snapshot go
+    released = cli("restic", tid, "--", "forget", marks[400])
+    assert released.returncode == 0, released.stderr
+    last = json.loads(cli("forget", tid, "--json").stdout)
+    assert last["legal_hold_sessions"] == [sessions[130]], last
+    left = {_tag(s, "session") for s in _snapshots(cli, tid) if _tag(s, "tier") == "compliance"}
+    assert sessions[400] not in left and sessions[130] in left
 
 
 # --- forget refuses what it cannot judge (finding 19), failed forget audited (finding 36) ------

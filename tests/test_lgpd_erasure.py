@@ -4,8 +4,10 @@ logged or stored. One world per pytest process (one backup); a step a test needs
 restore --into) is done by whichever test needs it first, so xdist may split the file anywhere."""
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,9 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from kryonix_dagster.demo.messaging import seed_messaging
+from kryonix_dagster.demo.plan import DemoCounts
 from kryonix_dagster.engine import keys, pg, registry
 from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.retention import place_hold
+from kryonix_dagster.engine.tenant_repository import open_repository
 from kryonix_dagster.engine.session import run_backup
 from kryonix_dagster.engine.tiers import TIERS
 from kryonix_dagster.engine.verify import run_verify
@@ -24,6 +30,7 @@ from kryonix_dagster.engine.errors import BadInput
 from kryonix_dagster.engine.lgpd import ledger
 from kryonix_dagster.engine.lgpd.offboard import run_offboard
 from kryonix_dagster.engine.lgpd.rules import load_rules, parse_subject
+from kryonix_dagster.engine.tiers.rabbitmq import decode_value
 
 from . import faults, lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
@@ -33,7 +40,7 @@ from .recovery_checks import TableStepper, kill9_running, poll, restic_snapshots
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
 rewrite_world = lgpd_erasure_world.rewrite_world  # a tenant of the rewrite test's own
 SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
-OFFBOARD_TIERS = ("postgresql", "redis", "appdata")  # no compliance tier: no legal hold
+OFFBOARD_TIERS = ("postgresql", "redis", "object_storage", "rabbitmq", "appdata")  # no compliance: no legal hold
 
 
 def test_erase_removes_the_person_everywhere_and_certifies(world, cli):
@@ -255,6 +262,7 @@ def test_a_rewrite_killed_before_its_manifest_loses_nothing_and_the_rerun_takes_
 def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(world, cli):
     with pytest.raises(BadInput, match="ativo"):
         run_offboard(world.settings, world.into)
+    mark = place_hold(open_repository(world.settings, world.tenant), world.session, "processo 7")
     registry.set_status(world.settings, world.tenant, "cancelado")
     try:
         held = world.run(cli, "tenants", "offboard", world.tenant, "--yes")  # its compliance snapshot is held
@@ -262,6 +270,8 @@ def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(worl
         assert keys.repository_password(world.settings, world.tenant) is not None
     finally:
         registry.set_status(world.settings, world.tenant, "ativo")
+        released = world.run(cli, "restic", world.tenant, "--", "forget", mark)
+        assert released.returncode == 0, released.stderr
 
 
 def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path, tenant_factory):
@@ -271,23 +281,86 @@ def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path, tenant_fact
     restored = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--into", tid, "--services",
                          SERVICES, "--yes")  # the restored data: person 8, not person 7
     assert restored.returncode == 0, restored.stderr
+    names = names_for(world.settings, tid)
+    seed_messaging(world.settings, names, DemoCounts.for_scale(0.05))  # every tier: RabbitMQ too
+    token = secrets.token_hex(4)
+    escapes = [f"/tmp/kryonix-escape-{token}", f"contatos/../../../../kryonix-escape-{token}"]
+    s3 = observe.s3(world.settings.s3_endpoint, world.settings.s3_access_key, world.settings.s3_secret_key)
+    for key in escapes:  # keys whose file would land outside the export folder
+        s3.put_object(Bucket=names.bucket("media"), Key=key, Body=b"escape")
+    assert set(escapes) <= {o["Key"] for o in s3.list_objects_v2(Bucket=names.bucket("media"))["Contents"]}
     session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in OFFBOARD_TIERS))
     assert session.restore_point, session.error
-    names = names_for(world.settings, tid)
+    # a person erased after that backup: the export (a restore of it) must leave them out
+    gone = "contato3@exemplo.com.br"
+    assert redis.Redis.from_url(world.settings.redis_url).exists(f"{names.redis_prefix}contato:3")
+    erased = world.run(cli, "lgpd", "erase", tid, "--subject", f"email={gone}", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    redis_before = observe.redis_state(world.settings.redis_url, names.redis_prefix)
+    assert f"{names.redis_prefix}contato:{KEPT}".encode() in redis_before
+    assert f"{names.redis_prefix}contato:3".encode() not in redis_before
+    rabbit_before, messages_before = observe.vhost_state(names.vhost), observe.vhost_messages(names.vhost)
+    assert sum(len(m) for m in messages_before.values()) > 0
     copy = tmp_path / "offsite-copy"  # a copy made earlier (an off-site copy, a disk snapshot)
     shutil.copytree(restic_location(names.repository), copy)
     registry.set_status(world.settings, tid, "cancelado")
-    export = tmp_path / "export"
+    (tmp_path / "real-export").mkdir()
+    export = tmp_path / "export"  # a link: its target is the export
+    export.symlink_to(tmp_path / "real-export", target_is_directory=True)
     result = world.run(cli, "tenants", "offboard", tid, "--export", str(export), "--yes", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["status"] == "encerrado" and "repository password" in doc["keys_destroyed"]
     # this world has no pgBackRest stanza: the certificate says no PITR repository holds the database
     assert doc["pitr_retention"]["configured"] is False and "no PITR configured" in doc["pitr_retention"]["statement"]
+    # nothing written outside the export folder; both keys refused and listed
+    assert sorted(doc["export_refused"], key=str) == sorted(({"bucket": "media", "key": k} for k in escapes), key=str)
+    assert doc["exported_to"] == str((tmp_path / "real-export").resolve())
+    assert not Path(escapes[0]).exists() and not os.path.lexists(escapes[0])
+    landed = os.path.normpath(tmp_path / "real-export" / "objects" / "media" / escapes[1])
+    assert not os.path.lexists(landed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "offsite-copy", "real-export"]
     # the export: the newest restore point, ledger-filtered
     sql = subprocess.run(["pg_restore", "-f", "-", str(export / "postgresql.dump")], capture_output=True, check=True)
     assert f"contato{KEPT}@exemplo.com.br".encode() in sql.stdout and EMAIL.encode() not in sql.stdout
+    assert gone.encode() not in sql.stdout
     assert (export / "appdata" / "contatos" / str(KEPT) / "ficha.txt").is_file()
+    assert (export / "objects" / "media" / "contatos" / str(KEPT) / "foto.jpg").read_bytes() == f"foto {KEPT}".encode()
+    # Redis: the tenant's keys under their own names, each DUMP restored gives the same value
+    lines = [json.loads(line) for line in (export / "redis.jsonl").read_text().splitlines()]
+    scratch_prefix = f"kxexport:{token}:"
+    r = redis.Redis.from_url(world.settings.redis_url)
+    try:
+        for line in lines:
+            assert line["key"].startswith(names.redis_prefix)
+            r.restore(scratch_prefix + line["key"][len(names.redis_prefix):], max(line["pttl"], 0),
+                      base64.b64decode(line["dump"]))
+        exported = {names.redis_prefix.encode() + k[len(scratch_prefix):]: v
+                    for k, v in observe.redis_state(world.settings.redis_url, scratch_prefix).items()}
+    finally:
+        for key in r.scan_iter(match=scratch_prefix + "*"):
+            r.delete(key)
+    assert exported == redis_before
+    assert {line["key"]: line["type"] for line in lines} == {k.decode(): v[0] for k, v in redis_before.items()}
+    # RabbitMQ: the vhost's definitions and every message, in order
+    definitions = json.loads((export / "rabbitmq" / "definitions.json").read_text())
+    assert definitions["vhost"] == names.vhost
+    assert sorted((q["name"], q["durable"], tuple(sorted(q["arguments"].items())))
+                  for q in definitions["queues"]) == rabbit_before["queues"]
+    assert sorted((e["name"], e["type"], e["durable"], tuple(sorted(e["arguments"].items())))
+                  for e in definitions["exchanges"]) == rabbit_before["exchanges"]
+    messages = [json.loads(line) for line in (export / "rabbitmq" / "messages.jsonl").read_text().splitlines()]
+    by_queue = {q: [(base64.b64decode(m["body"]), decode_value(m["properties"].get("headers")),
+                     m["properties"].get("content_type"), m["properties"].get("message_id"),
+                     m["properties"].get("priority"), m["properties"].get("delivery_mode"))
+                    for m in messages if m["queue"] == q] for q in messages_before}
+    assert by_queue == messages_before
+    # the erased people are in no exported byte (Redis DUMPs and message bodies decoded too)
+    blobs = [p.read_bytes() for p in export.rglob("*") if p.is_file()]
+    blobs += [base64.b64decode(line["dump"]) for line in lines] + [base64.b64decode(m["body"]) for m in messages]
+    assert len(blobs) > 10
+    for value in (EMAIL.encode(), gone.encode(), f"{names.redis_prefix}contato:3".encode()):
+        assert not [b for b in blobs if value in b]
     # live data gone, registry and audit say so
     assert not pg.database_exists(world.settings.pg_dsn, names.database) and not names.app_data_dir.exists()
     assert not list(redis.Redis.from_url(world.settings.redis_url).scan_iter(match=names.redis_match))
@@ -331,3 +404,15 @@ def test_app_data_erasure_never_follows_a_link(tmp_path):
     assert key_in("contato:42", "contato:{contato_id}", "contato_id", whole=True) == "42"
     assert key_in("contato:42:extra", "contato:{contato_id}", "contato_id", whole=True) is None
     assert key_in("contatos/4/foto.jpg", "contatos/{contato_id}/", "contato_id", whole=False) == "4"
+
+
+def test_export_target_refuses_every_way_out(tmp_path):
+    from kryonix_dagster.engine.lgpd.offboard import export_target
+
+    folder, outside = tmp_path / "export", tmp_path / "outside"
+    (folder / "objects" / "media").mkdir(parents=True)
+    outside.mkdir()
+    (folder / "objects" / "media" / "via").symlink_to(outside, target_is_directory=True)  # a link on the way
+    assert export_target(folder, "media", "contatos/8/foto.jpg") == folder / "objects" / "media" / "contatos/8/foto.jpg"
+    for key in ("/etc/passwd", "../../x", "a/../../../x", "a//b", "./a", "a/.", "", "via/x", "a\0b"):
+        assert export_target(folder, "media", key) is None, key

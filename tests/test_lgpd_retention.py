@@ -4,6 +4,7 @@ failing on an over-age row and passing after `lgpd apply`, and the Dagster wirin
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
@@ -214,3 +215,91 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
         assert psql(db, "SELECT count(*) FROM crm.contatos WHERE nome = 'ANONIMIZADO'") == "3"
     finally:
         drop_lgpd_tenant(own_registry, tid)
+
+
+def _restic_json(cli, tid, *args):
+    out = cli("restic", tid, "--", *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _compliance_log(cli, tid, snapshot_id: str) -> bytes:
+    """lgpd/log_processamento.csv of a compliance snapshot, through restic ls + dump."""
+    listed = [json.loads(line) for line in cli("restic", tid, "--", "ls", "--json", snapshot_id).stdout.splitlines()]
+    paths = [n["path"] for n in listed if n.get("path", "").endswith("/lgpd/log_processamento.csv")]
+    assert len(paths) == 1, paths
+    dumped = cli("restic", tid, "--", "dump", snapshot_id, paths[0])
+    assert dumped.returncode == 0, dumped.stderr
+    return dumped.stdout.encode() if isinstance(dumped.stdout, str) else dumped.stdout
+
+
+def test_compliance_points_leave_with_the_plan_holds_win_and_the_report_counts_past_period(settings, cli, psql,
+                                                                                           tenant_factory, rules):
+    """Issue 22 item 9: no standing five-year keep of the compliance tier; judged by restic's listing and dump."""
+    from datetime import timedelta
+
+    from kryonix_dagster.engine.retention import place_hold
+    from kryonix_dagster.engine.session import run_backup
+    from kryonix_dagster.engine.tenant_repository import open_repository
+    from kryonix_dagster.engine.tiers import TIERS
+
+    from .test_retention import restic_backup, tag
+
+    tid = tenant_factory("p")
+    database = seed_lgpd_tenant(settings, tid)  # log rows 6 years and 5 years 10 days old: past their period
+    compliance = tuple(t for t in TIERS if t.name == "compliance")
+    first = run_backup(settings, tid, "full", tiers=compliance)
+    assert first.success, first.error
+    now = datetime.now(timezone.utc)
+    # two older restore points, back-dated: one the plan expires, one under a legal hold
+    old = {}
+    for name, days in (("expired", 400), ("held", 430)):
+        when = now - timedelta(days=days)
+        sid = f"{when:%Y%m%dT%H%M%SZ}-{name}"
+        restic_backup(cli, tid, when, "records.csv", ["kind=tier", f"session={sid}", "tier=compliance", "part=records",
+                      "type=full", "retention=legal", f"past-period-from={(when - timedelta(days=30)):%Y-%m-%d}"],
+                      data="id,contato_id\n101,1\n")
+        restic_backup(cli, tid, when, "manifest.json", ["kind=manifest", f"session={sid}", "type=full",
+                      "status=complete", "consistent=yes"], data=json.dumps({"session": sid}))
+        old[name] = sid
+    place_hold(open_repository(settings, tid), old["held"], "processo judicial 123")
+
+    def filler(days):  # newer restore points that fill basic's 7 daily, 4 weekly and 3 monthly slots
+        when = now - timedelta(days=days)
+        restic_backup(cli, tid, when, "manifest.json", ["kind=manifest", f"session={when:%Y%m%dT%H%M%SZ}-fill",
+                      "type=full", "status=complete", "consistent=yes"], data="{}")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(filler, (1, 2, 3, 4, 5, 6, 14, 21, 40, 75)))
+
+    listed = _restic_json(cli, tid, "snapshots")
+    ours = [s for s in listed if tag(s, "session") == first.session_id and tag(s, "tier") == "compliance"]
+    assert len(ours) == 1
+    # the tier says from when its data holds a row past its period: the 6-year-old row, 1 year ago
+    due = datetime.fromisoformat(tag(ours[0], "past-period-from")).date()
+    assert abs((due - (now - timedelta(days=365)).date()).days) <= 2, due
+    assert b"101," in _compliance_log(cli, tid, ours[0]["id"])  # the row really is in that restore point
+    report = cli("lgpd", "report", tid, "--json")
+    doc = json.loads(report.stdout)
+    assert doc["restore_points_past_period"] == 3, doc
+
+    # the live database lets the rows go; the next session holds only rows within their period
+    apply(settings, tid, rules)
+    assert psql(database, "SELECT count(*) FROM lgpd.log_processamento WHERE id IN (101, 102)") == "0"
+    second = run_backup(settings, tid, "full", tiers=compliance)
+    assert second.success, second.error
+
+    forgot = cli("forget", tid, "--json")
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(forgot.stdout)["legal_hold_sessions"] == [old["held"]], forgot.stdout
+    remaining = _restic_json(cli, tid, "snapshots")
+    sessions = {tag(s, "session") for s in remaining if tag(s, "tier") == "compliance"}
+    # the expired point is gone from restic (the old five-year monthly keep held it); the hold wins
+    assert old["expired"] not in sessions and old["held"] in sessions
+    assert {first.session_id, second.session_id} <= sessions  # within the plan's 48 h
+    newest = [s for s in remaining if tag(s, "session") == second.session_id and tag(s, "tier") == "compliance"]
+    assert len(newest) == 1 and tag(newest[0], "past-period-from") > now.date().isoformat()
+    log = _compliance_log(cli, tid, newest[0]["id"])
+    assert b"103," in log and b"101," not in log and b"102," not in log
+    doc = json.loads(cli("lgpd", "report", tid, "--json").stdout)
+    assert doc["restore_points_past_period"] == 2, doc  # the first session (until the plan lets it go) and the hold

@@ -69,9 +69,9 @@ def retention_hour(tenant_id: str) -> int:
     return RETENTION_HOURS[int.from_bytes(digest[:4], "big") % len(RETENTION_HOURS)]
 
 
-# Legal periods for the compliance tier (seed: processing logs 5 years): one snapshot per
-# month is kept for five years on top of the plan's own rules.
-LEGAL_KEEP_WITHIN_MONTHLY = "5y"
+# The compliance tier has no legal period of its own on top of the plan (it used to keep one
+# snapshot a month for five years, so a processing log deleted after its 5 years lived on ~10
+# years in backups): the live database keeps rows for their period; see engine/retention.py.
 
 
 def plan_for(name: str | None) -> tuple[Plan, str | None]:

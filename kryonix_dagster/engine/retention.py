@@ -4,8 +4,9 @@ restic decides which restore points (session manifests) the plan keeps, with the
 --keep-daily/weekly/monthly/yearly, --keep-within 48h and --keep-last 1. A session's tier
 snapshots live and die with its manifest, so a kept restore point is always whole; every
 tier therefore follows the plan's GFS (all snapshots of a session carry the session's
-time). The compliance tier also keeps one snapshot a month for the legal five years, even
-after its session expired, on every later run too. Other snapshots of unfinished sessions
+time). The compliance tier follows the plan too (no standing five-year extension: a row would
+outlive its LGPD period by years in it); only a legal hold (a `kind=hold` marker snapshot
+naming the session, place_hold) keeps its compliance snapshot after its session expired, on every later run too. Other snapshots of unfinished sessions
 (no manifest) are removed: forget holds the tenant's lease, and a session that lost its
 lease never writes a manifest, so none is in flight. Then restic prunes. An unknown plan
 is refused (a dry run shows basic's decision with a warning); so is an unregistered tenant.
@@ -15,20 +16,22 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from . import registry
 from .config import Settings
 from .errors import BadInput, OperationFailed, one_line
 from .repository_stats import refresh_repository_stats
 from .manifest import KIND_MANIFEST, KIND_TIER
+
+KIND_HOLD = "kind=hold"  # a legal hold's marker snapshot (place_hold)
 from .naming import validate_tenant_id
-from .plans import LEGAL_KEEP_WITHIN_MONTHLY, PLANS, Plan, plan_for
+from .plans import PLANS, Plan, plan_for
 from .repository import Restic, Snapshot
 from .operation import tenant_operation
 from . import locations
 from .tenant_repository import open_repository
-from .tiers.compliance import TIER as COMPLIANCE
+from .tiers.compliance import PAST_PERIOD_TAG, TIER as COMPLIANCE
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +84,32 @@ def _kept_by_policy(repo: Restic, args: list[str], tag: str) -> tuple[set[str], 
     return kept, reasons
 
 
-def legal_hold_ids(repo: Restic, plan: Plan, snapshots: list[Snapshot]) -> set[str]:
-    """Compliance snapshots the legal policy keeps (the plan's rules plus one a month for the
-    legal period), whatever became of their session's manifest."""
-    if not any(s.tag("tier") == COMPLIANCE for s in snapshots):
-        return set()
-    legal_args = [*plan.forget_args(), "--keep-within-monthly", LEGAL_KEEP_WITHIN_MONTHLY]
-    return _kept_by_policy(repo, legal_args, f"tier={COMPLIANCE}")[0]
+def held_sessions(snapshots: list[Snapshot]) -> set[str]:
+    """Sessions under a legal hold: a `kind=hold` marker snapshot names them (place_hold)."""
+    return {s.tag("session") for s in snapshots if KIND_HOLD in s.tags and s.tag("session")}
+
+
+def place_hold(repo: Restic, session_id: str, reason: str) -> str:
+    """A legal hold on a session's compliance snapshot: a small marker snapshot of its own
+    (`kind=hold`, `session=`), so no existing snapshot is re-tagged (which would change the id
+    its manifest names). Released by forgetting the marker. Returns the marker's id."""
+    import json
+
+    body = json.dumps({"session": session_id, "reason": reason,
+                       "placed_at": datetime.now(timezone.utc).isoformat()}).encode()
+    return repo.backup_stream(iter([body]), "hold.json", [KIND_HOLD, f"session={session_id}"],
+                              datetime.now(timezone.utc)).snapshot_id
+
+
+def legal_hold_ids(repo: Restic, plan: Plan, snapshots: list[Snapshot] | None = None) -> set[str]:
+    """Compliance snapshots under a legal hold, whatever became of their session's manifest.
+    There is no standing legal period on top of the plan any more: the compliance tier keeps
+    only what the plan keeps, because a snapshot kept years past its session keeps rows past
+    their LGPD period (docs/lgpd-erasure.md, "Data past their period"). `snapshots` must hold
+    the hold markers (the whole listing), or None to list them here."""
+    snapshots = repo.snapshots() if snapshots is None else snapshots
+    held = held_sessions(snapshots)
+    return {s.id for s in snapshots if s.tag("tier") == COMPLIANCE and s.tag("session") in held}
 
 
 def decide(repo: Restic, tenant_id: str, plan: Plan, warning: str | None,
@@ -179,6 +201,7 @@ class RetentionCheck:
     restore_points: int
     plan: str
     warning: str | None
+    past_period: list[str] = field(default_factory=list)  # sessions whose data holds a row past its LGPD period
 
     @property
     def severity(self) -> str:
@@ -196,7 +219,8 @@ def check_retention(settings: Settings, tenant_id: str) -> RetentionCheck:
     repo = open_repository(settings, tenant_id)
     if repo is None:
         return RetentionCheck([], [], 0, plan.name, warning)
-    decision = decide(repo, tenant_id, plan, warning)
+    snapshots = repo.snapshots()
+    decision = decide(repo, tenant_id, plan, warning, snapshots)
     kept = decision.kept_sessions
     days_with_points = {datetime.fromisoformat(s.time).date() for s in kept}
     missing = []
@@ -210,4 +234,17 @@ def check_retention(settings: Settings, tenant_id: str) -> RetentionCheck:
             day = newest - timedelta(days=back)
             if day not in days_with_points:
                 missing.append(day.isoformat())
-    return RetentionCheck([s.session_id for s in decision.removed_sessions], missing, len(kept), plan.name, warning)
+    return RetentionCheck([s.session_id for s in decision.removed_sessions], missing, len(kept), plan.name, warning,
+                          past_period_sessions(snapshots, datetime.now(timezone.utc).date().isoformat()))
+
+
+def past_period_sessions(snapshots: list[Snapshot], today: str) -> list[str]:
+    """Sessions the repository still holds a compliance snapshot of whose `past-period-from`
+    day has come: they hold a row past its LGPD period (until the plan or `lgpd apply` plus a
+    newer session lets them go). Snapshots taken before the tag existed are not judged."""
+    found = set()
+    for snap in snapshots:
+        day = snap.tag(PAST_PERIOD_TAG) if snap.tag("tier") == COMPLIANCE else None
+        if day and day <= today:
+            found.add(snap.tag("session") or snap.id)
+    return sorted(found)

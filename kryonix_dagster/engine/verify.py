@@ -2,8 +2,8 @@
 
 restic checks the repository's structure (and, with --read-data, every pack's bytes);
 on top, every manifest must parse and every snapshot it names must exist. Compliance
-snapshots kept for their legal period after their session expired are legal holds, not
-unfinished sessions. Runs under the tenant's lease, in the frame of `operation.py`.
+snapshots kept after their session expired under a legal hold (engine/retention.py place_hold) are legal holds,
+not unfinished sessions. Runs under the tenant's lease, in the frame of `operation.py`.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def run_verify(settings: Settings, tenant_id: str, read_data: bool = False, subs
 
 def _check_restore_points(repo: Restic, plan: Plan, result: VerifyResult) -> None:
     """Every manifest parses and names snapshots that exist; sessions without one are either
-    legal holds (compliance snapshots the legal policy keeps) or unfinished."""
+    legal holds (engine/retention.py place_hold) or unfinished."""
     snapshots = repo.snapshots()
     present = {s.id[:8] for s in snapshots}  # restic 0.14's backup summary gives short ids
     points = restore_points(repo)
@@ -103,6 +103,6 @@ def _check_restore_points(repo: Restic, plan: Plan, result: VerifyResult) -> Non
                 if snap_id[:8] not in present:
                     result.problems.append(f"session {point.session_id}: {tier}/{part} snapshot {snap_id[:8]} is missing")
     orphans = [s for s in snapshots if KIND_TIER in s.tags and s.tag("session") not in manifest_sessions]
-    held = legal_hold_ids(repo, plan, orphans) if orphans else set()
+    held = legal_hold_ids(repo, plan, snapshots) if orphans else set()
     result.unfinished_sessions = sorted({s.tag("session") for s in orphans if s.id not in held})
     result.legal_hold_sessions = sorted({s.tag("session") for s in orphans if s.id in held} - set(result.unfinished_sessions))

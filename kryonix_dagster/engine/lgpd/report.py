@@ -5,6 +5,9 @@ Per tenant, evaluated without changing anything:
   predicate `lgpd apply` uses, so already-anonymised rows do not count), rules skipped with why;
 - restore points kept past the tenant's plan (engine/retention.py's judgement, restic's own
   forget --dry-run);
+- restore points holding rows past their LGPD period (compliance snapshots whose
+  `past-period-from` day has come, from restic's listing; informational: they leave with the
+  plan's retention, or stay under a legal hold);
 - erasure-ledger entries not yet rewritten out of old restore points (informational: the
   ledger is re-applied on every restore, so an erased person never comes back either way),
   named per location that holds restore points (the primary, and the off-site copy: an entry
@@ -49,6 +52,7 @@ class TenantCompliance:
     rules: list[RuleOutcome] = field(default_factory=list)  # rows = due now (past the period)
     restore_points_past_plan: int | None = 0  # None: could not be judged (see restore_points_error)
     restore_points_error: str | None = None
+    restore_points_past_period: int | None = 0  # restore points holding a row past its period (None: not judged)
     ledger_pending: int = 0
     # per location holding restore points: {"location", "restore_points", "ledger_pending"}
     locations: list[dict] = field(default_factory=list)
@@ -89,6 +93,8 @@ class TenantCompliance:
         return {"tenant": self.tenant_id, "compliant": "yes" if self.compliant else "NO",
                 "overdue_rows": self.overdue_rows,
                 "restore_points_past_plan": "?" if self.restore_points_past_plan is None else self.restore_points_past_plan,
+                "restore_points_past_period": ("?" if self.restore_points_past_period is None
+                                               else self.restore_points_past_period),
                 "ledger_pending": self.ledger_pending,
                 "ledger_pending_in": ",".join(w["location"] for w in self.locations if w["ledger_pending"]) or "-",
                 "skipped_rules": sum(1 for r in self.rules if r.skipped),
@@ -170,9 +176,12 @@ def tenant_compliance(settings: Settings, tenant_id: str, rules: LgpdRules) -> T
     except KryonixError as exc:  # one tenant's trouble never hides the rest of the fleet
         report = TenantCompliance(tenant_id, True, database_error=one_line(str(exc), 200))
     try:
-        report.restore_points_past_plan = len(check_retention(settings, tenant_id).over_retained)
+        judged = check_retention(settings, tenant_id)
+        report.restore_points_past_plan = len(judged.over_retained)
+        report.restore_points_past_period = len(judged.past_period)
     except KryonixError as exc:
         report.restore_points_past_plan, report.restore_points_error = None, one_line(str(exc), 200)
+        report.restore_points_past_period = None
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         report.last_retention = _last_run(cur, tenant_id, (RETENTION_OPERATION,))
         report.last_erasure = _last_run(cur, tenant_id, ERASURE_OPERATIONS)

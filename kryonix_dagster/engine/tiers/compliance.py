@@ -1,6 +1,10 @@
 """Compliance tier: the tenant's LGPD tables and its backup audit rows, as a snapshot of
-their own tagged `retention=legal`, so retention keeps them for the legal periods (the
-seed's 5 years for processing logs) independently of the plan's restore points.
+their own tagged `retention=legal`. It lives and dies with its session's restore point, like
+every tier (engine/retention.py): the rows are kept for their legal period by the live
+database (each session exports the rows still within their period; `lgpd apply` deletes the
+rest), so backups never stretch a row's life past its period by more than the plan's
+retention. A legal hold (engine/retention.py place_hold) keeps a snapshot past the plan. Each snapshot is tagged `past-period-from=DAY`: from that day it holds a row past its
+period (`lgpd report` counts those restore points).
 
 Restoring this tier alone merges the saved rows back into the tenant's `lgpd` tables, in one
 transaction (useful after the plan has expired the session's database snapshot): rows the
@@ -28,8 +32,8 @@ from ..reporting import Stopwatch
 
 TIER = "compliance"
 SCHEMA = "lgpd"
-LEGAL_TAG = "retention=legal"
-LEGAL_RETENTION_YEARS = 5
+LEGAL_TAG = "retention=legal"  # the tier's snapshots (kept with their session, as every tier's)
+PAST_PERIOD_TAG = "past-period-from"  # the day the snapshot first holds a row past its LGPD period
 
 
 def _lgpd_tables(cur) -> list[str]:
@@ -46,13 +50,37 @@ def _copy_out(cur, query: sql.Composable, path: Path) -> int:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)
 
 
-def export(ctx: BackupContext, staging: Path) -> dict[str, int]:
-    """Write lgpd/<table>.csv and audit/backup_audit.csv; rows per file."""
+def past_period_from(cur) -> str | None:
+    """The day (UTC, ISO) from which this session's data holds a row past its LGPD period: the
+    earliest `min(age_column) + period` over the rules' delete rules whose table the database
+    has (None: no such row). Taken in the export's transaction, it is written as the snapshot's
+    `past-period-from=` tag, so `lgpd report` counts such restore points from restic's listing."""
+    from ..lgpd.retention import skip_reason
+    from ..lgpd.rules import load_rules
+
+    earliest = None
+    for rule in load_rules().retention:
+        if rule.action != "delete" or skip_reason(cur, rule):
+            continue
+        schema, _, table = rule.table.partition(".")
+        cur.execute(sql.SQL("SELECT min({}) + %s::interval FROM {}.{}").format(
+            sql.Identifier(rule.age_column), sql.Identifier(schema), sql.Identifier(table)), (rule.period,))
+        found = cur.fetchone()[0]
+        if found is not None and (earliest is None or found < earliest):
+            earliest = found
+    return None if earliest is None else earliest.date().isoformat()
+
+
+def export(ctx: BackupContext, staging: Path, marks: dict | None = None) -> dict[str, int]:
+    """Write lgpd/<table>.csv and audit/backup_audit.csv; rows per file. `marks` receives
+    `past_period_from` (past_period_from above)."""
     rows: dict[str, int] = {}
     names = ctx.names
     if pg.database_exists(ctx.settings.pg_dsn, names.database):
         with pg.connection(ctx.settings.pg_dsn, names.database) as conn, conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if marks is not None:
+                marks["past_period_from"] = past_period_from(cur)
             for table in _lgpd_tables(cur):
                 query = sql.SQL("SELECT * FROM {}.{} ORDER BY 1").format(sql.Identifier(SCHEMA), sql.Identifier(table))
                 rows[f"lgpd/{table}.csv"] = _copy_out(cur, query, staging / "lgpd" / f"{table}.csv")
@@ -69,10 +97,13 @@ def backup(ctx: BackupContext) -> TierResult:
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = Path(tempfile.mkdtemp(prefix=f"{ctx.names.local_name}-compliance-", dir=base))
     try:
-        rows = export(ctx, staging)
+        marks: dict = {}
+        rows = export(ctx, staging, marks)
         if not any(name.startswith("lgpd/") for name in rows) and rows.get("audit/backup_audit.csv", 0) == 0:
             return TierResult(TIER, STATUS_EMPTY, duration_seconds=watch.seconds)
         tags = [*tier_tags(ctx.session_id, TIER, "records", ctx.backup_type), LEGAL_TAG]
+        if marks.get("past_period_from"):
+            tags.append(f"{PAST_PERIOD_TAG}={marks['past_period_from']}")
         summary = ctx.repo.backup_directory(staging, tags, ctx.session_time)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -80,7 +111,7 @@ def backup(ctx: BackupContext) -> TierResult:
         TIER, STATUS_OK, snapshots={"records": summary.snapshot_id}, bytes_processed=summary.total_bytes_processed,
         bytes_added=summary.data_added, items=sum(rows.values()), duration_seconds=watch.seconds,
         checksums={"rows": rows},
-        details={"tables": sorted(rows), "legal_retention_years": LEGAL_RETENTION_YEARS},
+        details={"tables": sorted(rows), "past_period_from": marks.get("past_period_from")},
     )
 
 
