@@ -192,7 +192,10 @@ def _compliance(rc: RewriteContext) -> TierResult | None:
     files = sorted((root / compliance.SCHEMA).glob("*.csv")) if (root / compliance.SCHEMA).is_dir() else []
     if not sum(_filter_csv(rc, path) for path in files):
         return None
-    summary = rc.repo.backup_directory(root, [*rc.tags("records"), compliance.LEGAL_TAG], rc.time, force=True)
+    tags = [*rc.tags("records"), compliance.LEGAL_TAG]
+    if rc.result.details.get("past_period_from"):  # the rewritten point still counts in `lgpd report`
+        tags.append(f"{compliance.PAST_PERIOD_TAG}={rc.result.details['past_period_from']}")
+    summary = rc.repo.backup_directory(root, tags, rc.time, force=True)
     rows = {f"{p.parent.name}/{p.name}": max(0, sum(1 for _ in csv.reader(p.open(encoding="utf-8", newline=""))) - 1)
             for p in root.glob("*/*.csv")}
     return replace(rc.result, snapshots={"records": summary.snapshot_id}, items=sum(rows.values()),
