@@ -26,6 +26,7 @@ def register(cli: click.Group) -> None:
 def copy(tenant_ids: tuple[str, ...], all_: bool, wait_seconds: float, as_json: bool) -> None:
     """Copy restore points not yet in the off-site copy (KRYONIX_REPO_SECONDARY), whole ones only."""
     from .cli import emit_json, ready_settings
+    from .dagster_bridge import report_copies
     from .engine import locations
     from .engine.offsite import run_copy, selected
     from .progress import TerminalReporter
@@ -34,16 +35,19 @@ def copy(tenant_ids: tuple[str, ...], all_: bool, wait_seconds: float, as_json: 
     locations.location(settings, locations.SECONDARY)  # configured, or exit 2
     chosen = selected(settings, tenant_ids, all_)
     reporter = TerminalReporter()
-    results, failures = [], []
+    results, failures, copied = [], [], []
     for tenant_id in chosen:
         try:
-            results.append(run_copy(settings, tenant_id, wait_seconds, reporter).to_json())
+            copied.append(run_copy(settings, tenant_id, wait_seconds, reporter))
+            results.append(copied[-1].to_json())
         except KryonixError as exc:
             if exc.exit_code == 2 and len(chosen) == 1:
                 raise
             failures.append(tenant_id)
             results.append({"tenant": tenant_id, "error": one_line(str(exc))})
             reporter.warn(one_line(str(exc)))
+    if report_copies(settings, copied):
+        reporter.info(f"reported {len(copied)} copy(ies) to the Dagster instance")
     if as_json:
         emit_json({"copies": results, "failed": failures})
     else:

@@ -2,6 +2,8 @@
 and the recoverable window (`restore ID --at T` lives with `restore` in cli.py)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from .engine.errors import OperationFailed
@@ -39,8 +41,14 @@ def pitr_setup(restart: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def pitr_backup(backup_type: str, as_json: bool) -> None:
     """Take a base backup of the cluster."""
+    from .dagster_bridge import report_pitr_backup
+
     root = _cli()
-    backup = archive.base_backup(root.ready_settings(), backup_type, TerminalReporter(quiet=as_json))
+    settings = root.ready_settings()
+    reporter = TerminalReporter(quiet=as_json)
+    backup = archive.base_backup(settings, backup_type, reporter)
+    if os.environ.get("DAGSTER_HOME") and report_pitr_backup(backup, archive.status(settings)):
+        reporter.info(f"reported base backup {backup.label} to the Dagster instance")
     if as_json:
         root.emit_json(backup.to_json())
     else:

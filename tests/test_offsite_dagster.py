@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from dagster import (AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job,
+from dagster import (AssetCheckKey, AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job,
                      materialize)
 
 from kryonix_dagster.engine.offsite import lag_of, offsite_lags
@@ -84,3 +84,24 @@ def test_dr_drill_selection_takes_every_enterprise_tenant_and_rotates_the_others
     for picked in chosen:
         assert {"t0", "t1", "t2"} <= picked and len(picked) < len(tenants)
     assert set().union(*chosen) == {tid for tid, _ in tenants}  # everyone within DR_SHARE weeks
+
+
+def test_a_cli_copy_is_recorded_in_the_dagster_instance_with_its_lag_check(world_env, dagster_home):
+    """What the CLI does shows in the UI: `copy` materializes the tenant's offsite_copy partition
+    and evaluates its offsite_lag check, in the instance DAGSTER_HOME names."""
+    tid = world_env.tenant_id
+    newest = world_env.cli_json("backup", tid)["sessions"][0]["session"]
+    home = {"DAGSTER_HOME": str(dagster_home)}
+    copied = world_env.cli("copy", tid, env=home)
+    assert copied.returncode == 0 and "reported 1 copy(ies) to the Dagster instance" in copied.stderr, copied.stderr
+    assert "Warning" not in copied.stderr, copied.stderr
+    assert newest in {p["session"] for p in world_env.cli_json("snapshots", tid, "--from", "secondary")}
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("offsite_copy")).asset_materialization
+        assert event.partition == tid and event.metadata["latest_session"].value == newest
+        assert event.metadata["copied_restore_points"].value == 1
+        [record] = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("offsite_copy"), "offsite_lag"), limit=5)
+        evaluation = record.event.dagster_event.event_specific_data
+        assert evaluation.partition == tid and evaluation.passed
+        assert evaluation.metadata["secondary_latest"].value == newest

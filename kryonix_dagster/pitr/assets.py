@@ -9,6 +9,7 @@ from dagster import (AssetCheckResult, AssetCheckSeverity, AssetExecutionContext
 
 from ..backup.assets import DagsterReporter
 from ..engine.errors import KryonixError, one_line
+from ..engine.pgbackrest import BaseBackup
 from ..engine.pitr.archive import MAX_LAG_SECONDS, PitrStatus
 from ..engine.plans import PLANS
 from ..resources import BackupEngineResource
@@ -32,13 +33,17 @@ def pitr_base_backup(context: AssetExecutionContext, config: PitrBackupConfig,
         state = engine.pitr_status()
     except KryonixError as exc:
         raise Failure(description=one_line(str(exc))) from None
+    return MaterializeResult(metadata=backup_metadata(backup, state))
+
+
+def backup_metadata(backup: BaseBackup, state: PitrStatus | None) -> dict:
     meta = {"label": backup.label, "backup_type": backup.type,
             "duration_seconds": MetadataValue.float((backup.stopped - backup.started).total_seconds()),
             "size_bytes": MetadataValue.int(int(backup.size_bytes or 0)),
             "repo_bytes": MetadataValue.int(int(backup.repo_bytes or 0))}
     if state is not None:
         meta.update(window_metadata(state))
-    return MaterializeResult(metadata=meta)
+    return meta
 
 
 def window_metadata(state: PitrStatus) -> dict:
