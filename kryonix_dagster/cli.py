@@ -409,6 +409,7 @@ def status(as_json: bool) -> None:
     report = fleet_status(ready_settings())
     if as_json:
         emit_json(report)
+        _refuse_missing_repositories(report)
         return
     rows = [{**t, "age_h": "-" if t["age_hours"] is None else f"{t['age_hours']:.1f}",
              "stale": "STALE" if t["stale"] else "", "repo": human_bytes(t["repo_bytes"]) if t["repo_bytes"] else "-",
@@ -416,6 +417,7 @@ def status(as_json: bool) -> None:
              "drill": {True: "ok", False: "FAILED", None: "-"}[t["last_drill_ok"]],
              "points": t["restore_points"] if t["restore_points"] is not None else "-",
              "offsite_h": _offsite_cell(t.get("offsite"))}
+            | ({"points": "MISSING", "repo": "MISSING", "check": "MISSING"} if t["repository"] == "missing" else {})
             for t in report["tenants"]]
     print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill",
                        "offsite_h"])
@@ -426,13 +428,26 @@ def status(as_json: bool) -> None:
     for t in report["tenants"]:
         for warning in t["last_warnings"]:
             click.echo(f"warning: tenant {t['id']}: {warning}")
+    _refuse_missing_repositories(report)
+
+
+def _refuse_missing_repositories(report: dict) -> None:
+    """A repository that was backed up and is gone from its storage: the report is printed, and
+    the command exits 1 naming them (runbook section 2), like `pitr status` for broken archiving."""
+    missing = report["missing_repositories"]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise OperationFailed(f"{len(missing)} tenant(s) whose primary repository is missing: {shown}; "
+                              "see the runbook, section 2 (`kryonix-backup restore ID --from secondary`)")
 
 
 def _offsite_cell(lag: dict | None) -> str:
-    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy)."""
+    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy; "none":
+    nothing of the tenant is off-site yet, however fresh its newest restore point is)."""
     if not lag or lag["lag_hours"] is None:
         return "-"
-    return f"{lag['lag_hours']:.1f}" + ("" if lag["ok"] else " LAGGING")
+    shown = "none" if lag.get("copy") == "none" else f"{lag['lag_hours']:.1f}"
+    return shown + ("" if lag["ok"] else " LAGGING")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

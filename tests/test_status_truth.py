@@ -1,0 +1,62 @@
+"""`status` tells the truth in broken states (issue 21 item 7): POINTS is what the repository
+holds (judged by restic itself), OFFSITE_H says "none" when nothing is off-site (judged by the
+copy's folder), a deleted repository shows MISSING and the command exits 1."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from kryonix_dagster.demo import seed_tenant
+from kryonix_dagster.engine.naming import names_for, repository_in
+
+from . import observe
+from .conftest import MAIN_DB
+from .repository_view import sessions
+
+
+def _row(report: dict, tid: str) -> dict:
+    [row] = [t for t in report["tenants"] if t["id"] == tid]
+    return row
+
+
+def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, tenant_factory, tmp_path):
+    tid = tenant_factory()
+    seed_tenant(settings, tid, scale=0.05)
+    assert cli("backup", tid).returncode == 0
+    assert cli("backup", tid).returncode == 0
+    # the main database came back without its statistics row (a rebuilt main database, `keys recover`)
+    observe.psql(MAIN_DB, f"DELETE FROM tenants.repository_stats WHERE cliente_id = '{tid}'")
+    assert cli("backup", tid).returncode == 0
+    points = [s for s, kinds in sessions(settings, tid).items() if kinds["manifest"]]
+    assert len(points) == 3  # restic itself lists three restore points
+
+    copy_root = tmp_path / "offsite"  # a configured copy that holds nothing of this tenant
+    copy_root.mkdir()
+    offsite_env = {"KRYONIX_REPO_SECONDARY": f"file://{copy_root}"}
+    result = cli("status", "--json", env=offsite_env)
+    assert result.returncode == 0, result.stderr
+    row = _row(json.loads(result.stdout), tid)
+    assert row["restore_points"] == 3 and row["repository"] == "present"
+    assert row["last_session"] == max(points)  # the repository's newest restore point
+    assert row["offsite"]["copy"] == "none" and row["offsite"]["secondary_latest"] is None
+    assert not Path(repository_in(f"file://{copy_root}", tid).removeprefix("file://")).exists()
+    table = cli("status", env=offsite_env)
+    assert table.returncode == 0, table.stderr
+    [line] = [line for line in table.stdout.splitlines() if line.startswith(tid + " ")]
+    assert line.split()[-1] == "none" and " 3 " in line
+
+    repository = Path(names_for(settings, tid).repository.removeprefix("file://"))
+    assert (repository / "config").is_file()
+    shutil.rmtree(repository)
+    gone = cli("status", "--json")
+    assert gone.returncode == 1, gone.stderr
+    report = json.loads(gone.stdout)
+    row = _row(report, tid)
+    assert row["repository"] == "missing" and row["restore_points"] is None and row["repo_bytes"] is None
+    assert row["last_check_ok"] is None and row["stale"] and tid in report["missing_repositories"]
+    assert f"primary repository is missing: {tid}" in gone.stderr or f", {tid}" in gone.stderr
+    table = cli("status")
+    assert table.returncode == 1
+    [line] = [line for line in table.stdout.splitlines() if line.startswith(tid + " ")]
+    assert line.count("MISSING") == 3 and "STALE" in line
