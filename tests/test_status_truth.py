@@ -25,7 +25,19 @@ def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, ten
     seed_tenant(settings, tid, scale=0.05)
     assert cli("backup", tid).returncode == 0
     assert cli("backup", tid).returncode == 0
-    # the main database came back without its statistics row (a rebuilt main database, `keys recover`)
+    # the tenant's rows of a lost main database: key, statistics and audit rows; `keys recover`
+    # brings the key back and reads the repository, so status is not "STALE, 0 B" for it
+    for table in ("backup_keys", "repository_stats", "backup_audit"):
+        observe.psql(MAIN_DB, f"DELETE FROM tenants.{table} WHERE cliente_id = '{tid}'")
+    recovered = cli("keys", "recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    assert tid in [t["tenant_id"] for t in json.loads(recovered.stdout)["recovered"]]
+    two = sorted(s for s, kinds in sessions(settings, tid).items() if kinds["manifest"])
+    assert len(two) == 2
+    row = _row(json.loads(cli("status", "--json").stdout), tid)
+    assert row["restore_points"] == 2 and row["last_session"] == two[-1] and not row["stale"]
+    assert row["repo_bytes"] and row["repository"] == "present"
+    # a session with no statistics row (e.g. the first after a release that had none) counts from the repository
     observe.psql(MAIN_DB, f"DELETE FROM tenants.repository_stats WHERE cliente_id = '{tid}'")
     assert cli("backup", tid).returncode == 0
     points = [s for s, kinds in sessions(settings, tid).items() if kinds["manifest"]]
