@@ -1,13 +1,16 @@
 """`verify ID --live` (issue 21 item 11): after a restore the live tenant is compared with the
 restore point it came from, tier by tier; a changed row, a deleted key, object or file is named
 and the command exits 1. The damage is done through the services themselves (psql, redis-py,
-boto3, the file system), never through the product."""
+boto3, the RabbitMQ API, the file system), never through the product."""
 from __future__ import annotations
 
 import json
 
+from urllib.parse import quote
+
 import boto3
 import redis
+import requests
 
 from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for
@@ -48,6 +51,12 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
                   and s3.list_objects_v2(Bucket=b["Name"]).get("KeyCount", 0))
     key = s3.list_objects_v2(Bucket=bucket)["Contents"][0]["Key"]
     s3.delete_object(Bucket=bucket, Key=key)
+    vhost = quote(names.vhost, safe="")
+    api, auth = test_env["KRYONIX_RABBITMQ_API"] + "/api", ("guest", "guest")
+    queue = requests.get(f"{api}/queues/{vhost}", auth=auth, timeout=30).json()[0]["name"]
+    assert requests.delete(f"{api}/queues/{vhost}/{quote(queue, safe='')}", auth=auth, timeout=30).status_code == 204
+    victim_file = sorted(p for p in names.app_data_dir.rglob("*") if p.is_file())[0]
+    victim_file.unlink()
 
     differs = cli("verify", tid, "--live")
     assert differs.returncode == 1, differs.stdout + differs.stderr
@@ -55,5 +64,6 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
     assert f"key {victim.decode()}: missing" in out
     assert "table crm.contatos: rows differ" in out
     assert f"object {bucket}/{key}: missing" in out
-    assert "  rabbitmq: ok" in out and "  appdata: ok" in out  # untouched tiers stay ok
+    assert f"queue {queue}: missing" in out
+    assert f"file {victim_file.relative_to(names.app_data_dir)}: missing" in out
     assert "live data differs" in differs.stderr and "postgresql" in differs.stderr

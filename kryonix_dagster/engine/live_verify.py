@@ -12,7 +12,9 @@ live is changed, so it takes no lease (a write during the comparison shows up as
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass, field
 
@@ -182,12 +184,44 @@ def _compare_objects(settings: Settings, names: TenantNames, manifest: SessionMa
     return _named(differences)
 
 
-def _compare_rabbitmq(settings: Settings, names: TenantNames, manifest: SessionManifest, _repo) -> list[str]:
-    from .tiers.rabbitmq import drill_compare
+def _definition_id(kind: str, item: dict) -> str:
+    if kind == "bindings":
+        return (f"binding {item.get('source')} -> {item.get('destination_type')} {item.get('destination')} "
+                f"({item.get('routing_key')!r})")
+    if kind == "parameters":
+        return f"parameter {item.get('component')}/{item.get('name')}"
+    return f"{kind.rstrip('s')} {item.get('name')}"
+
+
+def _compare_rabbitmq(settings: Settings, names: TenantNames, manifest: SessionManifest, repo) -> list[str]:
+    """The vhost's definitions (queues, exchanges, bindings, policies, parameters) against the
+    snapshot's, and each durable queue's depth against the recorded one."""
+    from .tiers.rabbitmq import STREAM_FILE, drill_compare, vhost_definitions
 
     recorded = manifest.tiers["rabbitmq"]
-    verdict = drill_compare(DrillContext(settings, names, names, recorded, RestoreOutcome("rabbitmq")))
-    return [] if verdict == "ok" else [verdict]
+    data = repo.dump_bytes(recorded.snapshots["vhost"], f"/{STREAM_FILE}")
+    if hashlib.sha256(data).hexdigest() != recorded.checksums.get("stream_sha256"):
+        raise OperationFailed("the vhost snapshot does not match its manifest checksum")
+    expected = json.loads(data.splitlines()[0])["definitions"]
+    api = services.RabbitMQApi(settings)
+    if not api.vhost_exists(names.vhost):
+        return [f"vhost {names.vhost}: missing"]
+    live = vhost_definitions(api, names.vhost)
+    differences = []
+    for kind in sorted(set(expected) | set(live)):
+        want = {_definition_id(kind, i): json.dumps(i, sort_keys=True) for i in expected.get(kind, [])}
+        got = {_definition_id(kind, i): json.dumps(i, sort_keys=True) for i in live.get(kind, [])}
+        differences += [f"{n}: missing" for n in sorted(set(want) - set(got))]
+        differences += [f"{n}: not in the restore point" for n in sorted(set(got) - set(want))]
+        differences += [f"{n}: definition differs" for n in sorted(set(want) & set(got)) if want[n] != got[n]]
+    present = {q.get("name") for q in live.get("queues", [])}
+    depths = {q: d for q, d in recorded.checksums.get("depths", {}).items() if q in present}
+    if depths:
+        checked = dataclasses.replace(recorded, checksums={**recorded.checksums, "depths": depths})
+        verdict = drill_compare(DrillContext(settings, names, names, checked, RestoreOutcome("rabbitmq")))
+        if verdict != "ok":
+            differences.append(verdict)
+    return _named(differences)
 
 
 def _compare_appdata(settings: Settings, names: TenantNames, manifest: SessionManifest, _repo) -> list[str]:
