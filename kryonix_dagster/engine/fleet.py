@@ -70,11 +70,14 @@ LEFT JOIN tenants.repository_stats rs ON rs.cliente_id = c.id
 ORDER BY c.id
 """
 
-# The light query of the stale sensor: one hash join, no per-tenant lateral look-ups.
+# The light query of the stale sensor: hash joins, no per-tenant lateral look-ups. The
+# repository's newest restore point counts too: a main database rebuilt by `keys recover` has
+# no audit rows, and its tenants are not stale for it.
 _LAST_OK_SQL = """
-SELECT c.id, c.plano, max(a.backup_date)
+SELECT c.id, c.plano, max(a.backup_date), min(rs.latest_session)
 FROM tenants.clientes c
 LEFT JOIN tenants.backup_audit a ON a.cliente_id = c.id AND a.operation = 'backup' AND a.success
+LEFT JOIN tenants.repository_stats rs ON rs.cliente_id = c.id
 WHERE c.status = 'ativo'
 GROUP BY c.id, c.plano
 ORDER BY c.id
@@ -125,9 +128,14 @@ def stale_tenant_ids(settings: Settings, now: datetime | None = None) -> list[st
     with pg.connection(settings.pg_dsn, settings.main_db) as conn, conn.cursor() as cur:
         cur.execute(_LAST_OK_SQL)
         rows = cur.fetchall()
+    from .offsite import session_time
+
     rpo: dict[str, float] = {}
     stale = []
-    for tid, plano, at in rows:
+    for tid, plano, at, latest in rows:
+        newest = session_time(latest) if latest else None
+        if newest is not None and (at is None or newest > at):
+            at = newest
         if plano not in rpo:
             rpo[plano] = plan_for(plano)[0].rpo_hours
         if at is None or (now - at).total_seconds() / 3600 > rpo[plano]:
