@@ -480,7 +480,7 @@ def _offsite_cell(lag: dict | None) -> str:
     nothing of the tenant is off-site yet, however fresh its newest restore point is)."""
     if not lag or lag["lag_hours"] is None:
         return "-"
-    shown = "none" if lag.get("copy") == "none" else f"{lag['lag_hours']:.1f}"
+    shown = {"none": "none", "missing": "MISSING"}.get(lag.get("copy"), f"{lag['lag_hours']:.1f}")
     return shown + ("" if lag["ok"] else " LAGGING")
 
 

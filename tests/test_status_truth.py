@@ -57,6 +57,13 @@ def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, ten
     assert table.returncode == 0, table.stderr
     [line] = [line for line in table.stdout.splitlines() if line.startswith(tid + " ")]
     assert line.split()[-1] == "none" and " 3 " in line
+    # the copy's row says copied, its storage holds nothing: the copy is missing, not current
+    observe.psql(MAIN_DB, "INSERT INTO tenants.offsite_copies (cliente_id, latest_session, restore_points) "
+                          f"VALUES ('{tid}', '{max(points)}', 3)")
+    row = _row(json.loads(cli("status", "--json", env=offsite_env).stdout), tid)
+    assert row["offsite"]["copy"] == "missing" and not row["offsite"]["ok"]
+    [line] = [line for line in cli("status", env=offsite_env).stdout.splitlines() if line.startswith(tid + " ")]
+    assert line.split()[-2:] == ["MISSING", "LAGGING"]
 
     repository = Path(names_for(settings, tid).repository.removeprefix("file://"))
     assert (repository / "config").is_file()

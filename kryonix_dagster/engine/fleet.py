@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from . import pg
+from . import locations, pg
 from .config import Settings
 from .plans import plan_for
 from .repository_stats import repository_states
@@ -155,9 +155,14 @@ def totals_last_24h(settings: Settings, now: datetime | None = None) -> dict:
 def fleet_status(settings: Settings, now: datetime | None = None) -> dict:
     statuses = tenant_statuses(settings, now)
     lags = {}
-    if settings.repo_secondary:  # the off-site copy's lag, from the main database too
+    if settings.repo_secondary:  # the off-site copy's lag from the main database, its presence from the copy
         from .offsite import offsite_lags
         lags = {lag.tenant_id: lag.to_json() for lag in offsite_lags(settings, now=now)}
+        copied = [tid for tid, lag in lags.items() if lag["copy"] != "none"]
+        copies = repository_states(settings, copied, locations.location(settings, locations.SECONDARY))
+        for tid, state in copies.items():
+            if state == "missing":  # recorded as copied, gone from the copy's storage
+                lags[tid].update(copy="missing", ok=False)
     return {
         "generated_at": (now or datetime.now(timezone.utc)).isoformat(),
         "tenants": [{**s.to_json(), "offsite": lags.get(s.id)} for s in statuses],

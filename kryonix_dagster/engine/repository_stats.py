@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import pg, services
+from . import locations, pg, services
 from .config import Settings
 from .manifest import KIND_MANIFEST, RestorePoint
-from .naming import names_for
+from .locations import Location
+from .naming import names_for, repository_in
 from .repository import Restic
 
 
@@ -75,18 +76,19 @@ def refresh_repository_stats(settings: Settings, tenant_id: str, repo: Restic) -
     return len(points)
 
 
-def repository_states(settings: Settings, tenant_ids: list[str]) -> dict[str, str]:
-    """Per tenant, whether its primary repository is in its storage: "present", "missing" (no
-    `config` or no key file) or "unknown" (storage unreachable). For local folders two stats a
-    tenant; for S3 one listing of the repositories' folders per 1,000 tenants, not a request per
-    tenant, so it stays cheap at 10,000+ tenants."""
+def repository_states(settings: Settings, tenant_ids: list[str], where: Location | None = None) -> dict[str, str]:
+    """Per tenant, whether its repository (the primary's, or at `where`) is in its storage:
+    "present", "missing" (no `config` or no key file) or "unknown" (storage unreachable, or a
+    REST endpoint). For local folders two stats a tenant; for S3 one listing of the repositories'
+    folders per 1,000 tenants, not a request per tenant, so it stays cheap at 10,000+ tenants."""
     if not tenant_ids:
         return {}
-    root = settings.repo
+    where = where or locations.location(settings, locations.PRIMARY)
+    root = where.root
     if root.startswith("file://") or root.startswith("/"):
         out = {}
         for tid in tenant_ids:
-            folder = Path(names_for(settings, tid).repository.removeprefix("file://"))
+            folder = Path(repository_in(root, tid).removeprefix("file://"))
             keys = folder / "keys"
             try:
                 present = (folder / "config").is_file() and keys.is_dir() and any(keys.iterdir())
@@ -100,8 +102,8 @@ def repository_states(settings: Settings, tenant_ids: list[str]) -> dict[str, st
         bucket, _, prefix = url.path.lstrip("/").partition("/")
         prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         try:
-            client = services.client_for(f"{url.scheme}://{url.netloc}", settings.repo_access_key,
-                                         settings.repo_secret_key, settings.s3_region)
+            client = services.client_for(f"{url.scheme}://{url.netloc}", where.access_key, where.secret_key,
+                                         settings.s3_region)
             folders = set()
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
                 folders |= {p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])}
