@@ -35,6 +35,8 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
     report = json.loads(same.stdout)
     assert report["ok"] and report["session"] == first  # the restore point it came from, not the newest
     assert cli("verify", tid, "--live", "--snapshot", newest).returncode == 1  # the edit is undone: it differs
+    unknown = cli("verify", tid, "--live", "--snapshot", "20200101T000000Z-abcdef")
+    assert unknown.returncode == 2 and "no restore point" in unknown.stderr, unknown.stderr
     assert {"postgresql", "redis", "object_storage", "rabbitmq", "appdata"} == set(report["tiers"])
     assert all(verdict == "ok" for verdict in report["tiers"].values()), report
 
@@ -67,3 +69,14 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
     assert f"queue {queue}: missing" in out
     assert f"file {victim_file.relative_to(names.app_data_dir)}: missing" in out
     assert "live data differs" in differs.stderr and "postgresql" in differs.stderr
+
+
+def test_verify_live_refuses_bad_input_with_exit_2(cli_in_process, tenant_factory):
+    never = tenant_factory()  # no repository, no key row: nothing to compare with
+    for args, said in ((("verify", never, "--snapshot", "latest"), "--snapshot goes with --live"),
+                       (("verify", never, "--live", "--read-data"), "one at a time"),
+                       (("verify", never, "--live", "--snapshot", "not a session"), "invalid --snapshot"),
+                       (("verify", never, "--live"), "has never been backed up")):
+        result = cli_in_process(*args)
+        assert result.returncode == 2 and said in result.stderr, (args, result.stderr)
+        assert result.stdout == "", args
