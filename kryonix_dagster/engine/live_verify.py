@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -139,13 +140,14 @@ def _same_value(client: redis.Redis, key: bytes, payload: bytes) -> bool:
 
 
 def _compare_redis(settings: Settings, names: TenantNames, manifest: SessionManifest, repo) -> list[str]:
-    from .tiers.redis_keys import STREAM_FILE, parse_records, scan_keys
+    from .tiers.redis_keys import NO_EXPIRY, STREAM_FILE, parse_records, scan_keys
 
     recorded = manifest.tiers["redis"]
     data = repo.dump_bytes(recorded.snapshots["keys"], f"/{STREAM_FILE}")
     if hashlib.sha256(data).hexdigest() != recorded.checksums.get("stream_sha256"):
         raise OperationFailed("the keys snapshot does not match its manifest checksum")
-    expected = {key: payload for key, _expiry, payload in parse_records(data)}
+    now_ms = int(time.time() * 1000)  # keys whose recorded expiry has passed are gone by design
+    expected = {key: payload for key, expiry, payload in parse_records(data) if expiry == NO_EXPIRY or expiry > now_ms}
     client = services.redis_client(settings)
     live = set(scan_keys(client, names.redis_match, names.backup_flag_key.encode()))
     show = lambda key: key.decode(errors="replace")  # noqa: E731
