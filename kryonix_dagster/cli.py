@@ -255,7 +255,7 @@ def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, liv
         raise BadInput("--live compares the live data; --read-data checks the repository: one at a time")
     settings = ready_settings()
     if live:
-        _verify_live(settings, tenant_id, snapshot, from_, as_json)
+        _verify_live(settings, tenant_id, snapshot, from_, wait_seconds, as_json)
         return
     task = f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else "")
     with TerminalReporter().activity(task):
@@ -272,14 +272,15 @@ def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, liv
         raise OperationFailed(f"tenant {tenant_id}: verification found {len(result.problems)} problem(s)")
 
 
-def _verify_live(settings: Settings, tenant_id: str, snapshot: str | None, from_: str, as_json: bool) -> None:
+def _verify_live(settings: Settings, tenant_id: str, snapshot: str | None, from_: str, wait_seconds: float,
+                 as_json: bool) -> None:
     from .engine.live_verify import run_live_verify
     from .engine.restore import validate_snapshot
 
     if snapshot is not None:
         validate_snapshot(snapshot)
     with TerminalReporter().activity(f"tenant {tenant_id}: comparing the live data with a restore point"):
-        result = run_live_verify(settings, tenant_id, snapshot, repository=from_)
+        result = run_live_verify(settings, tenant_id, snapshot, repository=from_, wait_seconds=wait_seconds)
     if as_json:
         emit_json(result.to_json())
     else:

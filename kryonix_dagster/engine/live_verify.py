@@ -7,8 +7,9 @@ same fixed rendering), Redis keys and values against the keys snapshot (read bac
 repository and checked against its recorded sha256), objects' size and sha256 against the
 session's index, RabbitMQ queue depths, application files' size and sha256 against the
 inventory. The restore point is the one the tenant's newest successful restore came from when
-no backup was taken since, else the newest; `--snapshot` names another. Reads only: nothing
-live is changed, so it takes no lease (a write during the comparison shows up as a difference).
+no backup was taken since, else the newest; `--snapshot` names another. Reads only (a Redis
+value whose encoding differs is compared through a throw-away key outside every tenant's
+namespace), under the tenant's lease.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .config import Settings
 from .errors import BadInput, KryonixError, OperationFailed, one_line
 from .manifest import STATUS_OK, SessionManifest, find_manifest
 from .naming import TenantNames, names_for, validate_tenant_id
+from .operation import tenant_operation
 from .tenant_repository import open_repository
 from .tiers.base import DrillContext, RestoreOutcome
 
@@ -58,25 +60,32 @@ def restored_from(settings: Settings, tenant_id: str) -> str:
 
 
 def run_live_verify(settings: Settings, tenant_id: str, snapshot: str | None = None,
-                    repository: str = locations.PRIMARY) -> LiveVerifyResult:
+                    repository: str = locations.PRIMARY, wait_seconds: float = 0) -> LiveVerifyResult:
+    """Under the tenant's lease (a session or a restore running meanwhile would read as a
+    difference), in the frame of `operation.py`: an audit row `verify-live` with the verdict."""
     validate_tenant_id(tenant_id)
     repo = open_repository(settings, tenant_id, repository=repository)
     if repo is None:
         raise BadInput(f"tenant {tenant_id} has never been backed up")
-    wanted = snapshot or restored_from(settings, tenant_id)
-    manifest = find_manifest(repo, wanted)
-    if manifest is None:
-        raise BadInput(f"tenant {tenant_id}: no restore point {wanted!r}")
-    names = names_for(settings, tenant_id)
-    result = LiveVerifyResult(tenant_id, manifest.session_id)
-    for tier, compare in _COMPARISONS.items():
-        recorded = manifest.tiers.get(tier)
-        if recorded is None or recorded.status != STATUS_OK:
-            continue  # the restore point holds nothing of this tier to compare with
-        try:
-            result.tiers[tier] = compare(settings, names, manifest, repo)
-        except (KryonixError, OSError, redis.RedisError) as exc:
-            result.tiers[tier] = [f"not compared: {one_line(str(exc), 200)}"]
+    with tenant_operation(settings, tenant_id, "verify-live", wait_seconds=wait_seconds) as op:
+        wanted = snapshot or restored_from(settings, tenant_id)
+        manifest = find_manifest(repo, wanted)
+        if manifest is None:
+            raise BadInput(f"tenant {tenant_id}: no restore point {wanted!r}")
+        names = names_for(settings, tenant_id)
+        result = LiveVerifyResult(tenant_id, manifest.session_id)
+        for tier, compare in _COMPARISONS.items():
+            recorded = manifest.tiers.get(tier)
+            if recorded is None or recorded.status != STATUS_OK:
+                continue  # the restore point holds nothing of this tier to compare with
+            try:
+                result.tiers[tier] = compare(settings, names, manifest, repo)
+            except (KryonixError, OSError, redis.RedisError) as exc:
+                result.tiers[tier] = [f"not compared: {one_line(str(exc), 200)}"]
+        differing = {t: d for t, d in result.tiers.items() if d}
+        op.success = result.ok
+        op.error = "; ".join(f"{t}: {d[0]}" for t, d in differing.items()) or None
+        op.audit = {"session_id": result.session_id, "details": {"differences": differing}}
     return result
 
 
