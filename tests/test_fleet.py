@@ -50,5 +50,5 @@ def test_fleet_report_asset_writes_markdown_and_csv(settings, cli, tenant_factor
     assert tid in meta["report"].value and meta["tenants"].value >= 1
     with open(meta["csv"].value, newline="") as handle:
         rows = {r["id"]: r for r in csv.DictReader(handle)}
-    assert rows[tid]["restore_points"] == "1" and rows[tid]["stale"] == "False"
+    assert rows[tid]["restore_points"] == "1" and rows[tid]["stale"] == "False" and rows[tid]["repository"] == "present"
     assert int(rows[tid]["repo_bytes"]) == repo_size(settings, tid)

@@ -7,11 +7,12 @@ from ..resources import BackupEngineResource
 from ..scheduling import TIMEZONE, default_schedule_status
 
 COLUMNS = ["id", "plano", "status", "last_session", "age_hours", "rpo_hours", "stale", "restore_points", "repo_bytes",
-           "last_check_ok", "last_drill_ok", "last_attempt_ok", "offsite_lag_hours"]
+           "repository", "last_check_ok", "last_drill_ok", "last_attempt_ok", "offsite_lag_hours", "offsite_copy"]
 
 
 def fleet_frame(status: dict) -> pd.DataFrame:
-    rows = [{**t, "offsite_lag_hours": (t.get("offsite") or {}).get("lag_hours")} for t in status["tenants"]]
+    rows = [{**t, "offsite_lag_hours": (t.get("offsite") or {}).get("lag_hours"),
+             "offsite_copy": (t.get("offsite") or {}).get("copy")} for t in status["tenants"]]
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "nome", "last_error", "last_check_at", "last_drill_at",
                                         "last_session_at"])
     return frame[COLUMNS] if not frame.empty else pd.DataFrame(columns=COLUMNS)
@@ -32,6 +33,7 @@ def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineReso
         "tenants": MetadataValue.int(len(frame)),
         "stale_tenants": MetadataValue.int(len(status["stale"])),
         "offsite_lagging_tenants": MetadataValue.int(len(status.get("offsite_lagging", []))),
+        "missing_repositories": MetadataValue.int(len(status.get("missing_repositories", []))),
         "storage_bytes": MetadataValue.int(status["storage_bytes"]),
         "bytes_last_24h": MetadataValue.int(totals["bytes"]),
         "tenants_backed_up_last_24h": MetadataValue.int(totals["tenants"]),
