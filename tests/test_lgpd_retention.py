@@ -209,7 +209,8 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
         fleet = report.asset_materialization.metadata
         assert fleet["tenants"].value == 1 and fleet["non_compliant_tenants"].value == 0
         assert tid in fleet["report"].value and "Ana" not in fleet["report"].value
-        assert json.loads(open(fleet["json"].value).read())["tenants"][0]["tenant"] == tid
+        assert fleet["json"].value["tenants"][0]["tenant"] == tid  # downloadable from the UI, not a server path
+        assert json.loads(open(fleet["json_file"].value).read()) == fleet["json"].value
         assert psql(db, "SELECT count(*) FROM crm.contatos WHERE nome = 'ANONIMIZADO'") == "3"
     finally:
         drop_lgpd_tenant(own_registry, tid)

@@ -1,12 +1,14 @@
 """LGPD assets: the per-tenant retention run and the fleet compliance report for reviewers."""
 import json
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Failure, MaterializeResult, MetadataValue,
+                     asset)
 
 from ..engine.errors import KryonixError, one_line
 from ..partitions import kryonix_tenants
 from ..resources import BackupEngineResource
-from .metadata import GROUP, LGPD_RETENTION_ASSET, retention_metadata
+from .metadata import (FLEET_COMPLIANCE_CHECK, GROUP, LGPD_RETENTION_ASSET, fleet_evaluation, log_tenant_evaluations,
+                       retention_metadata)
 
 
 @asset(name=LGPD_RETENTION_ASSET, partitions_def=kryonix_tenants, group_name=GROUP, kinds={"postgres"},
@@ -24,20 +26,28 @@ def lgpd_retention(context: AssetExecutionContext, engine: BackupEngineResource)
 
 
 @asset(group_name=GROUP, kinds={"postgres", "json"},
+       check_specs=[AssetCheckSpec(FLEET_COMPLIANCE_CHECK, asset="lgpd_compliance_report",
+                                   description="ERROR naming every tenant whose personal data outlives its period")],
        description="LGPD compliance of every registered tenant (`kryonix-backup lgpd report`): personal data past "
                    "its period, restore points past the plan, erasure-ledger entries not yet rewritten out of old "
-                   "restore points, last retention run, last erasure. Markdown here, JSON on disk for reviewers.")
+                   "restore points, last retention run, last erasure. Read-only. Its check fails naming the "
+                   "non-compliant tenants, and each tenant's `lgpd_compliance` is evaluated on its partition; the "
+                   "whole report is downloadable as the `json` metadata.")
 def lgpd_compliance_report(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
     fleet = engine.lgpd_fleet_compliance()
+    doc = json.loads(json.dumps(fleet.to_json(), default=str))
     path = engine.reports_dir() / "lgpd_compliance_report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fleet.to_json(), indent=2, default=str))
-    context.log.info(f"{len(fleet.tenants)} tenants, {len(fleet.non_compliant)} not compliant; report at {path}")
+    path.write_text(json.dumps(doc, indent=2))
+    log_tenant_evaluations(context, fleet)
+    context.log.info(f"{len(fleet.tenants)} tenants, {len(fleet.non_compliant)} not compliant: "
+                     f"{', '.join(fleet.non_compliant) or 'none'}")
     return MaterializeResult(metadata={
         "tenants": MetadataValue.int(len(fleet.tenants)),
         "non_compliant_tenants": MetadataValue.int(len(fleet.non_compliant)),
         "overdue_rows": MetadataValue.int(sum(t.overdue_rows for t in fleet.tenants)),
         "ledger_pending": MetadataValue.int(sum(t.ledger_pending for t in fleet.tenants)),
         "report": MetadataValue.md(fleet.markdown()),
-        "json": MetadataValue.path(str(path)),
-    })
+        "json": MetadataValue.json(doc),
+        "json_file": MetadataValue.path(str(path)),
+    }, check_results=[AssetCheckResult(check_name=FLEET_COMPLIANCE_CHECK, **fleet_evaluation(fleet))])

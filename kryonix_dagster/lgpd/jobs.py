@@ -1,13 +1,12 @@
 """LGPD retention as a batch job (what the daily schedule requests), and the report's job."""
-from dagster import (AssetCheckEvaluation, AssetKey, AssetMaterialization, AssetSelection, OpExecutionContext,
-                     define_asset_job, job, op)
+from dagster import AssetMaterialization, AssetSelection, OpExecutionContext, define_asset_job, job, op
 
 from ..batching import TenantBatchConfig, finish_batch
 from ..engine.errors import KryonixError, one_line
 from ..resources import BackupEngineResource
 from .assets import lgpd_compliance_report
 from .checks import evaluate_compliance
-from .metadata import COMPLIANCE_CHECK, LGPD_RETENTION_ASSET, retention_metadata
+from .metadata import LGPD_RETENTION_ASSET, retention_metadata, tenant_evaluation
 
 
 @op(description="Apply the LGPD retention rules to a batch of tenants, then evaluate each one's compliance.")
@@ -29,8 +28,7 @@ def lgpd_retention_tenants(context: OpExecutionContext, config: TenantBatchConfi
         except KryonixError as exc:
             failed[tenant_id] = f"compliance not evaluated: {one_line(str(exc))}"
             continue
-        context.log_event(AssetCheckEvaluation(asset_key=AssetKey(LGPD_RETENTION_ASSET), check_name=COMPLIANCE_CHECK,
-                                               partition=tenant_id, **fields))
+        context.log_event(tenant_evaluation(fields, tenant_id))
     finish_batch(context, "LGPD retention", tenants, failed)
 
 

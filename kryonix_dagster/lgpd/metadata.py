@@ -1,8 +1,11 @@
 """LGPD results as Dagster metadata and check evaluations: numbers per rule, never a personal value."""
-from dagster import AssetCheckSeverity, MetadataValue
+from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, MetadataValue
+
+from ..partitions import KRYONIX_TENANTS
 
 LGPD_RETENTION_ASSET = "lgpd_retention"
 COMPLIANCE_CHECK = "lgpd_compliance"
+FLEET_COMPLIANCE_CHECK = "all_tenants_compliant"  # on lgpd_compliance_report
 GROUP = "lgpd"
 
 
@@ -41,4 +44,37 @@ def compliance_evaluation(report) -> dict:
         "severity": AssetCheckSeverity.ERROR,
         "description": f"tenant {report.tenant_id}: {text}",
         "metadata": metadata,
+    }
+
+
+def tenant_evaluation(fields: dict, tenant_id: str) -> AssetCheckEvaluation:
+    """A tenant's lgpd_compliance result as an event on its partition (logged by a run that
+    evaluated the whole fleet)."""
+    return AssetCheckEvaluation(asset_key=AssetKey(LGPD_RETENTION_ASSET), check_name=COMPLIANCE_CHECK,
+                                partition=tenant_id, **fields)
+
+
+def log_tenant_evaluations(context, fleet) -> None:
+    """Each tenant's lgpd_compliance on its partition, for the tenants Dagster knows as
+    partitions (the tenant_partitions sensor keeps them equal to the registry)."""
+    instance = context.instance
+    for report in fleet.tenants:
+        if instance.has_dynamic_partition(KRYONIX_TENANTS, report.tenant_id):
+            context.log_event(tenant_evaluation(compliance_evaluation(report), report.tenant_id))
+
+
+def fleet_evaluation(fleet) -> dict:
+    """ERROR naming every tenant whose personal data outlives its period."""
+    bad = fleet.non_compliant
+    return {
+        "passed": not bad,
+        "severity": AssetCheckSeverity.ERROR,
+        "description": (f"{len(bad)} of {len(fleet.tenants)} tenant(s) not compliant: " + ", ".join(bad)) if bad else
+                       f"all {len(fleet.tenants)} tenant(s) compliant",
+        "metadata": {
+            "tenants": MetadataValue.int(len(fleet.tenants)),
+            "non_compliant_tenants": MetadataValue.int(len(bad)),
+            "non_compliant": MetadataValue.json(bad),
+            "problems": MetadataValue.json({t.tenant_id: t.problems for t in fleet.tenants if t.problems}),
+        },
     }

@@ -30,6 +30,7 @@ from ..engine.retention import RetentionCheck, RetentionDecision, check_retentio
 from ..engine.reporting import Reporter
 from ..engine.session import Gate, SessionResult, run_backup
 from ..engine.tiers import TIERS, TierSpec
+from ..engine.verified_points import VerifiedPoint, newest_verified_points
 from ..engine.verify import VerifyResult, run_verify
 
 if TYPE_CHECKING:
@@ -233,6 +234,10 @@ class BackupEngineResource(ConfigurableResource):
 
     def fleet_status(self) -> dict:
         return fleet_status(self.settings())
+
+    def verified_points(self) -> dict[str, VerifiedPoint]:
+        """Per tenant, the newest restore point a restore drill passed on."""
+        return newest_verified_points(self.settings())
 
     def reports_dir(self) -> Path:
         return Path(self.settings().state_dir) / "reports"
