@@ -11,7 +11,6 @@ from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine.naming import names_for, repository_in
 
 from . import observe
-from .conftest import MAIN_DB
 from .repository_view import sessions
 
 
@@ -20,7 +19,15 @@ def _row(report: dict, tid: str) -> dict:
     return row
 
 
-def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, tenant_factory, tmp_path):
+def test_status_columns_come_from_the_repository_and_the_copy(own_registry, cli, tenant_factory, tmp_path):
+    # a main database and a repository root of the test's own: `status` lists this tenant alone
+    # (its exit code judges the whole fleet) and `keys recover` reads only this tenant's stash
+    settings = own_registry.with_overrides(repo=f"file://{tmp_path / 'repos'}")
+    run = cli
+
+    def cli(*args, env=None):
+        return run(*args, env={"KRYONIX_REPO": settings.repo, "KRYONIX_MAIN_DB": settings.main_db, **(env or {})})
+
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
     assert cli("backup", tid).returncode == 0
@@ -28,17 +35,17 @@ def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, ten
     # the tenant's rows of a lost main database: key, statistics and audit rows; `keys recover`
     # brings the key back and reads the repository, so status is not "STALE, 0 B" for it
     for table in ("backup_keys", "repository_stats", "backup_audit"):
-        observe.psql(MAIN_DB, f"DELETE FROM tenants.{table} WHERE cliente_id = '{tid}'")
+        observe.psql(settings.main_db, f"DELETE FROM tenants.{table} WHERE cliente_id = '{tid}'")
     recovered = cli("keys", "recover", "--json")
     assert recovered.returncode == 0, recovered.stderr
-    assert tid in [t["tenant_id"] for t in json.loads(recovered.stdout)["recovered"]]
+    assert [(t["tenant_id"], t["filled"]) for t in json.loads(recovered.stdout)["recovered"]] == [(tid, ["key"])]
     two = sorted(s for s, kinds in sessions(settings, tid).items() if kinds["manifest"])
     assert len(two) == 2
     row = _row(json.loads(cli("status", "--json").stdout), tid)
     assert row["restore_points"] == 2 and row["last_session"] == two[-1] and not row["stale"]
     assert row["repo_bytes"] and row["repository"] == "present"
     # a session with no statistics row (e.g. the first after a release that had none) counts from the repository
-    observe.psql(MAIN_DB, f"DELETE FROM tenants.repository_stats WHERE cliente_id = '{tid}'")
+    observe.psql(settings.main_db, f"DELETE FROM tenants.repository_stats WHERE cliente_id = '{tid}'")
     assert cli("backup", tid).returncode == 0
     points = [s for s, kinds in sessions(settings, tid).items() if kinds["manifest"]]
     assert len(points) == 3  # restic itself lists three restore points
@@ -58,7 +65,7 @@ def test_status_columns_come_from_the_repository_and_the_copy(settings, cli, ten
     [line] = [line for line in table.stdout.splitlines() if line.startswith(tid + " ")]
     assert line.split()[-1] == "none" and " 3 " in line
     # the copy's row says copied, its storage holds nothing: the copy is missing, not current
-    observe.psql(MAIN_DB, "INSERT INTO tenants.offsite_copies (cliente_id, latest_session, restore_points) "
+    observe.psql(settings.main_db, "INSERT INTO tenants.offsite_copies (cliente_id, latest_session, restore_points) "
                           f"VALUES ('{tid}', '{max(points)}', 3)")
     row = _row(json.loads(cli("status", "--json", env=offsite_env).stdout), tid)
     assert row["offsite"]["copy"] == "missing" and not row["offsite"]["ok"]
