@@ -44,6 +44,8 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
     keys = sorted(client.scan_iter(match=names.redis_match, count=1000))
     victim = next(k for k in keys if k != names.backup_flag_key.encode())
     assert client.delete(victim) == 1
+    changed = next(k for k in keys if k != victim and client.type(k) == b"hash")
+    client.hset(changed, "nome", "mudou")
     observe.psql(names.database, "UPDATE crm.contatos SET email = 'mudou@example.com' "
                                  "WHERE id = (SELECT min(id) FROM crm.contatos)")
     s3 = boto3.client("s3", endpoint_url=test_env["KRYONIX_S3_ENDPOINT"], region_name="us-east-1",
@@ -63,7 +65,7 @@ def test_verify_live_after_a_restore_names_what_differs(settings, cli, tenant_fa
     differs = cli("verify", tid, "--live")
     assert differs.returncode == 1, differs.stdout + differs.stderr
     out = differs.stdout
-    assert f"key {victim.decode()}: missing" in out
+    assert f"key {victim.decode()}: missing" in out and f"key {changed.decode()}: value differs" in out
     assert "table crm.contatos: rows differ" in out
     assert f"object {bucket}/{key}: missing" in out
     assert f"queue {queue}: missing" in out
