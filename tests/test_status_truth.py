@@ -86,3 +86,25 @@ def test_status_columns_come_from_the_repository_and_the_copy(own_registry, cli,
     assert table.returncode == 1
     [line] = [line for line in table.stdout.splitlines() if line.startswith(tid + " ")]
     assert line.count("MISSING") == 3 and "STALE" in line
+
+
+def test_repository_states_on_s3_list_the_repositories_folders(settings, moto_endpoint):
+    """The S3 form of the existence look: one listing of the root's folders (moto, boto3 to set it up)."""
+    import secrets
+
+    import boto3
+
+    from kryonix_dagster.engine.repository_stats import repository_states
+
+    bucket = f"status-{secrets.token_hex(4)}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing-access", aws_secret_access_key="testing-secret-s3")
+    s3.create_bucket(Bucket=bucket)
+    here, gone = f"t{secrets.token_hex(4)}", f"t{secrets.token_hex(4)}"
+    for name in ("config", "keys/0123"):
+        s3.put_object(Bucket=bucket, Key=f"root/cliente_{here}/{name}", Body=b"x")
+    on_s3 = settings.with_overrides(repo=f"s3:{moto_endpoint}/{bucket}/root", repo_access_key="testing-access",
+                                    repo_secret_key="testing-secret-s3")
+    assert repository_states(on_s3, [here, gone]) == {here: "present", gone: "missing"}
+    unreachable = on_s3.with_overrides(repo=f"s3:{moto_endpoint}/no-such-bucket-{secrets.token_hex(3)}/root")
+    assert repository_states(unreachable, [here]) == {here: "unknown"}
