@@ -239,13 +239,24 @@ def snapshots(tenant_id: str, from_: str, as_json: bool) -> None:
               help="Which repository: the primary or the off-site copy.")
 @click.option("--wait", "wait_seconds", type=float, default=0, show_default=True,
               help="Seconds to wait for the tenant's lease (a running session).")
+@click.option("--live", is_flag=True, help="Compare the tenant's live data with the restore point it was restored "
+              "from (or the newest, or --snapshot) instead of checking the repository.")
+@click.option("--snapshot", default=None, help="With --live: the session to compare with.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, as_json: bool) -> None:
-    """Check a tenant's repository and that every restore point is whole."""
+def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, live: bool, snapshot: str | None,
+           as_json: bool) -> None:
+    """Check a tenant's repository and that every restore point is whole (--live: the live data)."""
     from .engine.verify import run_verify
 
     validate_tenant_id(tenant_id)
+    if snapshot is not None and not live:
+        raise BadInput("--snapshot goes with --live")
+    if live and read_data:
+        raise BadInput("--live compares the live data; --read-data checks the repository: one at a time")
     settings = ready_settings()
+    if live:
+        _verify_live(settings, tenant_id, snapshot, from_, wait_seconds, as_json)
+        return
     task = f"tenant {tenant_id}: checking the repository" + (" (reading all data)" if read_data else "")
     with TerminalReporter().activity(task):
         result = run_verify(settings, tenant_id, read_data=read_data, wait_seconds=wait_seconds, repository=from_)
@@ -259,6 +270,30 @@ def verify(tenant_id: str, read_data: bool, from_: str, wait_seconds: float, as_
             click.echo(f"  - {problem}")
     if not result.ok:
         raise OperationFailed(f"tenant {tenant_id}: verification found {len(result.problems)} problem(s)")
+
+
+def _verify_live(settings: Settings, tenant_id: str, snapshot: str | None, from_: str, wait_seconds: float,
+                 as_json: bool) -> None:
+    from .engine.live_verify import run_live_verify
+    from .engine.restore import validate_snapshot
+
+    if snapshot is not None:
+        validate_snapshot(snapshot)
+    with TerminalReporter().activity(f"tenant {tenant_id}: comparing the live data with a restore point"):
+        result = run_live_verify(settings, tenant_id, snapshot, repository=from_, wait_seconds=wait_seconds)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"tenant {tenant_id}: live data {'matches' if result.ok else 'DIFFERS FROM'} "
+                   f"restore point {result.session_id}")
+        for tier, differences in result.tiers.items():
+            click.echo(f"  {tier}: {'ok' if not differences else 'DIFFERS'}")
+            for difference in differences:
+                click.echo(f"    - {difference}")
+    if not result.ok:
+        differing = [t for t, d in result.tiers.items() if d]
+        raise OperationFailed(f"tenant {tenant_id}: live data differs from restore point {result.session_id} "
+                              f"in {', '.join(differing)}")
 
 
 def parse_point_in_time(raw: str) -> datetime:
@@ -409,6 +444,7 @@ def status(as_json: bool) -> None:
     report = fleet_status(ready_settings())
     if as_json:
         emit_json(report)
+        _refuse_missing_repositories(report)
         return
     rows = [{**t, "age_h": "-" if t["age_hours"] is None else f"{t['age_hours']:.1f}",
              "stale": "STALE" if t["stale"] else "", "repo": human_bytes(t["repo_bytes"]) if t["repo_bytes"] else "-",
@@ -416,6 +452,7 @@ def status(as_json: bool) -> None:
              "drill": {True: "ok", False: "FAILED", None: "-"}[t["last_drill_ok"]],
              "points": t["restore_points"] if t["restore_points"] is not None else "-",
              "offsite_h": _offsite_cell(t.get("offsite"))}
+            | ({"points": "MISSING", "repo": "MISSING", "check": "MISSING"} if t["repository"] == "missing" else {})
             for t in report["tenants"]]
     print_table(rows, ["id", "plano", "status", "last_session", "age_h", "stale", "points", "repo", "check", "drill",
                        "offsite_h"])
@@ -426,13 +463,26 @@ def status(as_json: bool) -> None:
     for t in report["tenants"]:
         for warning in t["last_warnings"]:
             click.echo(f"warning: tenant {t['id']}: {warning}")
+    _refuse_missing_repositories(report)
+
+
+def _refuse_missing_repositories(report: dict) -> None:
+    """A repository that was backed up and is gone from its storage: the report is printed, and
+    the command exits 1 naming them (runbook section 2), like `pitr status` for broken archiving."""
+    missing = report["missing_repositories"]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise OperationFailed(f"{len(missing)} tenant(s) whose primary repository is missing: {shown}; "
+                              "see the runbook, section 2 (`kryonix-backup restore ID --from secondary`)")
 
 
 def _offsite_cell(lag: dict | None) -> str:
-    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy)."""
+    """The off-site copy's lag in hours ("-": no copy configured or nothing to copy; "none":
+    nothing of the tenant is off-site yet, however fresh its newest restore point is)."""
     if not lag or lag["lag_hours"] is None:
         return "-"
-    return f"{lag['lag_hours']:.1f}" + ("" if lag["ok"] else " LAGGING")
+    shown = {"none": "none", "missing": "MISSING"}.get(lag.get("copy"), f"{lag['lag_hours']:.1f}")
+    return shown + ("" if lag["ok"] else " LAGGING")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

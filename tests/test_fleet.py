@@ -64,7 +64,7 @@ def test_fleet_report_asset_writes_markdown_and_csv(settings, cli, tenant_factor
     assert tid in meta["report"].value and meta["tenants"].value >= 1
     with open(meta["csv"].value, newline="") as handle:
         rows = {r["id"]: r for r in csv.DictReader(handle)}
-    assert rows[tid]["restore_points"] == "2" and rows[tid]["stale"] == "False"
+    assert rows[tid]["restore_points"] == "2" and rows[tid]["stale"] == "False" and rows[tid]["repository"] == "present"
     assert int(rows[tid]["repo_bytes"]) == repo_size(settings, tid)
     [mine] = [r for r in meta["json"].value["rows"] if r["id"] == tid]
     assert mine["verified_session"] == verified and mine["last_session"] == newest

@@ -57,6 +57,8 @@ def test_1_a_tenants_data_lost_restore(world):
     session = world.cli_json("snapshots", world.tenant_id)[0]["session"]
     before = lose_everything(world.settings, world.tenant_id)  # tables, buckets, keys, vhost, files
     ok(world.cli("restore", world.tenant_id, "--snapshot", session, "--yes"))
+    live = world.cli_json("verify", world.tenant_id, "--live")  # the runbook's check step, on the live tenant
+    assert live["ok"] and live["session"] == session and "postgresql" in live["tiers"], live
     assert_restored(world.settings, world.tenant_id, before)
     assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
     damage(world)  # the runbook's other form: one module's tables
@@ -78,6 +80,8 @@ def test_2_primary_storage_lost_restore_from_the_secondary(world):
         gone = world.cli("snapshots", world.tenant_id)
         assert gone.returncode == 1 and "its repository is missing" in gone.stderr  # the primary is gone
         ok(world.cli("restore", world.tenant_id, "--from", "secondary", "--yes", env=world.worker_env))
+        live = world.cli_json("verify", world.tenant_id, "--live", "--from", "secondary", env=world.worker_env)
+        assert live["ok"] and live["session"] == secondary[0]["session"], live
         assert_restored(settings, world.tenant_id, before)
         assert observe.table_checksums(f"kryonix_cliente_{world.tenant_id}") == world.checksums
     finally:

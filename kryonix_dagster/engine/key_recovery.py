@@ -27,6 +27,7 @@ from .manifest import restore_points
 from .naming import repository_in
 from .pitr import passphrase_stash
 from .repository import Restic
+from .repository_stats import refresh_repository_stats
 from .tenant_repository import ensure_cheap_key, remembered_cheap_key
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ def restore_points_with(settings: Settings, where: locations.Location, tenant_id
                   secret_key=where.secret_key)
     repo.is_copy = where.is_copy
     repo.key_hint = remembered_cheap_key(settings, repo.location) or ensure_cheap_key(settings, repo, password)
+    if not where.is_copy:  # the listing that proves the password also refills `status`'s row
+        return refresh_repository_stats(settings, tenant_id, repo)
     return len(restore_points(repo))
 
 

@@ -110,8 +110,15 @@ class OffsiteLag:
     limit_hours: float
     ok: bool
 
+    @property
+    def copy(self) -> str:
+        """The copy's state: "none" (nothing of the tenant off-site yet), "current" or "behind"."""
+        if self.secondary_latest is None:
+            return "none"
+        return "current" if not self.lag_hours else "behind"
+
     def to_json(self) -> dict:
-        return self.__dict__.copy()
+        return {**self.__dict__, "copy": self.copy}
 
 
 _LAG_SQL = """

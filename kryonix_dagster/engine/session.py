@@ -300,7 +300,7 @@ def _session(settings: Settings, tenant, names, op: Operation, result: SessionRe
         result.status = manifest.status
         try:
             written = 1 + sum(len(t.snapshots) for t in result.tiers.values())
-            count_session(settings, tenant_id, session_id, written)
+            count_session(settings, tenant_id, session_id, written, repo)
         except Exception as exc:  # statistics only: the restore point is written
             reporter.warn(f"repository statistics not refreshed: {one_line(str(exc), 200)}")
     failed = [f"{name}: {r.error}" for name, r in result.tiers.items() if r.error and r.status == STATUS_FAILED]

@@ -11,8 +11,8 @@ from ..resources import BackupEngineResource
 from ..scheduling import TIMEZONE, default_schedule_status
 
 COLUMNS = ["id", "plano", "status", "last_session", "age_hours", "rpo_hours", "stale", "restore_points", "repo_bytes",
-           "verified_session", "verified_at", "verified_age_hours", "last_check_ok", "last_check_at",
-           "last_drill_ok", "last_drill_at", "last_attempt_ok", "offsite_lag_hours", "lgpd_compliant"]
+           "repository", "verified_session", "verified_at", "verified_age_hours", "last_check_ok", "last_check_at",
+           "last_drill_ok", "last_drill_at", "last_attempt_ok", "offsite_lag_hours", "offsite_copy", "lgpd_compliant"]
 
 
 def fleet_frame(status: dict, verified: dict | None = None, lgpd: dict | None = None) -> pd.DataFrame:
@@ -22,6 +22,7 @@ def fleet_frame(status: dict, verified: dict | None = None, lgpd: dict | None = 
     for t in status["tenants"]:
         point = verified.get(t["id"])
         rows.append({**t, "offsite_lag_hours": (t.get("offsite") or {}).get("lag_hours"),
+                     "offsite_copy": (t.get("offsite") or {}).get("copy"),
                      "verified_session": point.session_id if point else None,
                      "verified_at": point.taken_at.isoformat() if point else None,
                      "verified_age_hours": point.age_hours if point else None,
@@ -91,6 +92,7 @@ def fleet_backup_report(context: AssetExecutionContext, engine: BackupEngineReso
         "tenants": MetadataValue.int(len(frame)),
         "stale_tenants": MetadataValue.int(len(status["stale"])),
         "offsite_lagging_tenants": MetadataValue.int(len(status.get("offsite_lagging", []))),
+        "missing_repositories": MetadataValue.int(len(status.get("missing_repositories", []))),
         "lgpd_non_compliant_tenants": MetadataValue.int(sum(1 for ok in lgpd.values() if ok is False)),
         "unverified_tenants": MetadataValue.int(int(frame["verified_session"].isna().sum())),
         "storage_bytes": MetadataValue.int(status["storage_bytes"]),
