@@ -1,18 +1,26 @@
 """The off-site copy through the real append-only endpoint (rclone serve restic --append-only),
 in front of a folder and in front of a moto S3 bucket: whole restore points copied, the
-`--from secondary` forms, and a worker's credentials unable to delete or overwrite anything."""
+`--from secondary` forms, a worker's credentials unable to delete or overwrite anything, the endpoint
+refusing clients without its password and keeping its secrets from the workers' user, and no
+worker or Dagster run given the admin path."""
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import secrets
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import boto3
 import pytest
+import requests
 
 from kryonix_dagster.engine import keys
 
+from .conftest import ROOT
 from .offsite_world import rest_status, s3_bucket, start_endpoint
 
 pytest_plugins = ["tests.offsite_world"]  # the world shared with the other off-site module, set up once
@@ -52,12 +60,20 @@ def test_copy_holds_whole_restore_points_and_the_secondary_reads_like_the_primar
 def test_a_worker_cannot_delete_or_overwrite_anything_off_site(world):
     before = json.loads(worker_restic(world, "snapshots", "--json").stdout)
     assert before, "the copy holds snapshots"
+    # without the endpoint's client password: refused, reading as much as deleting
+    snap = before[0]["id"]
+    anonymous = f"{world.endpoint.http_anonymous}/cliente_{world.tenant_id}"
+    wrong = world.endpoint.http.replace(world.endpoint.password, "x" + world.endpoint.password[1:])
+    assert rest_status("GET", f"{anonymous}/config") == 401
+    assert rest_status("GET", f"{wrong}/cliente_{world.tenant_id}/config") == 401
+    assert rest_status("DELETE", f"{anonymous}/snapshots/{snap}") == 401
+    # with it: reads, and every delete or overwrite is still refused
     refusal = forget_is_refused(world, before[0]["id"])
     assert "403" in refusal, refusal
     after = json.loads(worker_restic(world, "snapshots", "--json").stdout)
     assert {s["id"] for s in after} == {s["id"] for s in before}
     repo = f"{world.endpoint.http}/cliente_{world.tenant_id}"
-    snap = before[0]["id"]
+    assert rest_status("GET", f"{repo}/config") == 200
     assert rest_status("DELETE", f"{repo}/snapshots/{snap}") == 403
     assert rest_status("POST", f"{repo}/snapshots/{snap}", data=b"{}") == 403  # no overwrite
     assert rest_status("DELETE", f"{repo}/config") in (403, 405)
@@ -97,7 +113,6 @@ def forget_is_refused(world, snapshot_id: str, timeout: float = 60) -> str:
 
 
 def requests_json(url: str):
-    import requests
     return requests.get(url, headers={"Accept": "application/vnd.x.restic.rest.v2"}, timeout=30).json()
 
 
@@ -121,7 +136,7 @@ def test_off_site_commands_refuse_bad_input(world):
 def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_path):
     """The same tenant, copied to a second secondary: a moto bucket behind the real endpoint."""
     bucket = s3_bucket(moto_endpoint)
-    endpoint = start_endpoint(tmp_path, s3=bucket)
+    endpoint = start_endpoint(s3=bucket)
     try:
         env = {"KRYONIX_REPO_SECONDARY": endpoint.url, "KRYONIX_REPO_SECONDARY_ADMIN": endpoint.admin,
                **endpoint.admin_env, "KRYONIX_STATE_DIR": str(tmp_path / "state")}
@@ -139,8 +154,83 @@ def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_p
         assert rest_status("DELETE", f"{endpoint.http}/cliente_{world.tenant_id}/snapshots/{snap}") == 403
         vault = client.list_objects_v2(Bucket=bucket["bucket"], Prefix="kryonix-vault/keys/")
         assert [o["Key"] for o in vault["Contents"]][0].startswith(f"kryonix-vault/keys/{world.tenant_id}-")
+        assert_endpoint_keeps_its_secrets(endpoint, [bucket["access_key"], bucket["secret_key"], endpoint.password])
     finally:
         endpoint.stop()
+
+
+def assert_endpoint_keeps_its_secrets(endpoint, secrets_: list[str]) -> None:
+    """The endpoint runs as its own system user; its command line and environment hold none of
+    the bucket's admin keys nor the client password (they sit in its 0600 files); the workers'
+    user (here `nobody`, not root) can read neither its environment nor those files."""
+    proc = Path(f"/proc/{endpoint.pid}")
+    cmdline = (proc / "cmdline").read_bytes()
+    assert cmdline.split(b"\0")[:3] == [b"rclone", b"serve", b"restic"] and b"--htpasswd" in cmdline
+    owner = pwd.getpwuid(proc.stat().st_uid)
+    assert owner.pw_name == "kryonix-offsite" and owner.pw_shell == "/usr/sbin/nologin"
+    environ = (proc / "environ").read_bytes()  # read as root: everything there is
+    assert b"PATH=" in environ
+    for secret in secrets_:
+        assert secret.encode() not in cmdline + environ, secret
+    conf = endpoint.state / "rclone.conf"
+    assert secrets_[1] in conf.read_text()  # where the admin keys are kept instead
+    for path in (conf, endpoint.state / "htpasswd"):
+        assert (path.stat().st_mode & 0o777, pwd.getpwuid(path.stat().st_uid).pw_name) == (0o600, "kryonix-offsite")
+    for path in (proc / "environ", conf, endpoint.state / "htpasswd"):
+        denied = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(path)],
+                                capture_output=True, text=True, timeout=30)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (path, denied.stderr)
+    assert (proc / "cmdline").read_bytes() == cmdline  # the same endpoint process throughout
+
+
+def test_workers_and_dagster_runs_get_no_admin_secret(world, tmp_path, settings):
+    """A Celery worker started by the setup script from a shell that holds the copy's admin path and
+    keys, and the command line `make dev` runs Dagster with: neither environment holds them (read
+    from the real worker's /proc/PID/environ), both hold the workers' endpoint URL."""
+    token = secrets.token_hex(4)
+    admin = {"KRYONIX_REPO_SECONDARY_ADMIN": world.endpoint.admin,
+             "KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY": f"admin-key-{token}",
+             "KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY": f"admin-secret-{token}",
+             "OFFSITE_S3_SECRET_KEY": f"endpoint-secret-{token}"}
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").touch()
+    broker_user = f"kryonix-broker-test-{token}"
+    env = {**os.environ, **world.env, **admin, "DAGSTER_HOME": str(home), "KRYONIX_WORKERS_DIR": str(tmp_path / "w"),
+           "KRYONIX_CELERY_QUEUE": f"kryonix_test_{token}", "KRYONIX_CELERY_BROKER_USER": broker_user,
+           "KRYONIX_BIN": str(Path(sys.executable).parent)}
+    script = ROOT / "scripts" / "workers.sh"
+    try:
+        started = subprocess.run([str(script), "start", "1"], env=env, capture_output=True, text=True, timeout=240)
+        assert started.returncode == 0, started.stderr + started.stdout
+        pid = int((tmp_path / "w" / "kryonix-w1.pid").read_text())
+        assert_no_admin_secret(Path(f"/proc/{pid}/environ").read_bytes(), admin, world.endpoint.url)
+        assert b"kryonix_dagster.workers.app" in Path(f"/proc/{pid}/cmdline").read_bytes()  # still that worker
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
+        requests.delete(f"{settings.rabbitmq_api}/api/users/{broker_user}", timeout=10,
+                        auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
+        requests.delete(f"{settings.rabbitmq_api}/api/queues/%2Fkryonix_dagster/kryonix_test_{token}", timeout=10,
+                        auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
+    # `make dev`'s Dagster command, run with a printer of its environment in Dagster's place
+    client_file = world.endpoint.home / "client.secret"
+    planned = subprocess.run(["make", "-n", "dev", f"OFFSITE_CLIENT_FILE={client_file}", "OFFSITE_PORT=1"],
+                             cwd=ROOT, env={**os.environ, **admin}, capture_output=True, text=True, timeout=60)
+    [dagster_line] = [line for line in planned.stdout.splitlines() if "/dagster dev " in line]
+    printer = f"{sys.executable} -c 'import os, sys; sys.stdout.buffer.write(open(\"/proc/self/environ\", \"rb\").read())'"
+    shown = subprocess.run(["bash", "-c", dagster_line.split(" .venv/bin/dagster dev ")[0] + " " + printer],
+                           env={k: v for k, v in {**os.environ, **admin}.items() if k != "KRYONIX_REPO_SECONDARY"},
+                           capture_output=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert_no_admin_secret(shown.stdout, admin, f"rest:http://kryonix-worker:{world.endpoint.password}@127.0.0.1:1")
+
+
+def assert_no_admin_secret(environ: bytes, admin: dict[str, str], worker_url: str) -> None:
+    entries = environ.split(b"\0")
+    assert f"KRYONIX_REPO_SECONDARY={worker_url}".encode() in entries  # the worker's own path is there
+    for name, value in admin.items():
+        assert not any(e.startswith(name.encode() + b"=") for e in entries), name
+        assert value.encode() not in environ, name
 
 
 def snapshots_of_sessions(world, session_ids: list[str]) -> list[dict]:
