@@ -67,6 +67,11 @@ def test_a_worker_cannot_delete_or_overwrite_anything_off_site(world):
     assert rest_status("GET", f"{anonymous}/config") == 401
     assert rest_status("GET", f"{wrong}/cliente_{world.tenant_id}/config") == 401
     assert rest_status("DELETE", f"{anonymous}/snapshots/{snap}") == 401
+    # the client password is never printed, not even where an error names the endpoint
+    elsewhere = world.cli("snapshots", world.tenant_id, "--from", "secondary",
+                          env={"KRYONIX_REPO_SECONDARY": f"{world.endpoint.url}/elsewhere"})
+    assert elsewhere.returncode == 1 and "127.0.0.1" in elsewhere.stderr, elsewhere.stderr
+    assert world.endpoint.password not in elsewhere.stdout + elsewhere.stderr, elsewhere.stderr
     # with it: reads, and every delete or overwrite is still refused
     refusal = forget_is_refused(world, before[0]["id"])
     assert "403" in refusal, refusal
