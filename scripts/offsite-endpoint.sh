@@ -39,9 +39,11 @@ system_user() {  # the endpoint's own user, created once (several starts may rac
   id -u "$run_as" >/dev/null
 }
 
-htpasswd_line() {  # USER:bcrypt(password from stdin); no htpasswd binary needed
+htpasswd_line() {  # USER:hash of the client password (bcrypt; apr1 where Python has no crypt module)
+  local password; password=$(tr -d '\n' <"$client_file")  # never on a command line
   python3 -W ignore -c 'import crypt, sys
-print(sys.argv[1] + ":" + crypt.crypt(sys.stdin.read(), crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 10)))' "$1"
+print(sys.argv[1] + ":" + crypt.crypt(sys.stdin.read().rstrip("\n"), crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 10)))' \
+    "$1" <<<"$password" 2>/dev/null || echo "$1:$(openssl passwd -apr1 -stdin <<<"$password")"
 }
 
 case "${1:-start}" in
@@ -54,7 +56,7 @@ case "${1:-start}" in
       python3 -c 'import secrets; print(secrets.token_hex(24))' >"$client_file"
     fi
     chmod 600 "$client_file"
-    tr -d '\n' <"$client_file" | htpasswd_line "$client_user" >"$state/htpasswd.new"
+    htpasswd_line "$client_user" >"$state/htpasswd.new"
     mv "$state/htpasswd.new" "$state/htpasswd"
     if [ -n "${OFFSITE_S3_ENDPOINT:-}" ]; then
       # the bucket's admin keys live only in this file (0600, the endpoint's user)
