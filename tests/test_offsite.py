@@ -217,6 +217,14 @@ def test_workers_and_dagster_runs_get_no_admin_secret(world, tmp_path, settings)
                         auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
         requests.delete(f"{settings.rabbitmq_api}/api/queues/%2Fkryonix_dagster/kryonix_test_{token}", timeout=10,
                         auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
+    # what a deployment's worker host is given: no admin setting in deploy/*.env, and the unit drops them
+    for env_file in (ROOT / "deploy").glob("*.env"):
+        assigned = {line.split("=", 1)[0] for line in env_file.read_text().splitlines() if "=" in line
+                    and not line.startswith("#")}
+        assert assigned and not assigned & set(admin), env_file
+    unit = (ROOT / "deploy" / "kryonix-worker@.service").read_text()
+    [unset] = [line for line in unit.splitlines() if line.startswith("UnsetEnvironment=")]
+    assert set(admin) - {"OFFSITE_S3_SECRET_KEY"} <= set(unset.split("=", 1)[1].split())
     # `make dev`'s Dagster command, run with a printer of its environment in Dagster's place
     client_file = world.endpoint.home / "client.secret"
     planned = subprocess.run(["make", "-n", "dev", f"OFFSITE_CLIENT_FILE={client_file}", "OFFSITE_PORT=1"],

@@ -119,7 +119,7 @@ def vault_folder(settings: Settings, where: Location) -> KeyFolder:
     if folder is None:
         raise OSError(f"the {where.kind} repository location cannot hold the key vault's stash")
     if isinstance(folder, LocalKeyFolder):
-        Path(folder.folder).mkdir(parents=True, exist_ok=True)
+        folder.make_folder()
     return folder
 
 
