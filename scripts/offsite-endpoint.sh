@@ -70,18 +70,18 @@ case "${1:-start}" in
     as_user=()
     if [ "$(id -u)" = 0 ]; then
       system_user
-      chown -R "$run_as:" "$state"
-      [ -n "${OFFSITE_S3_ENDPOINT:-}" ] || chown -R "$run_as:" "$dir"
+      chown -R "$run_as:$(id -g "$run_as")" "$state"
+      [ -n "${OFFSITE_S3_ENDPOINT:-}" ] || chown -R "$run_as:$(id -g "$run_as")" "$dir"
       chmod 700 "$state"
       # the folder: the endpoint's user and group only; setgid and a group-readable umask, so files the
       # admin path writes as root (restic keeps a repository's group access) stay readable by the endpoint
       [ -n "${OFFSITE_S3_ENDPOINT:-}" ] || chmod 2750 "$dir"
       # it must reach its folders: a parent only root can traverse (e.g. /root, 0700) stops it
-      if ! setpriv --reuid="$run_as" --regid="$run_as" --clear-groups test -w "$state"; then
+      if ! setpriv --reuid="$run_as" --regid="$(id -g "$run_as")" --clear-groups test -w "$state"; then
         echo "the endpoint's user $run_as cannot reach $state: put OFFSITE_STATE/OFFSITE_DIR outside folders only root can enter (e.g. under /var/lib)" >&2
         exit 1
       fi
-      as_user=(setpriv --reuid="$run_as" --regid="$run_as" --clear-groups)
+      as_user=(setpriv --reuid="$run_as" --regid="$(id -g "$run_as")" --clear-groups)
     else
       echo "not root: the endpoint runs as $(id -un); give the workers another user" >&2
     fi
