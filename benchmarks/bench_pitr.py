@@ -3,10 +3,14 @@ shared cluster must not get). Side by side, in one run, for one tenant database 
 
   restore --at T (scratch cluster + verified swap)  vs  pgbackrest restore of the whole cluster to T
                                                     vs  today's logical restore (--snapshot latest)
+  restore --at T of a tenant onboarded after the base backup (its database is not in it: the whole
+  cluster goes into the scratch one)                vs  the same for a tenant in it (--db-include),
+                                                        both databases seeded alike, side by side
   RPO: the WAL archive lag (oldest segment waiting, sampled every 0.5 s) under a pgbench write load
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -33,6 +37,8 @@ from tests.pitr_world import new_cluster, remove_cluster, world_env
 from .harness import Comparison, Report, cli, free_port, timed
 
 TENANT = "benchpitr"
+EARLY = "benchpitrearly"  # in the base backup; seeded like LATE
+LATE = "benchpitrlate"  # onboarded after the base backup
 
 
 def _whole_cluster_restore(settings, target: datetime) -> None:
@@ -71,6 +77,8 @@ def run(scale: float, pgbench_seconds: int = 30) -> Path:
         settings = load_settings()
         migrate(settings)
         registry.ensure_tenant(settings, TENANT, "Bench PITR", "enterprise")
+        registry.ensure_tenant(settings, EARLY, "Bench PITR, in the base backup", "enterprise")
+        registry.ensure_tenant(settings, LATE, "Bench PITR, onboarded after the base backup", "enterprise")
         cli("pitr", "setup", "--restart")
         print(f"seeding the database of tenant {TENANT} at scale {scale}", flush=True)
         seed_database(settings, names_for(settings, TENANT), DemoCounts.for_scale(scale), [])
@@ -78,8 +86,10 @@ def run(scale: float, pgbench_seconds: int = 30) -> Path:
         with pg.connection(settings.pg_dsn, db) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_database_size(current_database())")
             report.facts.update(database_bytes=cur.fetchone()[0], scale=scale)
+        seed_database(settings, names_for(settings, EARLY), DemoCounts.for_scale(scale), [])
         full, _ = timed("pitr backup --type full", lambda: cli("pitr", "backup", "--type", "full"))
         report.facts["base_backup_seconds"] = round(full.seconds, 2)
+        seed_database(settings, names_for(settings, LATE), DemoCounts.for_scale(scale), [])
         session = run_backup(settings, TENANT, "full", NullReporter(), tiers=(postgres.SPEC,))
         assert session.manifest_snapshot, session.error
 
@@ -112,7 +122,19 @@ def run(scale: float, pgbench_seconds: int = 30) -> Path:
                               "the baseline still has to dump and load the tenant's database by hand"))
         report.add(Comparison("RTO: restore --at vs today's logical restore", ours, logical,
                               "the logical restore goes back to the last session (RPO: hours), --at to T"))
+        early, out = timed("restore --at T of a tenant in the base backup (--db-include)",
+                           lambda: cli("restore", EARLY, "--at", iso, "--services", "postgresql", "--yes", "--json"))
+        if json.loads(out)["tiers"]["postgresql"]["details"]["scratch"]["whole_cluster"]:
+            raise RuntimeError(f"tenant {EARLY}: restore --at took the whole cluster; the comparison measures nothing")
+        late, out = timed("restore --at T of a tenant created after the base backup (whole cluster into the scratch)",
+                          lambda: cli("restore", LATE, "--at", iso, "--services", "postgresql", "--yes", "--json"))
+        if not json.loads(out)["tiers"]["postgresql"]["details"]["scratch"]["whole_cluster"]:
+            raise RuntimeError(f"tenant {LATE}: restore --at took --db-include; the comparison measures nothing")
+        report.add(Comparison("RTO: restore --at of a database newer than the base backup vs one in it", late, early,
+                              "databases seeded alike; the newer one restores every database of the cluster "
+                              "(until the next base backup holds it)"))
         report.facts["rto_restore_at_seconds"] = round(ours.seconds, 2)
+        report.facts["rto_restore_at_newer_database_seconds"] = round(late.seconds, 2)
     finally:
         remove_cluster(base)
     return report.write()

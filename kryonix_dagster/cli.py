@@ -219,16 +219,16 @@ def _summary(sessions: list[dict]) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def snapshots(tenant_id: str, from_: str, as_json: bool) -> None:
     """A tenant's restore points (sessions with a manifest), newest first."""
-    from .engine.manifest import restore_points
+    from .engine.manifest import point_details, restore_points
     from .engine.tenant_repository import open_repository
 
     validate_tenant_id(tenant_id)
     repo = open_repository(ready_settings(), tenant_id, repository=from_)
-    points = [p.to_json() for p in restore_points(repo)] if repo else []
-    if as_json:
-        emit_json(points)
+    listed = restore_points(repo) if repo else []
+    if as_json:  # each point's tiers from its manifest (one restic process each, no lock)
+        emit_json([point_details(repo, p) for p in listed])
     else:
-        rows = [{**p, "emptied": ",".join(p["emptied"]) or "-"} for p in points]
+        rows = [{**p.to_json(), "emptied": ",".join(p.emptied) or "-"} for p in listed]
         print_table(rows, ["session", "time", "type", "status", "consistent", "emptied", "manifest_snapshot"])
 
 
@@ -331,12 +331,17 @@ def restore(tenant_id: str, snapshot: str | None, at: str | None, into: str | No
     if as_json:
         emit_json(result.to_json())
     else:
-        for name, outcome in result.tiers.items():
-            click.echo(f"{name}: restored {outcome.restored} item(s) into tenant {target}, "
-                       f"{outcome.connections_terminated} connection(s) terminated")
+        echo_tier_outcomes(result.tiers, target)
         click.echo(f"restored session {result.session_id} of tenant {tenant_id} into tenant {target} "
                    f"in {result.duration_seconds:.1f}s")
         click.echo(f"lgpd: the erasure ledger re-erased {result.lgpd.get('subjects_reerased', 0)} subject(s)")
+
+
+def echo_tier_outcomes(outcomes: dict, target: str) -> None:
+    """One line per restored tier: what came back, what the restore deleted, connections ended."""
+    for name, outcome in outcomes.items():
+        click.echo(f"{name}: restored {outcome.restored} item(s) into tenant {target}, removed {outcome.removed} "
+                   f"the restore point lacks, {outcome.connections_terminated} connection(s) terminated")
 
 
 def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_seconds: float,
@@ -348,9 +353,7 @@ def restore_at(moment: datetime, tenant_id: str, into: str | None, wanted, wait_
     if as_json:
         emit_json(result.to_json())
         return
-    for name, outcome in result.tiers.items():
-        click.echo(f"{name}: restored {outcome.restored} item(s) into tenant {result.target_id}, "
-                   f"{outcome.connections_terminated} connection(s) terminated")
+    echo_tier_outcomes(result.tiers, result.target_id)
     for name, reason in result.skipped.items():
         click.echo(f"{name}: skipped ({reason})")
     source = (f"restore point {result.session_id} ({result.session_time.isoformat()})" if result.session_id

@@ -81,6 +81,9 @@ def erase(tenant_id: str, subject: str | None, subject_file: str | None, rewrite
                             + (" and rewrite its restore points" if rewrite else "") + "?", yes)
     settings = ready_settings()
     reporter = TerminalReporter()
+    if rewrite:  # every location that holds restore points can be rewritten, or nothing is erased
+        from .engine.lgpd.rewrite import rewrite_locations
+        rewrite_locations(settings, tenant_id)
     cert = run_erase(settings, tenant_id, subject, dry_run, reporter, wait_seconds, rules)
     if rewrite:
         from .engine.lgpd.rewrite import run_rewrite
@@ -100,15 +103,16 @@ def erase(tenant_id: str, subject: str | None, subject_file: str | None, rewrite
     click.echo(f"  appdata: {cert.erased.appdata} file(s)")
     for skipped in cert.erased.skipped:
         click.echo(f"  skipped (tenant has no {skipped})")
-    if cert.rewrite_done:
-        click.echo(f"rewritten restore points: {len(cert.rewritten)}; none holds the person any more")
-        for point in cert.rewritten:
-            click.echo(f"rewritten restore point {point['session']} (was {point['old_manifest'][:8]}, "
-                       f"now {point['new_manifest'][:8]})")
-    else:
-        holding = doc["restore_points_that_may_hold_the_person"]
-        click.echo(f"restore points that may still hold the person (taken before the erasure): "
-                   f"{', '.join(holding) or 'none'}; every restore re-applies the ledger")
+    for point in cert.rewritten:
+        click.echo(f"rewritten restore point {point['session']} in {point['location']} (was "
+                   f"{point['old_manifest'][:8]}, now {point['new_manifest'][:8]})")
+    for where in doc["locations"]:
+        held = where["may_still_hold"]
+        state = ("rewritten: holds none of the person's data" if where["rewritten"]
+                 else "not listed: " + where.get("error", "?") if held is None
+                 else f"restore points that may still hold the person (taken before the erasure): "
+                      f"{', '.join(held) or 'none'}; every restore re-applies the ledger")
+        click.echo(f"{where['location']}: {state}")
 
 
 @click.command("offboard")

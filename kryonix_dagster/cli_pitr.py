@@ -67,6 +67,14 @@ def pitr_status(as_json: bool) -> None:
                           for b in state.backups], ["label", "type", "stopped", "size"])
         click.echo(f"window: earliest {state.window.to_json()['earliest'] or '-'}, "
                    f"latest {state.window.to_json()['latest'] or '-'}")
+        later = [t for t in state.tenants if t.starts_with != "window"]
+        if later:  # the others start with the window
+            click.echo(f"{len(later)} tenant(s) whose own window starts later (their database is newer, or missing):")
+            root.print_table([{"tenant": t.tenant_id, "earliest": archive._iso(t.earliest) or "-",
+                               "database created": archive._iso(t.database_created) or "no database"}
+                              for t in later], ["tenant", "earliest", "database created"])
+        if state.tenants_problem:
+            click.echo(state.tenants_problem)
     if not state.archiving.healthy:
         raise OperationFailed(f"stanza {state.stanza}: {state.archiving.problem}")
 
@@ -94,3 +102,4 @@ def pitr_restore_cluster(at: str | None, yes: bool, as_json: bool) -> None:
                    f"{result.started_with}, timeline {result.timeline}, archiving checked"
                    + (", audit row written" if result.audited else ", NO audit row (see the warning)")
                    + (f"; the old data directory is in {result.moved_aside}" if result.moved_aside else ""))
+        click.echo(f"put back after the restore: {result.merged.describe()}")

@@ -113,6 +113,15 @@ def seed_without_messaging(settings, tenant_id: str, scale: float) -> None:
     seed_appdata(names, counts)
 
 
+def backed_up(settings, tenant: str) -> str:
+    """The tenant seeded (person 7 and 8 everywhere but RabbitMQ) and backed up once: its session."""
+    seed_without_messaging(settings, tenant, scale=0.05)
+    add_person_files(settings, tenant)
+    session = run_backup(settings, tenant, "full", tiers=tuple(t for t in TIERS if t.name != "rabbitmq"))
+    assert session.success, session.error
+    return session.session_id
+
+
 @pytest.fixture(scope="session")  # once per worker: xdist may interleave other modules
 def world(settings):
     stem = "e" + secrets.token_hex(4)
@@ -120,12 +129,17 @@ def world(settings):
     for tid in (tenant, into):
         purge_tenant(settings, tid)
     try:
-        seed_without_messaging(settings, tenant, scale=0.05)
-        add_person_files(settings, tenant)
+        session = backed_up(settings, tenant)
         registry.ensure_tenant(settings, into, "Into", "basic")
-        session = run_backup(settings, tenant, "full", tiers=tuple(t for t in TIERS if t.name != "rabbitmq"))
-        assert session.success, session.error
-        yield World(settings, tenant, into, session.session_id)
+        yield World(settings, tenant, into, session)
     finally:
         for tid in (tenant, into):
             purge_tenant(settings, tid)
+
+
+@pytest.fixture
+def rewrite_world(settings, tenant_factory):
+    """A world of the rewrite test's own: rewriting changes the restore point the other tests
+    restore from (their person would no longer come back to be re-erased)."""
+    tenant = tenant_factory("w")
+    return World(settings, tenant, "", backed_up(settings, tenant))

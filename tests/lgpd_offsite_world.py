@@ -2,7 +2,8 @@
 off-site copy behind the real append-only endpoint (tests/offsite_world.py's endpoint and World),
 one tenant with the demo database only, backed up (PostgreSQL tier only: small and quick) and
 copied ONCE. Person 7 of that tenant is erased after the copy, once,
-by whichever test needs it first; tenants other tests must not see (the one off-boarded) are
+by whichever test needs it first; the `--rewrite` test adds a second restore point (copied) and
+rewrites both locations, which the other tests do not depend on either way; tenants other tests must not see (the one off-boarded) are
 made by the test that needs them. Its own world, not the shared `dr_world`: the runbook's tests
 compare that tenant's data and the tenants `keys recover` finds."""
 from __future__ import annotations

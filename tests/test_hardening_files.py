@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -404,9 +404,14 @@ def test_tags_and_metadata_changed_with_same_etag_survive_incremental(settings, 
     backup_tier(settings, tid, OBJECTS)
     etag = s3.head_object(Bucket=bucket, Key="doc-0.txt")["ETag"]
     s3.put_object_tagging(Bucket=bucket, Key="doc-0.txt", Tagging={"TagSet": [{"Key": "n", "Value": "changed"}]})
-    time.sleep(1.1)  # last-modified has one-second precision
+    modified = s3.head_object(Bucket=bucket, Key="doc-1.txt")["LastModified"]
+    deadline = time.monotonic() + 30  # last-modified has one-second precision: wait for the next second
+    while datetime.now(timezone.utc) < modified + timedelta(seconds=1):
+        assert time.monotonic() < deadline, "the clock never passed the object's last-modified second"
+        time.sleep(0.05)
     s3.copy_object(Bucket=bucket, Key="doc-1.txt", CopySource={"Bucket": bucket, "Key": "doc-1.txt"},
                    Metadata={"n": "new"}, MetadataDirective="REPLACE", TaggingDirective="COPY")
+    assert s3.head_object(Bucket=bucket, Key="doc-1.txt")["LastModified"] > modified
     assert s3.head_object(Bucket=bucket, Key="doc-0.txt")["ETag"] == etag
     incremental = backup_tier(settings, tid, OBJECTS, backup_type="incremental").tiers["object_storage"]
     assert incremental.details["downloaded"] <= 1
@@ -446,6 +451,21 @@ def test_restore_error_is_one_line_in_process(settings, tenant_factory):
     assert "\n" not in str(err.value) and "mobile/biometric" in str(err.value)
 
 
+def restic_children(word: str) -> list[int]:
+    """This process's restic children whose arguments include `word`, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if comm == "restic" and int(rest[1]) == os.getpid() and word.encode() in cmdline and rest[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 # --- finding 27: a leaked template snapshot is removed even when the repository is busy ----------
 
 def test_leaked_template_snapshot_removed_despite_a_competing_lock(settings, tenant_factory, monkeypatch):
@@ -459,24 +479,33 @@ def test_leaked_template_snapshot_removed_despite_a_competing_lock(settings, ten
     monkeypatch.setattr(appdata_tier, "EXCLUDES", ())  # the exclusion fails: a template reaches restic
     holder = subprocess.Popen(["restic", "backup", "--stdin", "--stdin-filename", "hold"], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=repo.env())
-    snapshots_before = len(list((repo_dir / "snapshots").iterdir()))
+    failures: list[str] = []
 
-    def release_after_the_leak() -> None:  # hold the lock while the tier first tries to forget
+    def release_after_a_refused_forget() -> None:  # hold the lock while the tier first tries to forget
         deadline = time.monotonic() + 120
-        while len(list((repo_dir / "snapshots").iterdir())) == snapshots_before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(4)
+        seen: set[int] = set()
+        while time.monotonic() < deadline:
+            running = set(restic_children("forget"))
+            if seen - running:  # an attempt ended while the lock was held: it was refused
+                break
+            seen |= running
+            time.sleep(0.02)
+        else:
+            failures.append(f"no `restic forget` attempt was seen ending under the lock (seen: {seen})")
         holder.stdin.close()
 
-    releaser = threading.Thread(target=release_after_the_leak, daemon=True)
+    releaser = threading.Thread(target=release_after_a_refused_forget, daemon=True)
+    deadline = time.monotonic() + 60
+    while not list((repo_dir / "locks").iterdir()):  # the competing restic holds its lock
+        assert holder.poll() is None and time.monotonic() < deadline, "the competing restic never locked"
+        time.sleep(0.05)
     releaser.start()
     try:
-        while not list((repo_dir / "locks").iterdir()):
-            time.sleep(0.1)
         result = run_backup(settings, tid, tiers=APPDATA)
     finally:
-        releaser.join()
+        releaser.join(timeout=180)
         holder.wait(timeout=60)
+    assert failures == [], failures
     appdata = result.tiers["appdata"]
     assert appdata.status == "failed"
     assert "biometric template(s) reached the snapshot" in appdata.error and "snapshot removed" in appdata.error

@@ -25,7 +25,7 @@ from kryonix_dagster.engine.naming import names_for
 from kryonix_dagster.engine.restore import run_restore
 from kryonix_dagster.engine.tenant_repository import open_repository
 
-from . import observe
+from . import faults, observe
 from .conftest import MAIN_DB, free_port
 from .test_sessions import blocking_lock, restore_points, start_backup, wait_for_dump_waiting
 
@@ -34,6 +34,20 @@ def audit(tid, operation, database=MAIN_DB):
     out = observe.psql(database, f"SELECT success::text || '|' || coalesce(error, '') FROM tenants.backup_audit "
                                  f"WHERE cliente_id = '{tid}' AND operation = '{operation}' ORDER BY id")
     return [line.split("|", 1) for line in out.splitlines()]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def wait_lease_expired(tid: str, timeout: float = 60) -> None:
+    """Poll the main database until the tenant's lease row has expired (nobody renewed it)."""
+    deadline = time.monotonic() + timeout
+    while observe.psql(MAIN_DB, f"SELECT count(*) FROM tenants.backup_leases WHERE cliente_id = '{tid}' "
+                                "AND expires_at > now()") != "0":
+        assert time.monotonic() < deadline, f"tenant {tid}: the lease never expired"
+        time.sleep(0.2)
 
 
 def one_line_error(result, code):
@@ -185,7 +199,7 @@ def test_a_frozen_session_past_its_lease_writes_no_restore_point(cli, settings, 
         frozen = start_backup(tid, env)
         wait_for_dump_waiting(db)
         frozen.send_signal(signal.SIGSTOP)
-        time.sleep(4.5)  # past the TTL: the lease expires under the frozen session
+        wait_lease_expired(tid)  # past the TTL: the lease expires under the frozen session
     finally:
         lock.close()
     # another session takes the tenant over and writes its restore point
@@ -210,36 +224,47 @@ def test_a_frozen_session_past_its_lease_writes_no_restore_point(cli, settings, 
 
 
 @pytest.mark.slow(80)
-def test_forget_and_verify_during_a_backup_are_refused_and_nothing_is_lost(cli, settings, tenant_factory):
+def test_backup_forget_verify_and_restore_during_a_backup_are_refused_or_wait(cli, settings, tenant_factory,
+                                                                             tmp_path):
+    """While a session provably holds the lease (its pg_dump waits on a table lock, so it cannot
+    end), a second backup, forget, verify and restore are refused; a restore with --wait N retries
+    the lease and times out, or waits for the session and then succeeds."""
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.05)
     db = f"kryonix_cliente_{tid}"
     assert cli("backup", tid).returncode == 0
+    rows = observe.table_checksums(db)
+    hook = faults.hook_dir(tmp_path)
     lock = blocking_lock(db)
     try:
         running = start_backup(tid, dict(os.environ))
         wait_for_dump_waiting(db)
-        assert "holds the lease" in one_line_error(cli("forget", tid), 1)
-        assert "holds the lease" in one_line_error(cli("verify", tid), 1)
+        assert faults.lease_holder(tid) == faults.holder_of(running)
+        second = cli("backup", tid)  # a session's refusal is a warning, then the batch's error line
+        assert second.returncode == 1 and "holds the lease" in second.stderr, second.stderr
+        for args in (["forget", tid], ["verify", tid], ["restore", tid, "--yes"]):
+            assert "holds the lease" in one_line_error(cli(*args), 1), args
+        timed_out = faults.start_logged("restore", tid, "--yes", "--wait", "5", hook=hook,
+                                         log=tmp_path / "timed-out")
+        gave_up = finish(timed_out)  # it says once that it waits, then one error line
+        assert gave_up.returncode == 1 and "waiting up to 5s for the lease" in gave_up.stderr, gave_up.stderr
+        assert "holds the lease" in gave_up.stderr.strip().splitlines()[-1], gave_up.stderr
+        faults.wait_for_lease_attempts(timed_out, tmp_path / "timed-out", 2)  # it retried before giving up
+        waiting = faults.start_logged("restore", tid, "--yes", "--wait", "300", hook=hook, log=tmp_path / "waiting")
+        faults.wait_for_lease_attempts(waiting, tmp_path / "waiting", 2)  # refused once: it waits
+        assert running.poll() is None and waiting.poll() is None
+        assert faults.lease_holder(tid) == faults.holder_of(running)  # the session held it all along
     finally:
         lock.close()
     out, err = running.communicate(timeout=120)
     assert running.returncode == 0, err
+    restored = finish(waiting)
+    assert restored.returncode == 0, restored.stderr
+    assert observe.table_checksums(db) == rows
     assert len(restore_points(cli, tid)) == 2
     assert cli("forget", tid).returncode == 0
     assert len(restore_points(cli, tid)) == 2  # both within 48 h
     assert json.loads(cli("verify", tid, "--json").stdout)["ok"] is True
-
-
-def test_two_backups_in_the_same_instant_one_proceeds(cli, settings, tenant_factory):
-    tid = tenant_factory()
-    seed_tenant(settings, tid, scale=0.05)
-    procs = [start_backup(tid, dict(os.environ)) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
-    assert sorted(code for code, _, _ in results) == [0, 1], results
-    loser = next(err for code, _, err in results if code == 1)
-    assert "holds the lease" in loser
-    assert len(restore_points(cli, tid)) == 1
 
 
 def test_lease_hold_is_capped(settings, tenant_factory):
@@ -258,9 +283,15 @@ def test_lease_hold_is_capped(settings, tenant_factory):
 # --- master key (item 13, finding 18) ------------------------------------------------------------
 
 CREATE_KEY = """
-import sys
+import os, sys, time
 from kryonix_dagster.engine import keys
 from kryonix_dagster.engine.config import load_settings
+barrier, parties = sys.argv[1], int(sys.argv[2])
+open(os.path.join(barrier, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 120
+while len(os.listdir(barrier)) < parties:  # every process imported and ready: they ask at once
+    assert time.monotonic() < deadline, "not every process reached the barrier"
+    time.sleep(0.002)
 print(keys._fingerprint(keys.master_key(load_settings())))
 """
 
@@ -269,7 +300,9 @@ def test_master_key_created_once_by_concurrent_processes(own_registry, tmp_path)
     path = tmp_path / "keys" / "master.key"
     env = dict(os.environ, KRYONIX_MAIN_DB=own_registry.main_db, KRYONIX_MASTER_KEY_FILE=str(path),
                PYTHONPATH=os.environ.get("PYTHONPATH", str(Path(__file__).resolve().parent.parent)))
-    procs = [subprocess.Popen([sys.executable, "-c", CREATE_KEY], env=env, stdout=subprocess.PIPE,
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_KEY, str(barrier), "8"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(8)]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]

@@ -25,10 +25,13 @@ from kryonix_dagster.engine.lgpd import ledger
 from kryonix_dagster.engine.lgpd.offboard import run_offboard
 from kryonix_dagster.engine.lgpd.rules import load_rules, parse_subject
 
-from . import lgpd_erasure_world, observe
+from . import faults, lgpd_erasure_world, observe
 from .lgpd_erasure_world import EMAIL, ERASED, KEPT, PHONE_KEPT, absent, person_counts
 
+from .recovery_checks import TableStepper, kill9_running, poll, restic_snapshots, sessions_in
+
 world = lgpd_erasure_world.world  # the module's one backed-up tenant (a fixture)
+rewrite_world = lgpd_erasure_world.rewrite_world  # a tenant of the rewrite test's own
 SERVICES = "postgresql,redis,object_storage,appdata"  # where the rules say a person lives (RabbitMQ: nowhere)
 OFFBOARD_TIERS = ("postgresql", "redis", "appdata")  # no compliance tier: no legal hold
 
@@ -179,32 +182,59 @@ def restic_dump_all(world, tenant_id: str, tag: str = "") -> bytes:
     return dumped
 
 
-def test_a_rewrite_that_fails_before_its_manifest_loses_no_restore_point(world, cli, monkeypatch):
+def repository_snapshots(world) -> dict[str, set[str]]:
+    """restic's own listing of the tenant's repository: manifest ids and every snapshot id."""
+    location = restic_location(names_for(world.settings, world.tenant).repository)
+    listed = restic_snapshots(location, keys.repository_password(world.settings, world.tenant))
+    return {"manifests": {s["id"] for s in listed if "kind=manifest" in s["tags"]}, "all": {s["id"] for s in listed}}
+
+
+def ledger_entries(world) -> tuple[int, int]:
+    """(entries not rewritten yet, entries rewritten) of the tenant's erasure ledger, through psql."""
+    counts = observe.psql(world.settings.main_db, "SELECT count(*) FILTER (WHERE rewritten_at IS NULL), "
+                          f"count(rewritten_at) FROM tenants.lgpd_ledger WHERE cliente_id = '{world.tenant}'")
+    pending, rewritten = counts.split("|")
+    return int(pending), int(rewritten)
+
+
+@pytest.mark.slow(45)
+def test_a_rewrite_killed_before_its_manifest_loses_nothing_and_the_rerun_takes_the_person_out(rewrite_world, cli):
+    """`lgpd erase --rewrite` SIGKILLed after it wrote the restore point's new tier snapshots, at
+    its fenced lease check right before the new manifest (the lease table's writes are single-
+    stepped, the heartbeat is 200 s away): the old restore point stands, whole; the ledger still
+    says "not rewritten". The rerun (which takes over the dead child's lease) rewrites the point:
+    the person is in no snapshot any more."""
+    world = rewrite_world
     world.erased(cli)
-    from kryonix_dagster.engine.lgpd import rewrite
-    from kryonix_dagster.engine.manifest import restore_points
-    from kryonix_dagster.engine.tenant_repository import open_repository
-
-    repo = open_repository(world.settings, world.tenant)
-    before_points, before_snaps = restore_points(repo), {s.id for s in repo.snapshots()}
-
-    def killed(*_args, **_kwargs):
-        raise KeyboardInterrupt  # as if the process were stopped between the tier snapshots and the manifest
-
-    monkeypatch.setattr(rewrite, "REWRITERS", {"redis": rewrite.REWRITERS["redis"]})  # the cheapest tier
-    monkeypatch.setattr(rewrite, "write_manifest", killed)
-    with pytest.raises(KeyboardInterrupt):
-        rewrite.run_rewrite(world.settings, world.tenant)
-    assert restore_points(repo) == before_points  # the old restore point stands, whole
-    assert {s.id for s in repo.snapshots()} == before_snaps  # the new redis snapshot was taken back
-    assert all(e.rewritten_at is None for e in ledger.entries(world.settings, world.tenant))
-
-
-def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
-    world.erased(cli)
+    assert ledger_entries(world) == (1, 0)
+    before = repository_snapshots(world)
     assert EMAIL.encode() in restic_dump_all(world, world.tenant, "tier=postgresql")  # the old point holds them
-    result = world.run(cli, "lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes",
-                       "--json")
+    erase = ("lgpd", "erase", world.tenant, "--subject", f"contato_id={ERASED}", "--rewrite", "--yes", "--json")
+    stepper = TableStepper(world.settings.main_db, "tenants.backup_leases")
+    try:
+        proc = faults.start_cli(*erase, env={"KRYONIX_LEASE_TTL_SECONDS": "600"})
+        rewrite_started = False
+        while True:  # the lease writes: the erasure's take and release, the rewrite's take, its check
+            waiting = poll(stepper.waiting, proc, "the child's next write to the lease table")
+            query = " ".join(waiting[0][1].split())
+            if query.startswith("INSERT INTO tenants.backup_leases") and "'lgpd_rewrite'" in query:
+                rewrite_started = True
+            elif rewrite_started and query.startswith("UPDATE tenants.backup_leases SET expires_at"):
+                break  # ensure_held(): the last step before the new manifest
+            stepper.let_through()
+        kill9_running(proc)
+        stepper.end_backends([pid for pid, _ in waiting])
+    finally:
+        stepper.close()
+    after = repository_snapshots(world)
+    assert after["manifests"] == before["manifests"]  # the old restore point stands ...
+    assert before["all"] < after["all"]  # ... whole, beside the killed run's new, unlisted tier snapshots
+    assert sessions_in(restic_snapshots(restic_location(names_for(world.settings, world.tenant).repository),
+                                        keys.repository_password(world.settings, world.tenant))) == {world.session}
+    assert ledger_entries(world)[1] == 0  # nothing marked rewritten (the rerun's erasure added an entry)
+    assert absent(person_counts(world.settings, world.tenant, ERASED))
+
+    result = world.run(cli, *erase)
     assert result.returncode == 0, result.stderr
     cert = json.loads(result.stdout)
     assert [p["session"] for p in cert["rewritten_restore_points"]] == [world.session]
@@ -213,7 +243,7 @@ def test_rewrite_takes_the_person_out_of_every_restore_point(world, cli):
     for marker in (EMAIL.encode(), f"foto {ERASED}".encode(), f"ficha do contato {ERASED}".encode()):
         assert marker not in dumped
     assert f"foto {KEPT}".encode() in dumped and f"ficha do contato {KEPT}".encode() in dumped
-    assert all(e.rewritten_at is not None for e in ledger.entries(world.settings, world.tenant))
+    assert ledger_entries(world)[0] == 0 and ledger_entries(world)[1] >= 1
     # the rewritten restore point restores, verified against its rewritten manifest
     restored = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--services", "postgresql",
                          "--yes", "--json")
@@ -234,9 +264,13 @@ def test_offboarding_is_refused_for_an_active_tenant_and_under_a_legal_hold(worl
         registry.set_status(world.settings, world.tenant, "ativo")
 
 
-def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path):
-    tid = world.into  # holds the restored data (person 8, not person 7); backed up without a legal hold
-    assert world.restored_into(cli, SERVICES).returncode == 0
+def test_offboarding_crypto_shreds_the_backups(world, cli, tmp_path, tenant_factory):
+    tid = tenant_factory("o")  # of its own: world.into stays for the --into and refusal tests
+    registry.ensure_tenant(world.settings, tid, "Offboard", "basic")
+    world.erased(cli)
+    restored = world.run(cli, "restore", world.tenant, "--snapshot", world.session, "--into", tid, "--services",
+                         SERVICES, "--yes")  # the restored data: person 8, not person 7
+    assert restored.returncode == 0, restored.stderr
     session = run_backup(world.settings, tid, "full", tiers=tuple(t for t in TIERS if t.name in OFFBOARD_TIERS))
     assert session.restore_point, session.error
     names = names_for(world.settings, tid)

@@ -12,16 +12,22 @@ import secrets
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
 import pytest
 import requests
 
-from kryonix_dagster.engine import keys
+from kryonix_dagster.engine import keys, registry
+from kryonix_dagster.engine.naming import repository_in
+from kryonix_dagster.engine.repository import restic_location
+from kryonix_dagster.engine.tenant_repository import open_repository
 
 from .conftest import ROOT
+from .helpers import purge_tenant
 from .offsite_world import rest_status, s3_bucket, start_endpoint
+from .recovery_checks import assert_restored, lose_everything, restic_snapshots, sessions_in
 
 pytest_plugins = ["tests.offsite_world"]  # the world shared with the other off-site module, set up once
 
@@ -87,11 +93,10 @@ def test_a_worker_cannot_delete_or_overwrite_anything_off_site(world):
     assert stash and stash[0]["name"].startswith(world.tenant_id)
     assert rest_status("POST", vault + stash[0]["name"], data=b"{}") == 403
     assert rest_status("GET", f"{repo}/snapshots/{snap}") == 200  # still there, unchanged
-    # retention on the copy: refused with only the worker's path, done through the admin path
+    # retention on the copy: refused with only the worker's path (done through the admin path:
+    # test_copy_all_then_retention_on_the_copy_removes_old_restore_points)
     refused = world.cli("forget", world.tenant_id, "--repo", "secondary", env=world.worker_env)
     assert refused.returncode == 2 and "KRYONIX_REPO_SECONDARY_ADMIN" in refused.stderr
-    applied = world.cli_json("forget", world.tenant_id, "--repo", "secondary")
-    assert applied["restore_points"]["removed"] == 0 and applied["restore_points"]["kept"] >= 1, applied
 
 
 def forget_is_refused(world, snapshot_id: str, timeout: float = 60) -> str:
@@ -160,6 +165,14 @@ def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_p
         vault = client.list_objects_v2(Bucket=bucket["bucket"], Prefix="kryonix-vault/keys/")
         assert [o["Key"] for o in vault["Contents"]][0].startswith(f"kryonix-vault/keys/{world.tenant_id}-")
         assert_endpoint_keeps_its_secrets(endpoint, [bucket["access_key"], bucket["secret_key"], endpoint.password])
+        # the tenant's data lost everywhere: a worker restores it from the S3 copy alone
+        assert secondary[0]["session"] == world.cli_json("snapshots", world.tenant_id)[0]["session"]
+        before = lose_everything(world.settings, world.tenant_id)
+        restored = world.cli("restore", world.tenant_id, "--from", "secondary", "--yes", "--json",
+                             env={**env, **world.worker_env})
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert json.loads(restored.stdout)["session"] == secondary[0]["session"]
+        assert_restored(world.settings, world.tenant_id, before)
     finally:
         endpoint.stop()
 
@@ -252,3 +265,61 @@ def snapshots_of_sessions(world, session_ids: list[str]) -> list[dict]:
     assert listing.returncode == 0, listing.stderr
     wanted = {f"session={s}" for s in session_ids}
     return [snap for snap in json.loads(listing.stdout) if wanted & set(snap.get("tags") or [])]
+
+
+def fake_restore_point(world, tenant_id: str, when: datetime) -> str:
+    """A restore point with no tier (a valid manifest, back-dated with restic's --time)."""
+    sid = f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    manifest = {"tenant_id": tenant_id, "session_id": sid, "backup_type": "full", "started_at": when.isoformat(),
+                "finished_at": when.isoformat(), "status": "complete", "tiers": {}}
+    made = world.cli("restic", tenant_id, "--", "backup", "--stdin", "--stdin-filename", "manifest.json",
+                     "--host", "kryonix", "--time", when.strftime("%Y-%m-%d %H:%M:%S"),
+                     "--tag", f"kind=manifest,session={sid},type=full,status=complete,consistent=yes",
+                     stdin=json.dumps(manifest))
+    assert made.returncode == 0, made.stderr
+    return sid
+
+
+def test_copy_all_then_retention_on_the_copy_removes_old_restore_points(world, tmp_path):
+    """`copy --all` brings every active tenant's restore points to a copy of its own (its vault
+    is append-only: a tenant stashed in the world's copy would come back in `keys recover`); the
+    basic plan's `forget --repo secondary` (admin path) then removes a restore point older than
+    48 hours that a later one of the same day supersedes. Both read back with restic itself."""
+    settings = world.settings
+    endpoint = start_endpoint()
+    env = {"KRYONIX_REPO_SECONDARY": endpoint.url, "KRYONIX_REPO_SECONDARY_ADMIN": endpoint.admin,
+           "KRYONIX_STATE_DIR": str(tmp_path / "state")}
+    small = "r" + secrets.token_hex(4)
+    try:
+        registry.add_tenant(settings, small, "Retencao fora", "basic")
+        open_repository(settings, small, create=True)
+        now = datetime.now(timezone.utc)
+        day = (now - timedelta(days=20)).replace(hour=11, minute=0, second=0, microsecond=0)
+        older, newer = (fake_restore_point(world, small, day + timedelta(hours=h)) for h in (0, 1))
+        recent = fake_restore_point(world, small, now - timedelta(hours=1))
+        active = [t["id"] for t in world.cli_json("tenants", "list") if t["status"] == "ativo"]
+        assert {small, world.tenant_id} <= set(active)
+        copied = world.cli_json("copy", "--all", env=env)
+        assert sorted(c["tenant"] for c in copied["copies"]) == sorted(active), copied
+        for tid in active:  # read with restic on the copy's admin path, and as a worker reads it
+            password = keys.repository_password(settings, tid)
+            primary = sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, tid)), password))
+            copy_location = restic_location(repository_in(endpoint.admin, tid))
+            assert primary and sessions_in(restic_snapshots(copy_location, password)) == primary, tid
+            assert set(next(c for c in copied["copies"] if c["tenant"] == tid)["copied_sessions"]) == primary
+            from_secondary = world.cli_json("snapshots", tid, "--from", "secondary",
+                                            env={**env, **world.worker_env})
+            assert {p["session"] for p in from_secondary} == primary, tid
+        assert sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, small)),
+                                            keys.repository_password(settings, small))) == {older, newer, recent}
+
+        applied = world.cli_json("forget", small, "--repo", "secondary", env=env)
+        assert applied["restore_points"]["removed"] == 1 and applied["restore_points"]["kept"] == 2, applied
+        copy_location = restic_location(repository_in(endpoint.admin, small))
+        left = sessions_in(restic_snapshots(copy_location, keys.repository_password(settings, small)))
+        assert left == {newer, recent}  # the day's older point went; the primary keeps all three
+        assert sessions_in(restic_snapshots(restic_location(repository_in(settings.repo, small)),
+                                            keys.repository_password(settings, small))) == {older, newer, recent}
+    finally:
+        endpoint.stop()
+        purge_tenant(settings, small)

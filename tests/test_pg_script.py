@@ -1,6 +1,6 @@
 """Pure helpers of the PostgreSQL tier: dump header normalisation, TOC selection, role renaming."""
-from kryonix_dagster.engine.pg_script import (checksum_assertion, guarded_foreign_key, parse_toc, rename_roles, schema_entries,
-                                              statements)
+from kryonix_dagster.engine.pg_script import (checksum_assertion, ddl_label, foreign_keys_touching, guarded_foreign_key,
+                                              parse_toc, rename_roles, schema_entries, statements)
 from kryonix_dagster.engine.pgdump_header import normalize_dump_header
 
 
@@ -49,6 +49,36 @@ def test_schema_selection_takes_its_objects_and_splits_foreign_keys():
                                       "SEQUENCE SET", "ACL"]
     assert [e.name for e in fks] == ["contatos contatos_responsavel_id_fkey"]
     assert all("lgpd" not in e.line and "auth" not in e.line for e in main + fks)
+
+
+FK_SCRIPT = '''--
+-- Name: mensagens mensagens_contato_id_fkey; Type: FK CONSTRAINT; Schema: whatsapp; Owner: postgres
+--
+
+ALTER TABLE ONLY whatsapp.mensagens
+    ADD CONSTRAINT mensagens_contato_id_fkey FOREIGN KEY (contato_id) REFERENCES crm.contatos(id);
+
+
+ALTER TABLE ONLY crm.contatos
+    ADD CONSTRAINT "Resp ""x""" FOREIGN KEY (responsavel_id) REFERENCES auth.usuarios(id) ON DELETE SET NULL;
+
+
+ALTER TABLE ONLY marketing.envios
+    ADD CONSTRAINT envios_campanha_id_fkey FOREIGN KEY (campanha_id) REFERENCES marketing.campanhas(id);
+
+
+ALTER TABLE ONLY crm_old.notas
+    ADD CONSTRAINT notas_fkey FOREIGN KEY (x) REFERENCES crm_old.contatos(id);
+'''
+
+
+def test_foreign_keys_touching_a_schema_are_inbound_and_outbound_only():
+    found = foreign_keys_touching(statements(FK_SCRIPT), "crm")
+    assert [(fk.table, fk.name) for fk in found] == [("whatsapp.mensagens", "mensagens_contato_id_fkey"),
+                                                     ("crm.contatos", 'Resp "x"')]
+    assert found[1].statement.endswith("REFERENCES auth.usuarios(id) ON DELETE SET NULL")
+    assert ddl_label(found[0].statement) == "foreign key whatsapp.mensagens.mensagens_contato_id_fkey"
+    assert ddl_label("CREATE INDEX  idx ON crm.contatos\n USING btree (nome)") == "CREATE INDEX idx ON crm.contatos USING btree (nome)"
 
 
 def test_role_names_are_rewritten_outside_copy_data_only():

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -20,7 +21,7 @@ from kryonix_dagster.engine.tenant_repository import open_repository
 
 from .alert_inbox import inbox  # noqa: F401 (a fixture)
 from .conftest import run_cli
-from .pitr_world import ERASED_EMAIL, pitr_world_fixture
+from .pitr_world import ERASED_EMAIL, as_postgres, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture
 
@@ -59,13 +60,46 @@ def test_setup_says_restart_then_restarts_and_is_idempotent(pitr_world):
     assert b"[backup:current]" not in info.read_bytes()
 
 
+def pgbackrest_backups(world) -> list[tuple[str, str]]:
+    """(label, type) of every base backup, oldest first, from pgBackRest's own `info`."""
+    stanza = world.env["KRYONIX_PITR_STANZA"]
+    conf = world.base / "pitr-work" / f"pgbackrest-{stanza}.conf"
+    out = subprocess.run(as_postgres("pgbackrest", f"--config={conf}", f"--stanza={stanza}", "info", "--output=json"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (info,) = json.loads(out.stdout)
+    return [(b["label"], b["type"]) for b in info["backup"]]
+
+
+def wal_archived_after_the_backup(world) -> None:
+    """This test's precondition: a WAL segment archived after the second that follows the base
+    backup's stop (the window's start), so the window has an end after its start. The base
+    backup's own segment can be archived within its stop second; then, once the clock is past
+    the window's start, a commit is written and the segment switched, and pg_stat_archiver is
+    polled (psql) until the archive holds it."""
+    start = (world.backup_stopped + timedelta(seconds=1)).isoformat()
+    deadline = time.monotonic() + 120
+    switched = False
+    while world.psql("postgres", f"SELECT coalesce(last_archived_time >= '{start}', false) FROM pg_stat_archiver") != "t":
+        assert time.monotonic() < deadline, "no WAL segment was archived after the base backup's stop second"
+        if not switched and world.psql("postgres", f"SELECT clock_timestamp() > '{start}'") == "t":
+            world.psql("postgres", "SELECT txid_current()")  # a commit in the segment to close
+            world.psql("postgres", "SELECT pg_switch_wal()")
+            switched = True
+        time.sleep(0.1)
+
+
 def test_status_shows_healthy_archiving_and_the_window(pitr_world):
+    wal_archived_after_the_backup(pitr_world)
     result = pitr_world.cli("pitr", "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["archiving"]["healthy"] is True, doc["archiving"]
     assert doc["archiving"]["last_archived_wal"]
-    assert [b["type"] for b in doc["backups"]] == ["full"]
+    # the world's full backup first, then whatever other tests took, as pgBackRest lists them
+    listed = [(b["label"], b["type"]) for b in doc["backups"]]
+    assert listed == pgbackrest_backups(pitr_world)
+    assert listed[0] == (json.loads(pitr_world.extra["backup"])["label"], "full")
     earliest = datetime.fromisoformat(doc["window"]["earliest"].replace("Z", "+00:00"))
     latest = datetime.fromisoformat(doc["window"]["latest"].replace("Z", "+00:00"))
     assert earliest <= latest
@@ -83,6 +117,72 @@ def test_restore_at_between_t2_and_t3_leaves_the_other_tenant_alone(pitr_world):
     assert doc["other_tiers_from"]["session"] is None  # never backed up by a session
     assert world.rows(tid) == _rows(world, tid, 2)
     assert world.rows(witness) == _rows(world, witness, 3)
+    assert doc["tiers"]["postgresql"]["details"]["scratch"]["whole_cluster"] is False  # --db-include
+    assert not list(world.scratch_root.glob("*"))
+
+
+def _server_clock_past(world, moment: datetime, timeout: float = 10) -> datetime:
+    """Poll the server's clock until it is past `moment`; the server's now()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = datetime.fromisoformat(world.psql("postgres", "SELECT clock_timestamp()"))
+        if now > moment:
+            return now
+        assert time.monotonic() < deadline, f"the server's clock never passed {moment}"
+        time.sleep(0.1)
+
+
+def test_a_database_created_after_the_base_backup_has_pitr_from_its_creation(pitr_world):
+    """pgBackRest's `--db-include` cannot name a database its base backup does not hold (raw error
+    80): the tenant onboarded after the newest base backup still gets `restore --at`, from the
+    whole cluster restored into the scratch one; `pitr status` gives its own window start, and a
+    moment before its database existed is refused cleanly, touching nothing."""
+    from kryonix_dagster.engine import registry
+
+    world = pitr_world
+    tid = f"plate{secrets.token_hex(3)}"
+    registry.add_tenant(world.settings, tid, f"PITR late {tid}", "enterprise")
+    with world.cursor() as cur:
+        cur.execute(f"CREATE DATABASE kryonix_cliente_{tid}")
+    with world.cursor(f"kryonix_cliente_{tid}") as cur:
+        cur.execute("CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, note text NOT NULL)")
+        cur.execute("INSERT INTO app.orders VALUES (1, 'before T')")
+    backups = _pgbackrest_info(world)
+    assert backups and max(b["timestamp"]["stop"] for b in backups) < time.time() - 1  # all older than it
+    held = json.loads(_pgbackrest(world, "info", f"--set={backups[-1]['label']}", "--output=json"))[0]
+    assert f"kryonix_cliente_{tid}" not in {d["name"] for d in held["backup"][0]["database-ref"]}
+
+    status = world.cli("pitr", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    mine = {t["tenant"]: t for t in doc["tenants"]}
+    assert mine[tid]["starts_with"] == "database" and mine[tid]["database"] == f"kryonix_cliente_{tid}"
+    own_start = datetime.fromisoformat(mine[tid]["earliest"].replace("Z", "+00:00"))
+    window_start = datetime.fromisoformat(doc["window"]["earliest"].replace("Z", "+00:00"))
+    assert own_start > window_start
+    assert mine[world.tenants["witness"]]["starts_with"] == "window"
+    assert mine[world.tenants["witness"]]["earliest"] == doc["window"]["earliest"]
+    text = world.cli("pitr", "status")
+    assert text.returncode == 0 and tid in text.stdout, text.stdout
+
+    at = _server_clock_past(world, own_start)
+    _server_clock_past(world, at)
+    with world.cursor(f"kryonix_cliente_{tid}") as cur:
+        cur.execute("INSERT INTO app.orders VALUES (2, 'after T')")
+    assert world.rows(tid) == ["1:before T", "2:after T"]
+
+    before = world.cli("restore", tid, "--at", _iso(window_start), "--yes", "--json")
+    assert before.returncode == 1, before.stderr
+    assert "did not exist" in before.stderr.strip().splitlines()[-1] and "error 80" not in before.stderr
+    assert "restoring the whole cluster" in before.stderr  # the way that reaches a database this new
+    assert world.rows(tid) == ["1:before T", "2:after T"]
+
+    result = world.cli("restore", tid, "--at", _iso(at), "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    restored = json.loads(result.stdout)
+    assert restored["tiers"]["postgresql"]["details"]["scratch"] == {
+        "whole_cluster": True, "base_backup": backups[-1]["label"]}
+    assert world.rows(tid) == ["1:before T"]
     assert not list(world.scratch_root.glob("*"))
 
 
@@ -227,12 +327,15 @@ def test_checks_and_sensor_fail_with_a_bad_archive_command_and_pass_when_fixed(p
     assert INCIDENT not in sensor_cursor(json.dumps(cursor))
     assert [a["kind"] for a in archiving_alerts()] == ["stale", "resolved"]
     assert archiving_alerts()[1]["title"].startswith("WAL archiving works again")
+    backups_before = pgbackrest_backups(world)  # the world's full, and any other test's
     result = materialize([pitr_base_backup, wal_archiving_check, window_covers_plans_check],
                          resources={"engine": engine}, instance=DagsterInstance.ephemeral(),
                          run_config={"ops": {"pitr_base_backup": {"config": {"backup_type": "incr"}}}})
     assert result.success
     meta = result.asset_materializations_for_node("pitr_base_backup")[0].metadata
-    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == 2
+    assert meta["backup_type"].value == "incr" and meta["base_backups"].value == len(backups_before) + 1
+    after = pgbackrest_backups(world)
+    assert after[:-1] == backups_before and after[-1][1] == "incr"
     assert meta["window_earliest"].value.startswith(_earliest(json.loads(world.extra["backup"]))[:19])
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["wal_archiving"].passed is True
@@ -306,16 +409,21 @@ def test_restore_at_a_moment_before_an_erasure_re_erases_the_person(pitr_world, 
     assert ERASED_EMAIL not in erase.stdout + erase.stderr + result.stdout + result.stderr
 
 
-def _pgbackrest_info(world) -> list[dict]:
-    """The stanza's backups through the pgbackrest binary itself (as the cluster's owner)."""
+def _pgbackrest(world, verb: str, *args: str) -> str:
+    """The pgbackrest binary itself (as the cluster's owner), on the world's stanza; its stdout."""
     import subprocess
 
     from .pitr_world import as_postgres
 
     conf = world.base / "pitr-work" / f"pgbackrest-{world.env['KRYONIX_PITR_STANZA']}.conf"
     out = subprocess.run(as_postgres("pgbackrest", f"--config={conf}", f"--stanza={world.env['KRYONIX_PITR_STANZA']}",
-                                     "info", "--output=json"), capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)[0]["backup"]
+                                     *args, verb), capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def _pgbackrest_info(world) -> list[dict]:
+    """The stanza's backups through the pgbackrest binary itself."""
+    return json.loads(_pgbackrest(world, "info", "--output=json"))[0]["backup"]
 
 
 def _retention_days(world) -> int:

@@ -67,6 +67,7 @@ def test_restore_terminates_open_connections_and_says_how_many(settings, cli, te
             conn.close()
 
 
+@pytest.mark.slow(35)
 def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     tid = tenant_factory()
     seed_tenant(settings, tid, scale=0.2)
@@ -88,6 +89,31 @@ def test_schema_restore_touches_only_that_schema(settings, cli, tenant_factory):
     assert after["auth.usuarios"] != at_backup["auth.usuarios"]
     # the foreign keys into crm from other schemas are back and valid
     assert int(observe.psql(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")) == 7
+
+    # DROP TABLE … CASCADE takes the foreign keys of other schemas (inbound) and its own (outbound)
+    before_drop = foreign_keys(db)
+    assert len(before_drop) == 7 and any(fk.startswith("crm.contatos ") for fk in before_drop), before_drop
+    observe.psql(db, "DROP TABLE crm.contatos CASCADE")
+    assert len(foreign_keys(db)) < 7
+    result = cli("restore", tid, "--yes", "--schema", "crm", "--json")
+    assert result.returncode == 0, result.stderr
+    assert foreign_keys(db) == before_drop
+    assert json.loads(result.stdout)["tiers"]["postgresql"]["details"]["foreign_keys"] == 6  # all touch crm
+
+    # one it cannot bring back (its table is gone too) is named, and the restore does not say ok
+    observe.psql(db, "DROP TABLE crm.contatos CASCADE; DROP TABLE whatsapp.mensagens")
+    result = cli("restore", tid, "--yes", "--schema", "crm")
+    assert result.returncode == 1, result.stderr
+    assert "foreign key whatsapp.mensagens.mensagens_contato_id_fkey" in result.stderr, result.stderr
+    assert foreign_keys(db) == [fk for fk in before_drop if not fk.startswith("whatsapp.mensagens ")]
+
+
+def foreign_keys(db) -> list[str]:
+    """Every foreign key of the database, as pg_constraint holds it: table, name, definition, valid."""
+    rows = observe.psql(db, "SET search_path = pg_catalog; SELECT conrelid::regclass || ' ' || conname || ' ' || "
+                            "pg_get_constraintdef(oid) || ' ' || convalidated FROM pg_constraint "
+                            "WHERE contype = 'f' ORDER BY 1")
+    return rows.splitlines()
 
 
 @pytest.mark.slow(93)
@@ -147,9 +173,17 @@ def test_s3_repository_round_trip(settings, cli, tenant_factory, moto_endpoint):
     s3 = observe.s3(moto_endpoint, "repo-access", "repo-secret-key")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kryonix-backups", Prefix=f"{tid}/cliente_{tid}/")["Contents"]]
     assert any(k.endswith("/config") for k in keys) and any("/snapshots/" in k for k in keys)
-    observe.psql(db, "DELETE FROM crm.contatos WHERE id > 100 AND id NOT IN (SELECT contato_id FROM lgpd.consentimentos)"
-                     " AND false")
+    # contacts above id 100 lost (with the rows that reference them), the others renamed
+    assert int(observe.psql(db, "SELECT count(*) FROM crm.contatos WHERE id > 100")) > 0
+    dependents = ("whatsapp.mensagens", "agendamento.agendamentos", "financeiro.faturas", "marketing.envios",
+                  "lgpd.consentimentos")
+    observe.psql(db, "".join(f"DELETE FROM {t} WHERE contato_id > 100; " for t in dependents)
+                 + "DELETE FROM crm.contatos WHERE id > 100")
+    assert observe.psql(db, "SELECT count(*) FROM crm.contatos WHERE id > 100") == "0"
     observe.psql(db, "UPDATE crm.contatos SET nome = 'Y'")
+    damaged = observe.table_checksums(db)
+    assert damaged["crm.contatos"][0] == 100 < at_backup["crm.contatos"][0]
+    assert sum(damaged[t][0] for t in dependents) < sum(at_backup[t][0] for t in dependents)
     assert cli("restore", tid, "--yes", env=env).returncode == 0
     assert observe.table_checksums(db) == at_backup
     assert cli("verify", tid, "--read-data", env=env).returncode == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from .conftest import run_cli
 from kryonix_dagster.engine.pitr.cluster_record import postmaster_options
 
-from .pitr_world import CLUSTER_NAME, PG_BIN, as_postgres, pitr_world_fixture
+from .pitr_world import CLUSTER_NAME, ERASED_EMAIL, PG_BIN, as_postgres, pitr_world_fixture
 
 __all__ = ["pitr_world_fixture"]  # the module-scoped `pitr_world` fixture (this module's own cluster)
 
@@ -178,18 +178,55 @@ def test_cluster_lost_restore_cluster_then_archiving_and_tenant_pitr(pitr_world)
     assert world.rows(b) == _rows(b, 3) + [f"5:{b}-t5"]
 
 
-def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world):
+def _key_row(world, tid: str) -> str:
+    return world.psql(world.env["KRYONIX_MAIN_DB"], "SELECT master_key_id || ':' || encode(nonce, 'hex') || ':' || "
+                      f"encode(wrapped_password, 'hex') FROM tenants.backup_keys WHERE cliente_id = '{tid}'")
+
+
+def _restic_snapshots(world, tid: str, password: str) -> subprocess.CompletedProcess:
+    """The restic binary itself on the tenant's repository, with `password`."""
+    repo = world.base / "repos" / f"cliente_{tid}"
+    assert repo.is_dir(), repo
+    return subprocess.run(["restic", "-r", str(repo), "--no-lock", "--json", "snapshots"], capture_output=True,
+                          text=True, env={**os.environ, "RESTIC_PASSWORD": password,
+                                          "RESTIC_CACHE_DIR": str(world.base / "restic-cache-test")})
+
+
+def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world, test_env):
     """`--at` recovers the whole cluster to that moment; a target beyond the archive stops the restored
     server, which the command reports at once with the log's FATAL line; a data directory that is
-    there but unusable (that stopped restore, a stale postmaster.pid, garbage) is kept aside."""
+    there but unusable (that stopped restore, a stale postmaster.pid, garbage) is kept aside.
+
+    docs/runbook.md, "cluster restored to an earlier time after erasures": a person erased and a
+    repository password rotated after the moment come back erased and rotated: the newest stashes
+    are merged into the restored main database and every ledger re-applied to live data.
+    (test_env: the erasure looks in object storage too, the run's moto.)"""
+    from kryonix_dagster.engine import keys
+    from kryonix_dagster.engine.tenant_repository import open_repository
+
     world = pitr_world
-    b = world.tenants["witness"]
+    b, e = world.tenants["witness"], world.tenants["erased"]
     before = world.rows(b)
+    contacts = "SELECT id || ':' || email FROM crm.contatos ORDER BY id"
+    open_repository(world.settings, e, create=True)  # its first backup: key row and stash
+    old_row = _key_row(world, e)
+    old_password = keys.repository_password(world.settings, e)
+    assert old_row and _restic_snapshots(world, e, old_password).returncode == 0
     moment = world.psql("postgres", "SELECT clock_timestamp()")
     deadline = time.monotonic() + 5
     while world.psql("postgres", f"SELECT clock_timestamp() > '{moment}'::timestamptz") != "t":
         assert time.monotonic() < deadline
     world.psql(f"kryonix_cliente_{b}", f"INSERT INTO app.orders VALUES (9, '{b}-late')")
+    # after the moment: an erasure and a key rotation, both committed in the main database
+    erase = world.cli("lgpd", "erase", e, "--subject", f"email={ERASED_EMAIL}", "--yes", "--json")
+    assert erase.returncode == 0, erase.stderr
+    assert ERASED_EMAIL not in world.psql(f"kryonix_cliente_{e}", contacts)
+    rotated = world.cli("keys", "rotate", e, "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    new_row = _key_row(world, e)
+    new_password = keys.repository_password(world.settings, e)
+    assert new_row != old_row and _restic_snapshots(world, e, new_password).returncode == 0
+    assert _restic_snapshots(world, e, old_password).returncode != 0  # the old key file is gone
     _switch_and_see_in_repository(world)  # the late row is in the archive: --at must leave it out
     beyond = world.psql("postgres", "SELECT clock_timestamp()")  # after every commit the archive holds
     _lose_the_cluster(world)
@@ -220,3 +257,20 @@ def test_at_a_moment_and_a_left_over_data_directory_is_moved_aside(pitr_world):
     assert doc["target"] and doc["archive_checked"] is True
     assert world.rows(b) == before
     shutil.rmtree(doc["moved_aside"])
+
+    # the person is erased again and the rotated key row is back (psql, restic), and the command says so
+    assert world.psql(f"kryonix_cliente_{e}", contacts).splitlines() == [
+        "7:anonimizado@exemplo.com", "8:contato8@exemplo.com.br"]
+    assert _key_row(world, e) == new_row
+    assert _restic_snapshots(world, e, keys.repository_password(world.settings, e)).returncode == 0
+    merged = doc["merged"]
+    assert merged["keys_replaced"] == [e] and merged["problems"] == []
+    assert merged["ledger_entries"] == {e: 1} and merged["reerased"][e]["subjects_reerased"] == 1
+    assert world.psql(world.env["KRYONIX_MAIN_DB"], "SELECT count(*) FROM tenants.lgpd_ledger "
+                      f"WHERE cliente_id = '{e}'") == "1"
+    audit = world.psql(world.env["KRYONIX_MAIN_DB"], "SELECT details->'merged'->>'keys_replaced', "
+                       "details->'merged'->'reerased'->" f"'{e}'->>'subjects_reerased' FROM tenants.backup_audit "
+                       "WHERE cliente_id = '*' AND operation = 'restore-cluster' AND success "
+                       f"AND details->>'target' = '{doc['target']}'")
+    assert audit == f'["{e}"]|1'
+    assert ERASED_EMAIL not in result.stdout + result.stderr

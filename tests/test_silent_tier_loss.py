@@ -40,6 +40,11 @@ def test_a_wiped_redis_namespace_is_red_and_restore_names_the_point_that_has_it(
 
     points = json.loads(cli("snapshots", tid, "--json").stdout)
     assert [(p["session"], p["emptied"]) for p in points] == [(bad["session"], ["redis"]), (good["session"], [])]
+    # each point's tiers, from its manifest: the loss is visible there, not only in the backup's output
+    assert points[1]["tiers"]["redis"]["items"] == good["tiers"]["redis"]["items"] > 0
+    assert points[0]["tiers"]["redis"]["items"] == 0 and points[0]["tiers"]["redis"]["status"] in ("ok", "empty")
+    assert points[0]["tiers"]["postgresql"]["bytes"] > 0 and points[0]["tiers"]["postgresql"]["status"] == "ok"
+    assert any("tier redis: empty" in w for w in points[0]["warnings"])
     table = cli("snapshots", tid).stdout
     assert "EMPTIED" in table and "redis" in table.splitlines()[2]
 

@@ -65,9 +65,45 @@ def test_one_service_at_a_time(settings, cli, tenant_factory):
     changed_tables = observe.table_checksums(names.database)
     result = cli("restore", tid, "--yes", "--services", "redis")
     assert result.returncode == 0, result.stderr
+    assert f"redis: restored {len(before['redis'])} item(s) into tenant {tid}, removed 0 the restore point lacks" \
+        in result.stdout
     after = observe.tenant_state(settings, tid)
     assert after["redis"] == before["redis"]
     assert after["tables"] == changed_tables  # PostgreSQL was not part of this restore
+
+    # a key, an object, a file and a message made after the backup: the restore deletes them and counts them
+    new_key = f"{names.redis_prefix}depois:novo".encode()
+    client.set(new_key, b"novo")
+    s3 = observe.s3(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
+    bucket = sorted(before["objects"])[0]
+    s3.put_object(Bucket=bucket, Key="depois/novo.txt", Body=b"novo")
+    new_file = names.app_data_dir / "depois-novo.txt"
+    new_file.write_bytes(b"novo")
+    publish(settings, names.vhost, "mobile.sync", b"novo")
+    assert observe.vhost_state(names.vhost)["depths"]["mobile.sync"] == before["vhost"]["depths"]["mobile.sync"] + 1
+    result = cli("restore", tid, "--yes", "--services", "redis,object_storage,rabbitmq,appdata", "--json")
+    assert result.returncode == 0, result.stderr
+    removed = {name: tier["removed"] for name, tier in json.loads(result.stdout)["tiers"].items()}
+    assert removed == {"redis": 1, "object_storage": 1, "rabbitmq": 1, "appdata": 1}
+    assert client.exists(new_key) == 0
+    assert "depois/novo.txt" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert not new_file.exists()
+    after = observe.tenant_state(settings, tid)
+    for part in ("redis", "objects", "vhost", "messages", "files"):
+        assert after[part] == before[part], part
+
+
+def publish(settings, vhost: str, queue: str, body: bytes) -> None:
+    params = pika.URLParameters(settings.amqp_url)
+    params.virtual_host = vhost
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(exchange="", routing_key=queue, body=body, properties=pika.BasicProperties(delivery_mode=2),
+                              mandatory=True)
+    finally:
+        connection.close()
 
 
 def test_ttls_count_down_and_expired_keys_stay_dead(settings, cli, tenant_factory):

@@ -79,7 +79,7 @@ def recover_keys(settings: Settings, source: str = locations.PRIMARY) -> Recover
         recovered = RecoveredTenant(tenant_id, records[0].name if records else tenant_id,
                                     records[0].plan if records else "basic", 0)
         if records and tenant_id not in with_key:
-            chosen = _first_that_opens(settings, where, records)
+            chosen = first_that_opens(settings, where, records)
             if chosen is None:
                 result.skipped[tenant_id] = "no stashed password opens its repository with this master key"
                 continue
@@ -105,7 +105,18 @@ def recover_keys(settings: Settings, source: str = locations.PRIMARY) -> Recover
     return result
 
 
-def _first_that_opens(settings: Settings, where: locations.Location,
+def restore_points_with(settings: Settings, where: locations.Location, tenant_id: str, password: str) -> int:
+    """How many restore points the tenant's repository at `where` shows when opened with
+    `password` (KryonixError: it does not open)."""
+    repo = Restic(repository_in(where.root, tenant_id), password, label=f"tenant {tenant_id}",
+                  cache_dir=settings.state_dir / "restic-cache", access_key=where.access_key,
+                  secret_key=where.secret_key)
+    repo.is_copy = where.is_copy
+    repo.key_hint = remembered_cheap_key(settings, repo.location) or ensure_cheap_key(settings, repo, password)
+    return len(restore_points(repo))
+
+
+def first_that_opens(settings: Settings, where: locations.Location,
                       records: list[StashRecord]) -> tuple[StashRecord, int] | None:
     known = keys.known_master_keys(settings)
     for record in records:
@@ -115,13 +126,8 @@ def _first_that_opens(settings: Settings, where: locations.Location,
             password = keys.unwrap(settings, record.tenant_id, record.nonce, record.wrapped, record.master_key_id)
         except KryonixError:
             continue
-        repo = Restic(repository_in(where.root, record.tenant_id), password, label=f"tenant {record.tenant_id}",
-                      cache_dir=settings.state_dir / "restic-cache", access_key=where.access_key,
-                      secret_key=where.secret_key)
-        repo.is_copy = where.is_copy
-        repo.key_hint = remembered_cheap_key(settings, repo.location) or ensure_cheap_key(settings, repo, password)
         try:
-            return record, len(restore_points(repo))
+            return record, restore_points_with(settings, where, record.tenant_id, password)
         except KryonixError as exc:
             log.info("tenant %s: stashed record %s does not open the repository (%s)", record.tenant_id,
                      record.file_name, one_line(str(exc), 120))

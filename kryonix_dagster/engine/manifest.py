@@ -164,6 +164,16 @@ def _as_stored(repo: Restic, manifest: SessionManifest) -> SessionManifest:
     return manifest
 
 
+def point_details(repo: Restic, point: RestorePoint) -> dict:
+    """A restore point as `snapshots --json` lists it: the tags' summary plus, from its manifest,
+    each tier's status, bytes, items and warnings, and the session's warnings."""
+    manifest = read_manifest(repo, point)
+    tiers = {name: {"status": t.status, "bytes": t.bytes_processed, "items": t.items,
+                    "warnings": list(t.details.get("warnings") or []), "error": t.error}
+             for name, t in manifest.tiers.items()}
+    return {**point.to_json(), "tiers": tiers, "warnings": manifest.warnings}
+
+
 def newest_with_data(repo: Restic, tier: str, points: list[RestorePoint], limit: int = 30) -> RestorePoint | None:
     """The newest of `points` (newest first) whose manifest has items in `tier`; reads at most
     `limit` manifests (one restic process each, no lock)."""

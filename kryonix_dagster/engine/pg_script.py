@@ -1,5 +1,6 @@
-"""Pure helpers around pg_restore: TOC selection for one schema, role renaming in SQL
-scripts, and statements wrapped so one unrestorable foreign key warns instead of aborting."""
+"""Pure helpers around pg_restore: TOC selection for one schema, the foreign keys touching it,
+role renaming in SQL scripts, and statements wrapped so one unrestorable foreign key warns
+instead of aborting."""
 from __future__ import annotations
 
 import re
@@ -58,6 +59,50 @@ def schema_entries(entries: Iterable[TocEntry], schema: str) -> tuple[list[TocEn
         elif own or about_schema:
             main.append(e)
     return main, fks
+
+
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_FOREIGN_KEY = re.compile(
+    rf'^ALTER TABLE (?:ONLY )?(?P<table>{_IDENT}\.{_IDENT})\s+ADD CONSTRAINT (?P<name>{_IDENT})\s+FOREIGN KEY\b'
+    rf'.*?\bREFERENCES (?P<ref>{_IDENT}\.{_IDENT})\(', re.S)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    table: str  # as pg_dump and format('%I.%I') write it
+    name: str  # the constraint's name, unquoted
+    statement: str  # pg_restore's ALTER TABLE … ADD CONSTRAINT …, without the semicolon
+
+    @property
+    def label(self) -> str:
+        return f"{self.table}.{self.name}"
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def _schema_of(qualified: str) -> str:
+    return _unquote(re.match(_IDENT, qualified).group(0))
+
+
+def foreign_keys_touching(script_statements: Iterable[str], schema: str) -> list[ForeignKey]:
+    """The foreign keys among pg_restore's statements that are on a table of `schema` or reference
+    one (outbound and inbound: `DROP SCHEMA … CASCADE` drops both kinds)."""
+    found = []
+    for statement in script_statements:
+        match = _FOREIGN_KEY.match(statement)
+        if match and schema in (_schema_of(match["table"]), _schema_of(match["ref"])):
+            found.append(ForeignKey(match["table"], _unquote(match["name"]), statement.rstrip(";").strip()))
+    return found
+
+
+def ddl_label(statement: str) -> str:
+    """A short name for a DDL statement in an error message."""
+    match = _FOREIGN_KEY.match(statement)
+    if match:
+        return f"foreign key {match['table']}.{_unquote(match['name'])}"
+    return " ".join(statement.split())[:120]
 
 
 def rename_roles(lines: Iterable[str], source_prefix: str, target_prefix: str) -> Iterator[str]:

@@ -22,6 +22,15 @@ from . import procs
 from .errors import OperationFailed, one_line
 
 PGBACKREST = "pgbackrest"
+DB_MISSING = 80  # pgBackRest's DbMissingError: `--db-include` names a database the backup does not hold
+
+
+class PgBackRestFailed(OperationFailed):
+    """A pgBackRest command that exited non-zero; `code` is pgBackRest's own error code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,14 @@ class BaseBackup:
                 "size_bytes": self.size_bytes, "repo_bytes": self.repo_bytes}
 
 
+def backup_before(backups, target: datetime) -> BaseBackup | None:
+    """The base backup a recovery to `target` starts from: the newest one that stopped before
+    `target`'s whole second (pgBackRest's rule, archive.earliest_target)."""
+    whole = target.replace(microsecond=0)
+    return max((b for b in backups if b.stopped.replace(microsecond=0) < whole),
+               key=lambda b: b.stopped, default=None)
+
+
 @dataclass(frozen=True)
 class StanzaInfo:
     name: str
@@ -214,8 +231,8 @@ class PgBackRest:
         proc = procs.run(self.command(verb, *args), capture_output=True, timeout=timeout,
                          env={k: v for k, v in os.environ.items() if not k.startswith("PGBACKREST_")})
         if proc.returncode != 0:
-            raise OperationFailed(f"pgBackRest {verb} (stanza {self.stanza}) failed with exit code "
-                                  f"{proc.returncode}: {self._error(proc)}")
+            raise PgBackRestFailed(f"pgBackRest {verb} (stanza {self.stanza}) failed with exit code "
+                                   f"{proc.returncode}: {self._error(proc)}", proc.returncode)
         return proc.stdout.decode(errors="replace")
 
     @staticmethod
@@ -245,10 +262,28 @@ class PgBackRest:
     def expire(self) -> None:
         self.run("expire", timeout=600)
 
-    def restore_database(self, data_dir: Path, database: str, target: datetime) -> None:
-        """Restore `database` only (the others come back zeroed) into `data_dir`, recovering to
-        `target` and promoting; archiving stays off in the copy."""
-        self.run("restore", f"--pg1-path={data_dir}", f"--db-include={database}", "--type=time",
+    def backup_databases(self, label: str) -> frozenset[str] | None:
+        """The databases base backup `label` holds (`info --set`'s `database-ref`); None when
+        pgBackRest does not say."""
+        out = self.run("info", f"--set={label}", "--output=json")
+        try:
+            stanzas = json.loads(out)
+        except ValueError:
+            raise OperationFailed(f"pgBackRest info --set={label} (stanza {self.stanza}): output is not JSON") from None
+        for stanza in stanzas:
+            for backup in stanza.get("backup") or []:
+                refs = backup.get("database-ref")
+                if backup.get("label") == label and isinstance(refs, list):
+                    return frozenset(ref["name"] for ref in refs if isinstance(ref, dict) and "name" in ref)
+        return None
+
+    def restore_database(self, data_dir: Path, database: str | None, target: datetime,
+                         backup_set: str | None = None) -> None:
+        """Restore `database` only (the others come back zeroed), or the whole cluster when
+        `database` is None, into `data_dir`, from `backup_set` (pgBackRest's choice when None),
+        recovering to `target` and promoting; archiving stays off in the copy."""
+        self.run("restore", f"--pg1-path={data_dir}", *([f"--db-include={database}"] if database else []),
+                 *([f"--set={backup_set}"] if backup_set else []), "--type=time",
                  f"--target={target.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f')}+00",
                  "--target-action=promote", "--archive-mode=off")
 

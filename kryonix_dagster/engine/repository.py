@@ -460,8 +460,10 @@ class Restic:
             ))
         return groups
 
-    def prune(self) -> None:
-        self.run(["prune"], "prune")
+    def prune(self, max_unused: str | None = None) -> None:
+        """`max_unused="0"`: every partly used pack is repacked, so no blob that nothing
+        references stays readable (restic's default tolerates 5% unused data)."""
+        self.run(["prune", *(["--max-unused", max_unused] if max_unused is not None else [])], "prune")
 
     def check(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
         self.unlock()  # check locks exclusively: clear what a killed session left

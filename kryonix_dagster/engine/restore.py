@@ -262,4 +262,5 @@ def _manifest(repo, tenant_id: str, snapshot: str) -> SessionManifest:
 def _audit_fields(result: RestoreResult) -> dict:
     return {"session_id": result.session_id,
             "details": {"source": result.tenant_id, "lgpd_subjects_reerased": result.lgpd.get("subjects_reerased", 0), "tiers": {n: o.restored for n, o in result.tiers.items()},
+                        "removed": {n: o.removed for n, o in result.tiers.items()},
                         "skipped": result.skipped}}

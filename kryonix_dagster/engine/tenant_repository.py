@@ -33,7 +33,7 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
     """The tenant's repository (the primary, or the off-site copy: `repository`); None when it
     has never been backed up (unless `create`). A new primary repository's wrapped password is
     stashed beside it (key_stash.py); a new copy is initialised with the primary's chunker
-    parameters, so copies deduplicate."""
+    parameters and a replacement primary with the copy's, so copies deduplicate."""
     names = names_for(settings, tenant_id)
     where = locations.location(settings, repository)
     if keys.wrapped_key(settings, tenant_id) is None:
@@ -62,7 +62,7 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
                 raise OperationFailed(f"tenant {tenant_id}: no primary repository to copy from")
             repo.init_copy_of(source)
         else:
-            repo.init()
+            _init_primary(settings, tenant_id, repo)
         repo.key_hint = None
     if repo.key_hint is None:
         repo.key_hint = ensure_cheap_key(settings, repo, password)
@@ -70,6 +70,27 @@ def open_repository(settings: Settings, tenant_id: str, create: bool = False,
         from .key_stash import ensure_stashed
         ensure_stashed(settings, tenant_id, where)
     return repo
+
+
+def _init_primary(settings: Settings, tenant_id: str, repo: Restic) -> None:
+    """A new primary. When the off-site copy already holds the tenant's repository (the old
+    primary was lost, runbook section 2), the new one takes the copy's chunker parameters: with
+    its own, every blob of the next `copy` would be chunked anew and the copy would stop
+    deduplicating. An unreachable copy does not stop the backup (a warning says what it costs)."""
+    copy = None
+    if locations.secondary_configured(settings):
+        try:
+            copy = open_repository(settings, tenant_id, repository=locations.SECONDARY)
+            if copy is not None and not copy.exists():
+                copy = None
+        except OperationFailed as exc:
+            log.warning("%s: could not read the off-site copy (%s); the new primary gets its own chunker "
+                        "parameters, so the next copy will not deduplicate against it", repo.label, exc)
+            copy = None
+    if copy is None:
+        repo.init()
+    else:
+        repo.init_copy_of(copy)
 
 
 def _has_key_files(settings: Settings, location: str, where) -> bool:

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 
 from psycopg2 import sql
 
-from .. import pg, registry, services
+from .. import locations, pg, registry, services
 from ..config import Settings
-from ..errors import BadInput, OperationFailed
+from ..errors import BadInput, KryonixError, OperationFailed, one_line
 from ..manifest import restore_points
 from ..naming import TenantNames, names_for, validate_tenant_id
 from ..operation import tenant_operation
@@ -44,18 +44,38 @@ class Certificate:
     erased_at: datetime
     persons: int = 0  # person keys the subject resolved to
     erased: Erased = field(default_factory=Erased)
-    restore_points_before: list[str] = field(default_factory=list)  # may still hold the person
-    rewritten: list[dict] = field(default_factory=list)  # filled by --rewrite
-    rewrite_done: bool = False  # --rewrite looked at every restore point: none holds the person now
+    restore_points_before: list[str] = field(default_factory=list)  # the primary's: may still hold the person
+    # every location that holds restore points (primary, secondary: the off-site copy) -> its
+    # restore points taken before the erasure; None: the location could not be listed
+    locations_before: dict[str, list[str] | None] = field(default_factory=dict)
+    location_errors: dict[str, str] = field(default_factory=dict)
+    rewritten: list[dict] = field(default_factory=list)  # filled by --rewrite (each names its location)
+    rewritten_locations: list[str] = field(default_factory=list)  # locations --rewrite went through
+    rewrite_done: bool = False  # --rewrite looked at every restore point of every location
     duration_seconds: float = 0.0
 
+    def holding(self) -> list[dict]:
+        """Per location: what it still holds of the person after this command."""
+        found = []
+        for name, before in (self.locations_before or {"primary": self.restore_points_before}).items():
+            rewritten = self.rewrite_done and (name in self.rewritten_locations or before == [])
+            found.append({"location": name, "restore_points_taken_before": before, "rewritten": rewritten,
+                          "may_still_hold": [] if rewritten else before,
+                          **({"error": self.location_errors[name]} if name in self.location_errors else {})})
+        return found
+
     def to_json(self) -> dict:
+        holding = self.holding()
+        may = sorted({s for h in holding for s in (h["may_still_hold"] or [])})
+        unknown = [h["location"] for h in holding if h["may_still_hold"] is None]
         return {
             "tenant": self.tenant_id, "subject_kind": self.subject_kind, "reference": self.reference,
             "dry_run": self.dry_run, "erased_at": self.erased_at.isoformat(), "persons": self.persons,
             "erased": self.erased.to_json(),
-            "restore_points_that_may_hold_the_person": [] if self.rewrite_done else self.restore_points_before,
+            "restore_points_that_may_hold_the_person": may + [f"(every restore point in {u}: not listed)"
+                                                              for u in unknown],
             "restore_points_taken_before": self.restore_points_before,
+            "locations": holding,
             "rewritten_restore_points": self.rewritten, "duration_seconds": self.duration_seconds,
         }
 
@@ -96,11 +116,27 @@ def erase_everywhere(settings: Settings, names: TenantNames, rules: LgpdRules, k
     erase_appdata(names.app_data_dir, where.appdata, key_name, keys, dry_run, erased)
 
 
-def _points_before(settings: Settings, tenant_id: str, moment: datetime) -> list[str]:
-    repo = open_repository(settings, tenant_id)
-    if repo is None:
+def _points_before(settings: Settings, tenant_id: str, moment: datetime, kind: str = locations.PRIMARY) -> list[str]:
+    repo = open_repository(settings, tenant_id, repository=kind)
+    if repo is None or (kind != locations.PRIMARY and not repo.exists()):
         return []
     return [p.session_id for p in restore_points(repo) if p.time <= moment]
+
+
+def _locations_before(settings: Settings, tenant_id: str, moment: datetime, cert: "Certificate") -> None:
+    """Every location's restore points taken before the erasure: the primary, and the off-site
+    copy (through its admin path when configured, else the workers' endpoint). A copy that
+    cannot be listed is named, never left out."""
+    cert.restore_points_before = _points_before(settings, tenant_id, moment)
+    cert.locations_before = {locations.PRIMARY: cert.restore_points_before}
+    if not (settings.repo_secondary or settings.repo_secondary_admin):
+        return
+    kind = locations.SECONDARY_ADMIN if settings.repo_secondary_admin else locations.SECONDARY
+    try:
+        cert.locations_before[locations.SECONDARY] = _points_before(settings, tenant_id, moment, kind)
+    except KryonixError as exc:
+        cert.locations_before[locations.SECONDARY] = None
+        cert.location_errors[locations.SECONDARY] = one_line(str(exc), 200)
 
 
 def run_erase(settings: Settings, tenant_id: str, subject: str, dry_run: bool = False,
@@ -127,7 +163,7 @@ def run_erase(settings: Settings, tenant_id: str, subject: str, dry_run: bool = 
         report.info(f"tenant {tenant_id}: subject {kind} resolves to {len(keys)} person(s)"
                     + (" (dry run: nothing is changed)" if dry_run else ""))
         erase_everywhere(settings, names, rules, kind, keys, dry_run, cert.erased)
-        cert.restore_points_before = _points_before(settings, tenant_id, now)
+        _locations_before(settings, tenant_id, now, cert)
         if not dry_run:
             key_name = rules.subject(kind).resolve.as_
             entry = ledger.append(settings, tenant_id, kind, ledger.keyed_hash(key, kind, value),
@@ -138,6 +174,7 @@ def run_erase(settings: Settings, tenant_id: str, subject: str, dry_run: bool = 
         cert.duration_seconds = op.seconds
         op.audit = {"details": {"subject_kind": kind, "reference": cert.reference, "persons": len(keys),
                                 "erased": cert.erased.to_json(),
-                                "restore_points_before": len(cert.restore_points_before)}}
+                                "restore_points_before": {k: None if v is None else len(v)
+                                                          for k, v in cert.locations_before.items()}}}
     report.info(f"tenant {tenant_id}: erased {cert.erased.total} item(s) of {kind} subject {cert.reference}")
     return cert

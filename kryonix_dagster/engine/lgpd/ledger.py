@@ -177,6 +177,7 @@ class Matcher:
     key: bytes
     value_hashes: dict[str, set[str]] = field(default_factory=dict)  # kind -> hashes
     key_hashes: set[str] = field(default_factory=set)
+    entry_ids: list[int] = field(default_factory=list)  # the ledger entries it was built from
 
     def value_erased(self, kind: str, value: object) -> bool:
         hashes = self.value_hashes.get(kind)
@@ -186,14 +187,14 @@ class Matcher:
         return value is not None and keyed_hash(self.key, key_name, value) in self.key_hashes
 
 
-def matcher(settings: Settings, tenant_id: str) -> Matcher | None:
+def matcher(settings: Settings, tenant_id: str, found: list[Entry] | None = None) -> Matcher | None:
     """The tenant's ledger as a Matcher; None when nobody was ever erased from it.
 
     Fails closed: entries without a readable key (the key row lost, a wrong master key) raise
     OperationFailed, never "nobody to re-erase", since the restored data would bring back every
     person of those entries. (An off-boarded tenant, whose key was destroyed on purpose, is
     refused before any restore reaches here.)"""
-    found = entries(settings, tenant_id)
+    found = entries(settings, tenant_id) if found is None else found
     if not found:
         return None
     key = ledger_key(settings, tenant_id)  # raises when the wrapped key cannot be unwrapped
@@ -206,4 +207,5 @@ def matcher(settings: Settings, tenant_id: str) -> Matcher | None:
     for entry in found:
         result.value_hashes.setdefault(entry.subject_kind, set()).add(entry.value_hash)
         result.key_hashes.update(entry.key_hashes)
+        result.entry_ids.append(entry.id)
     return result

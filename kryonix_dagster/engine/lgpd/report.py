@@ -6,7 +6,9 @@ Per tenant, evaluated without changing anything:
 - restore points kept past the tenant's plan (engine/retention.py's judgement, restic's own
   forget --dry-run);
 - erasure-ledger entries not yet rewritten out of old restore points (informational: the
-  ledger is re-applied on every restore, so an erased person never comes back either way);
+  ledger is re-applied on every restore, so an erased person never comes back either way),
+  named per location that holds restore points (the primary, and the off-site copy: an entry
+  is marked rewritten only once `--rewrite` went through both);
 - the last retention run and the last erasure, from the audit trail.
 
 Compliant: no personal data past its period and no restore point past the plan (and both
@@ -48,6 +50,8 @@ class TenantCompliance:
     restore_points_past_plan: int | None = 0  # None: could not be judged (see restore_points_error)
     restore_points_error: str | None = None
     ledger_pending: int = 0
+    # per location holding restore points: {"location", "restore_points", "ledger_pending"}
+    locations: list[dict] = field(default_factory=list)
     database_error: str | None = None  # the live data could not be read (e.g. a restore swapping it)
     last_retention: LastRun | None = None
     last_erasure: LastRun | None = None
@@ -85,7 +89,9 @@ class TenantCompliance:
         return {"tenant": self.tenant_id, "compliant": "yes" if self.compliant else "NO",
                 "overdue_rows": self.overdue_rows,
                 "restore_points_past_plan": "?" if self.restore_points_past_plan is None else self.restore_points_past_plan,
-                "ledger_pending": self.ledger_pending, "skipped_rules": sum(1 for r in self.rules if r.skipped),
+                "ledger_pending": self.ledger_pending,
+                "ledger_pending_in": ",".join(w["location"] for w in self.locations if w["ledger_pending"]) or "-",
+                "skipped_rules": sum(1 for r in self.rules if r.skipped),
                 "last_retention": when(self.last_retention), "last_erasure": when(self.last_erasure)}
 
 
@@ -173,7 +179,21 @@ def tenant_compliance(settings: Settings, tenant_id: str, rules: LgpdRules) -> T
         if report.last_erasure:
             report.last_erasure.rows = None  # an erasure's details are the erasure half's business
         report.ledger_pending = _ledger_pending(cur, tenant_id)
+        report.locations = _locations(cur, settings, tenant_id, report.ledger_pending)
     return report
+
+
+def _locations(cur, settings: Settings, tenant_id: str, pending: int) -> list[dict]:
+    """Every location that holds the tenant's restore points (counts as last recorded by the
+    sessions and copies) and the ledger entries its restore points may still hold."""
+    cur.execute("SELECT (SELECT restore_points FROM tenants.repository_stats WHERE cliente_id = %s), "
+                "(SELECT restore_points FROM tenants.offsite_copies WHERE cliente_id = %s)", (tenant_id, tenant_id))
+    primary, copy = cur.fetchone()
+    found = [{"location": "primary", "restore_points": primary, "ledger_pending": pending if primary != 0 else 0}]
+    if copy is not None or settings.repo_secondary or settings.repo_secondary_admin:
+        found.append({"location": "secondary", "restore_points": copy,
+                      "ledger_pending": pending if copy else 0})
+    return found
 
 
 def fleet_compliance(settings: Settings, rules: LgpdRules) -> FleetCompliance:

@@ -27,19 +27,20 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from .. import pg, procs, registry
+from .. import locations, pg, procs, registry
 from ..config import Settings
 from ..errors import OperationFailed, one_line
 from ..manifest import STATUS_OK, SessionManifest, TierResult, read_manifest, restore_points, write_manifest
-from ..naming import TenantNames, names_for
+from ..naming import TenantNames, names_for, repository_in
 from ..operation import tenant_operation
 from ..reporting import NullReporter, Reporter
 from ..repository import Restic
-from ..tenant_repository import open_repository
+from ..tenant_repository import key_folder, open_repository
 from ..tiers import appdata, compliance, object_storage, postgres, redis_keys
 from ..tiers.base import BackupContext
 from . import ledger, ledger_stash
-from .reapply import ErasureFilter, erased_object, erased_redis_key, erasure_filter, reapply_database, reapply_folder
+from .reapply import ErasureFilter, erased_object, erased_redis_key, reapply_database, reapply_folder
+from .rules import load_rules
 
 
 @dataclass
@@ -232,41 +233,96 @@ def _forget_quietly(repo: Restic, snapshot_ids: list[str], report: Reporter) -> 
         report.warn(f"rewrite: {len(snapshot_ids)} unreferenced snapshot(s) left: {one_line(str(exc), 200)}")
 
 
+# --- the locations -------------------------------------------------------------------------------
+
+COPY = locations.SECONDARY  # the off-site copy's name in certificates and reports (rewritten through its admin path)
+
+
+def _copy_exists(settings: Settings, tenant_id: str) -> bool:
+    """The tenant has a repository in the off-site copy, seen through the workers' endpoint;
+    storage that does not answer counts as holding one (fail closed)."""
+    where = locations.location(settings, locations.SECONDARY)
+    try:
+        folder = key_folder(settings, repository_in(where.root, tenant_id), where.access_key, where.secret_key)
+        return folder is None or bool(folder.names())
+    except OSError:
+        return True
+
+
+def rewrite_locations(settings: Settings, tenant_id: str) -> list[str]:
+    """The location kinds a rewrite changes: the primary, and the off-site copy through its
+    admin path. Raises OperationFailed (nothing changed) when the copy holds the tenant's
+    restore points and cannot be rewritten here (no admin path: workers cannot delete)."""
+    kinds = [locations.PRIMARY]
+    if settings.repo_secondary_admin:
+        kinds.append(locations.SECONDARY_ADMIN)
+    elif locations.secondary_configured(settings) and _copy_exists(settings, tenant_id):
+        raise OperationFailed(f"tenant {tenant_id}: --rewrite must also rewrite the off-site copy, which holds its "
+                              "restore points, and that needs its admin path (set KRYONIX_REPO_SECONDARY_ADMIN, on "
+                              "the admin host); nothing was changed")
+    return kinds
+
+
+def _rewrite_location(settings: Settings, names: TenantNames, kind: str, matcher: ledger.Matcher, op,
+                      report: Reporter) -> tuple[list[dict], ErasureFilter] | None:
+    """Every restore point of one location rewritten, the old data pruned with no unused
+    data tolerated (no blob holding an erased value stays readable); None: no repository there."""
+    repo = open_repository(settings, names.tenant_id, repository=kind)
+    if repo is None or (kind != locations.PRIMARY and not repo.exists()):
+        return None
+    label = COPY if kind != locations.PRIMARY else kind
+    filt = ErasureFilter(load_rules(), [matcher])
+    done: list[dict] = []
+    for point in restore_points(repo):
+        manifest = read_manifest(repo, point)
+        new = _rewrite_point(settings, names, repo, filt, manifest, report)
+        if not new:
+            continue
+        rebuilt = replace(manifest, tiers={**manifest.tiers, **new})
+        try:
+            op.ensure_lease()  # fenced: the new manifest is written only while the lease is ours
+            new_manifest = write_manifest(repo, rebuilt, datetime.fromisoformat(manifest.started_at))
+        except BaseException:  # the old restore point stands; take back the new, unreferenced snapshots
+            _forget_quietly(repo, [sid for t in new.values() for sid in t.snapshots.values()], report)
+            raise
+        old = [point.manifest_snapshot] + [sid for name in new for sid in manifest.tiers[name].snapshots.values()]
+        repo.forget_ids(old)
+        done.append({"location": label, "session": manifest.session_id, "old_manifest": point.manifest_snapshot,
+                     "new_manifest": new_manifest, "tiers": sorted(new)})
+    # pruned even when nothing was rewritten now: a run killed after its forget left the old data
+    report.info(f"tenant {names.tenant_id} ({label}): pruning old data ({len(done)} restore point(s) rewritten)")
+    op.ensure_lease()
+    repo.prune(max_unused="0")
+    return done, filt
+
+
 def run_rewrite(settings: Settings, tenant_id: str, certificate=None, report: Reporter | None = None,
                 wait_seconds: float = 0) -> list[dict]:
-    """Rewrite every restore point that holds a person of the tenant's ledger; what was rewritten."""
+    """Rewrite every restore point, in every location that holds them (the primary and the
+    off-site copy), that holds a person of the tenant's ledger; what was rewritten.
+
+    Only the ledger entries read when the rewrite started (inside the lease) are applied, and
+    only they are marked rewritten, once every location is done."""
     report = report or NullReporter()
     names = names_for(settings, tenant_id)
-    repo = open_repository(settings, tenant_id)
-    filt = erasure_filter(settings, names, names)
+    kinds = rewrite_locations(settings, tenant_id)  # refused before anything changes
     done: list[dict] = []
-    if repo is None or filt is None:
-        if certificate is not None:
-            certificate.rewrite_done = True  # no repository, or nobody to look for
-        return done
+    per_location: dict[str, list[dict]] = {}
     with tenant_operation(settings, tenant_id, "lgpd_rewrite", wait_seconds=wait_seconds) as op:
-        for point in restore_points(repo):
-            manifest = read_manifest(repo, point)
-            new = _rewrite_point(settings, names, repo, filt, manifest, report)
-            if not new:
-                continue
-            rebuilt = replace(manifest, tiers={**manifest.tiers, **new})
-            try:
-                op.ensure_lease()  # fenced: the new manifest is written only while the lease is ours
-                new_manifest = write_manifest(repo, rebuilt, datetime.fromisoformat(manifest.started_at))
-            except BaseException:  # the old restore point stands; take back the new, unreferenced snapshots
-                _forget_quietly(repo, [sid for t in new.values() for sid in t.snapshots.values()], report)
-                raise
-            old = [point.manifest_snapshot] + [sid for name in new for sid in manifest.tiers[name].snapshots.values()]
-            repo.forget_ids(old)
-            done.append({"session": manifest.session_id, "old_manifest": point.manifest_snapshot,
-                         "new_manifest": new_manifest, "tiers": sorted(new)})
-        if done:
-            report.info(f"tenant {tenant_id}: pruning the {len(done)} rewritten restore point(s)' old data")
-            repo.prune()
-        ledger.mark_rewritten(settings, [e.id for e in ledger.entries(settings, tenant_id) if e.rewritten_at is None])
-        ledger_stash.stash_everywhere(settings, tenant_id)
-        op.audit = {"details": {"rewritten": done, "items": filt.erased.to_json()}}
+        present = ledger.entries(settings, tenant_id)
+        matcher = ledger.matcher(settings, tenant_id, present)
+        items = {}
+        if matcher is not None:
+            for kind in kinds:
+                outcome = _rewrite_location(settings, names, kind, matcher, op, report)
+                if outcome is not None:
+                    label = COPY if kind != locations.PRIMARY else kind
+                    per_location[label], items[label] = outcome[0], outcome[1].erased.to_json()
+                    done += outcome[0]
+            ledger.mark_rewritten(settings, [e.id for e in present if e.rewritten_at is None])
+            ledger_stash.stash_everywhere(settings, tenant_id)
+        op.audit = {"details": {"rewritten": done, "locations": sorted(per_location), "items": items}}
     if certificate is not None:
         certificate.rewritten, certificate.rewrite_done = done, True
+        certificate.rewritten_locations = sorted(per_location)
     return done

@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import psycopg2
 from psycopg2 import sql
 
 from .. import pg, procs
 from ..config import Settings
-from ..errors import BadInput, OperationFailed
+from ..errors import BadInput, OperationFailed, one_line
 from ..pgbackrest import BaseBackup, ConfigFile, PgBackRest, as_user, write_config
 from ..plans import PLANS
 from ..reporting import NullReporter, Reporter
@@ -187,6 +188,22 @@ class Window:
         return {"earliest": _iso(self.earliest), "latest": _iso(self.latest)}
 
 
+@dataclass(frozen=True)
+class TenantWindow:
+    """One tenant's own window: it starts at the later of the cluster's window start and the
+    moment its database exists (`database_created`)."""
+
+    tenant_id: str
+    database: str
+    earliest: datetime | None
+    database_created: datetime | None  # None: the database does not exist, or the cluster cannot say
+    starts_with: str  # "window" | "database" | "no database"
+
+    def to_json(self) -> dict:
+        return {"tenant": self.tenant_id, "database": self.database, "earliest": _iso(self.earliest),
+                "database_created": _iso(self.database_created), "starts_with": self.starts_with}
+
+
 @dataclass
 class PitrStatus:
     stanza: str
@@ -194,10 +211,13 @@ class PitrStatus:
     archiving: Archiving
     backups: list[BaseBackup]
     window: Window
+    tenants: list[TenantWindow] = field(default_factory=list)
+    tenants_problem: str | None = None  # why the tenants' windows are missing, when they are
 
     def to_json(self) -> dict:
         return {"stanza": self.stanza, "repository": self.repository, "archiving": self.archiving.to_json(),
-                "backups": [b.to_json() for b in self.backups], "window": self.window.to_json()}
+                "backups": [b.to_json() for b in self.backups], "window": self.window.to_json(),
+                "tenants": [t.to_json() for t in self.tenants], "tenants_problem": self.tenants_problem}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -233,6 +253,44 @@ def earliest_target(backups) -> datetime | None:
     return None if first is None else first + timedelta(seconds=1)
 
 
+def databases_created(settings: Settings, databases: list[str]) -> dict[str, datetime]:
+    """When each existing database of `databases` was created, as the cluster can tell: CREATE
+    DATABASE writes the database folder's PG_VERSION file once, just before it commits, and
+    nothing rewrites it; its modification time, rounded up to the next whole second plus one
+    (the commit comes after the write; pgBackRest targets whole seconds), is the first moment
+    a recovery can find the database. Conservative: a restore's swap (a new database renamed
+    into place) and WAL replay (restore-cluster) write the file anew, so the start shown is then
+    later than the first recoverable moment, never earlier. Needs pg_stat_file (superuser or
+    pg_read_server_files)."""
+    if not databases:
+        return {}
+    with pg.connection(settings.pg_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname, (pg_stat_file('base/' || oid || '/PG_VERSION', true)).modification "
+                    "FROM pg_database WHERE datname = ANY(%s)", (databases,))
+        rows = cur.fetchall()
+    return {name: modified.replace(microsecond=0) + timedelta(seconds=2 if modified.microsecond else 1)
+            for name, modified in rows if modified is not None}
+
+
+def tenant_windows(settings: Settings, window: Window) -> list[TenantWindow]:
+    """Every registered (not off-boarded) tenant's own window start (one query for the fleet)."""
+    from .. import registry
+    from ..naming import names_for
+
+    databases = {tid: names_for(settings, tid).database for tid in registry.list_tenant_ids(settings)}
+    created = databases_created(settings, sorted(databases.values()))
+    found = []
+    for tid, database in databases.items():
+        moment = created.get(database)
+        if moment is None:
+            found.append(TenantWindow(tid, database, None, None, "no database"))
+        elif window.earliest is not None and moment <= window.earliest:
+            found.append(TenantWindow(tid, database, window.earliest, moment, "window"))
+        else:
+            found.append(TenantWindow(tid, database, moment if window.earliest else None, moment, "database"))
+    return found
+
+
 def status(settings: Settings) -> PitrStatus:
     pgbr, _, cfg = engine_for(settings)
     configured = cfg.config_path.exists()
@@ -244,7 +302,12 @@ def status(settings: Settings) -> PitrStatus:
     earliest = earliest_target(backups)
     latest = state.last_archived_time if earliest and state.last_archived_time else earliest
     repository = cfg.repo.path if cfg.repo.kind == "posix" else f"s3 bucket {cfg.repo.bucket}{cfg.repo.path}"
-    return PitrStatus(cfg.stanza, repository, state, backups, Window(earliest, latest))
+    result = PitrStatus(cfg.stanza, repository, state, backups, Window(earliest, latest))
+    try:
+        result.tenants = tenant_windows(settings, result.window)
+    except (OperationFailed, psycopg2.Error) as exc:  # no registry yet, or pg_stat_file not allowed
+        result.tenants_problem = f"the tenants' own windows are unknown: {one_line(str(exc), 200)}"
+    return result
 
 
 def switch_and_wait(settings: Settings, timeout: float = 120) -> str:

@@ -7,8 +7,11 @@ file, which the cluster's owner can edit. The rule that keeps a live cluster saf
 postmaster runs on the data directory (a live pid in postmaster.pid) or anything answers on
 KRYONIX_PG_DSN. What is left of the data directory is moved aside, never deleted (pgBackRest
 restores into an empty directory; `--delta` over it only when it cannot be moved). A restored
-server that stops during recovery fails the command at once with its log's FATAL line; a restore
-that comes back writes a cluster-wide audit row (cliente_id `*`) into the restored main database.
+server that stops during recovery fails the command at once with its log's FATAL line. Once the
+restored server is up, what the main database lost by going back in time is put back from the
+stashes beside the repositories, and every tenant's erasure ledger is re-applied to its live
+database (cluster_merge.py); a restore that comes back writes a cluster-wide audit row
+(cliente_id `*`) into the restored main database, saying what was put back.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from ..errors import BadInput, OperationFailed, one_line
 from ..pgbackrest import PgBackRest, as_user, owner_ids
 from ..reporting import NullReporter, Reporter
 from . import cluster_record
+from .cluster_merge import ClusterMerge, merge_after_cluster_restore
 from .cluster import LOCAL_HOSTS, debian_cluster_of, run_detached
 from .config import PitrConfig, load_pitr_config
 
@@ -60,13 +64,15 @@ class ClusterRestore:
     audited: bool = False
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    merged: ClusterMerge | None = None  # what the stashes and ledgers put back (cluster_merge.py)
 
     def to_json(self) -> dict:
         return {"success": True, "stanza": self.stanza, "data_dir": self.data_dir, "port": self.port,
                 "log": self.log, "target": self.target, "moved_aside": self.moved_aside, "delta": self.delta,
                 "started_with": self.started_with, "timeline": self.timeline,
                 "archive_checked": self.archive_checked, "audited": self.audited, "warnings": self.warnings,
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "merged": self.merged.to_json() if self.merged else None}
 
 
 def lost_cluster(settings: Settings, cfg: PitrConfig) -> LostCluster:
@@ -294,6 +300,12 @@ def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lamb
     result.timeline = _wait_promoted(settings, lost.data_dir, log, timeout)
     result.seconds["recovery"] = time.monotonic() - clock
     clock = time.monotonic()
+    report.info("merging the newest stashes (keys, erasure ledgers) and re-applying every tenant's erasure ledger")
+    result.merged = merge_after_cluster_restore(settings, report)
+    result.seconds["merge"] = time.monotonic() - clock
+    if result.merged.changed:
+        report.warn(f"the restore had rolled back keys or erasures: {result.merged.describe()}")
+    clock = time.monotonic()
     report.info(f"timeline {result.timeline}: checking that WAL reaches the repository")
     try:
         pgbr.run("check", pg1_path, f"--pg1-port={lost.port}", timeout=120)
@@ -302,5 +314,10 @@ def restore_cluster(settings: Settings, at: datetime | None = None, confirm=lamb
         raise
     result.archive_checked = True
     result.seconds["check"] = time.monotonic() - clock
+    if result.merged.problems:  # the cluster is up, but what it rolled back is not all put back
+        error = (f"cluster {lost.data_dir} restored and archiving, but not everything the restore rolled back was "
+                 f"put back: {'; '.join(result.merged.problems)}")
+        _audit(settings, result, started, error, report)
+        raise OperationFailed(one_line(error, 1000))
     _audit(settings, result, started, None, report)
     return result

@@ -156,9 +156,11 @@ def _restore_database(settings, pgbr, cluster, scratch_root: Path, source, targe
     try:
         with scratch_cluster(pgbr, cluster, scratch_root, source.database, at, report) as scratch:
             scratch_settings = settings.with_overrides(pg_dsn=scratch.dsn)
+            outcome.details["scratch"] = {"whole_cluster": scratch.whole, "base_backup": scratch.backup_set}
             if not pg.database_exists(scratch.dsn, source.database):
                 raise OperationFailed(f"tenant {source.tenant_id}: database {source.database} did not exist at "
-                                      f"{archive._iso(at)}; nothing was changed")
+                                      f"{archive._iso(at)} (`pitr status` gives each tenant's window start); "
+                                      "nothing was changed")
             roles = pgtier.tenant_roles(scratch_settings, source)
             checksums = pgtier.staged_checksums(scratch.dsn, source.database)  # nobody writes the scratch cluster
             with pg.connection(scratch.dsn, source.database) as conn, conn.cursor() as cur:

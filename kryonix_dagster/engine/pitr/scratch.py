@@ -4,13 +4,18 @@
 owner), started with our own minimal configuration on a free port, reachable only through
 its private socket folder (no TCP listener: the copy holds a tenant's data), archiving off.
 The other databases come back as zeroed files (`ignore_invalid_pages=on` lets recovery replay
-their WAL). A marker names the process that made it: `sweep` stops and removes the scratch
+their WAL). A database created after the base backup the recovery starts from is not in that
+backup, and `--db-include` cannot name it (pgBackRest's error 80): then the whole cluster is
+restored (`info --set` lists the backup's databases; an error 80 all the same falls back too),
+and WAL replay creates the database as it was created. Slower (every database is copied), but
+every tenant has PITR from the moment its database exists, not from the next base backup. A marker names the process that made it: `sweep` stops and removes the scratch
 clusters whose maker is gone (a restore killed with -9), and every path out of `scratch_cluster`
 stops and removes its own.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -27,7 +32,7 @@ import psycopg2
 
 from .. import procs
 from ..errors import OperationFailed, one_line
-from ..pgbackrest import PgBackRest, as_user, owner_ids
+from ..pgbackrest import DB_MISSING, PgBackRest, PgBackRestFailed, as_user, backup_before, owner_ids
 from ..reporting import Reporter
 from .cluster import Cluster, pg_bin, run_detached
 
@@ -40,6 +45,8 @@ class ScratchCluster:
     root: Path
     port: int
     user: str
+    whole: bool = False  # the whole cluster restored: the database is not in the base backup
+    backup_set: str | None = None  # the base backup the recovery started from
 
     @property
     def data_dir(self) -> Path:
@@ -123,13 +130,44 @@ def _prepare(scratch_root: Path, owner: str) -> Path:
     root.mkdir(mode=0o700)
     (root / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                            "created": time.time()}))
-    (root / "data").mkdir(mode=0o700)
+    _empty_data_dir(root, uid, gid)
     (root / "postgresql.conf").write_text("# kryonix scratch cluster: everything is on the command line\n")
     (root / "pg_hba.conf").write_text(_HBA)
     (root / "pg_ident.conf").write_text("")
-    for path in (root, root / "data", root / "postgresql.conf", root / "pg_hba.conf", root / "pg_ident.conf"):
+    for path in (root, root / "postgresql.conf", root / "pg_hba.conf", root / "pg_ident.conf"):
         os.chown(path, uid, gid)
     return root
+
+
+def _empty_data_dir(root: Path, uid: int, gid: int) -> None:
+    data = root / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(mode=0o700)
+    os.chown(data, uid, gid)
+
+
+def _restore(pgbr: PgBackRest, scratch: ScratchCluster, owner: str, database: str, target: datetime,
+             report: Reporter) -> ScratchCluster:
+    """`database` as of `target` into the scratch data directory: with `--db-include` when the base
+    backup the recovery starts from holds it, else the whole cluster; the scratch as restored."""
+    info = pgbr.info()
+    chosen = backup_before(info.backups if info else (), target)
+    held = pgbr.backup_databases(chosen.label) if chosen else None
+    label = chosen.label if chosen else None
+    if held is None or database in held:
+        try:
+            pgbr.restore_database(scratch.data_dir, database, target, label)
+            return dataclasses.replace(scratch, backup_set=label)
+        except PgBackRestFailed as exc:
+            if exc.code != DB_MISSING:
+                raise
+        uid, gid = owner_ids(owner) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        _empty_data_dir(scratch.root, uid, gid)  # what the refused restore may have begun
+    report.warn(f"{database} was created after base backup {label or '(pgBackRest’s choice)'}: restoring the "
+                "whole cluster into the scratch cluster (slower; a new base backup makes it per-database again)")
+    pgbr.restore_database(scratch.data_dir, None, target, label)
+    return dataclasses.replace(scratch, whole=True, backup_set=label)
 
 
 def _options(root: Path, port: int, cluster: Cluster) -> str:
@@ -169,7 +207,7 @@ def scratch_cluster(pgbr: PgBackRest, cluster: Cluster, scratch_root: Path, data
     scratch = ScratchCluster(root, _free_port(), cluster.superuser)
     try:
         report.info(f"restoring {database} as of {target.isoformat()} into a scratch cluster")
-        pgbr.restore_database(scratch.data_dir, database, target)
+        scratch = _restore(pgbr, scratch, cluster.owner, database, target, report)
         report.info("starting the scratch cluster and replaying WAL")
         code, output = run_detached(as_user(cluster.owner, [
             pg_bin(cluster, "pg_ctl"), "-D", str(scratch.data_dir), "-l", str(root / "postgres.log"),

@@ -294,12 +294,26 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
         outcome.details.update(ctx.reapply(TIER, staging))  # the erasure ledger, before the swap
         carry_templates(target, staging, outcome, label)
         _apply_attributes(staging, attributes, outcome)
+        removed = len(_entries(target) - _entries(staging))  # the live folder's files the restore point lacks
         swap_into_place(ctx.target, staging)
+        outcome.removed = removed
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     outcome.restored = len(expected)
     return outcome
+
+
+def _entries(folder: Path) -> set[str]:
+    """Relative paths of everything but folders under `folder`, links not followed."""
+    if not folder.is_dir() or folder.is_symlink():
+        return set()
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(dirpath).relative_to(folder)
+        found.update((base / name).as_posix() for name in filenames)
+        found.update((base / name).as_posix() for name in dirnames if (Path(dirpath) / name).is_symlink())
+    return found
 
 
 def _restored_attributes(ctx: RestoreContext, target: Path) -> dict | None:

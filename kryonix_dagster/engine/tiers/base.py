@@ -90,6 +90,7 @@ def verified_stream(ctx: "RestoreContext", part: str, filename: str, where: str)
 class RestoreOutcome:
     tier: str
     restored: int = 0  # rows, objects, keys, messages or files
+    removed: int = 0  # keys, objects, messages or files the restore point lacks, deleted by the restore
     connections_terminated: int = 0
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)

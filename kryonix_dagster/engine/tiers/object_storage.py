@@ -466,6 +466,7 @@ def _replace_objects(client, plan: dict[str, dict], live: Live, root: Path, regi
         tasks += [(bucket, key, entry) for key, entry in entries.items()]
 
     def run(task) -> bool:
+        """True for a deleted key, False for an uploaded object."""
         bucket, key, entry = task
         try:
             if entry is None:
@@ -474,13 +475,16 @@ def _replace_objects(client, plan: dict[str, dict], live: Live, root: Path, regi
                 _upload(client, bucket, key, entry, root)
         except S3Errors as exc:
             raise OperationFailed(f"{where}: bucket {bucket}: {one_line(exc)}") from None
-        return entry is not None
+        return entry is None
 
     with ThreadPoolExecutor(max_workers=UPLOADERS, thread_name_prefix="object-put") as pool:
         futures = [pool.submit(run, task) for task in tasks]
         try:
             for future in futures:
-                outcome.restored += future.result()
+                if future.result():
+                    outcome.removed += 1
+                else:
+                    outcome.restored += 1
         except BaseException:
             for future in futures:
                 future.cancel()

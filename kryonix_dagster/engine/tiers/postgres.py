@@ -32,8 +32,9 @@ from ..manifest import STATUS_OK, TierResult, tier_tags
 from ..naming import TenantNames, rename_role
 from ..pgdump_header import normalize_dump_header
 from ..pg_script import (FIXED_RENDERING, HASH_RENDERING, checksum_assertion, fixed_rendering_script,
-                         guarded_foreign_key, outside_dependents_guard, outside_dependents_sql, parse_toc,
-                         rename_roles, schema_entries, statements, table_checksum_sql)
+                         ddl_label, foreign_keys_touching, guarded_foreign_key, outside_dependents_guard,
+                         outside_dependents_sql, parse_toc, rename_roles, schema_entries, statements,
+                         table_checksum_sql)
 from .base import BackupContext, RestoreContext, RestoreOutcome, TierSpec
 from ..reporting import Stopwatch
 
@@ -465,11 +466,14 @@ def _run_psql_script(ctx: RestoreContext, database: str, chunks: Iterator[bytes]
                               f"and was rolled back: {one_line(' '.join(errors))}")
 
 
-def _pg_restore_script(ctx: RestoreContext, dump: Path, list_file: Path | None = None) -> Iterator[bytes]:
+def _pg_restore_script(ctx: RestoreContext, dump: Path, list_file: Path | None = None,
+                       schema_only: bool = False) -> Iterator[bytes]:
     """pg_restore's SQL script, with the source's role names rewritten when restoring --into."""
     args = ["pg_restore", "--file=-"]
     if list_file:
         args.append(f"--use-list={list_file}")
+    if schema_only:
+        args.append("--schema-only")
     proc = procs.popen([*args, str(dump)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = (line.decode("utf-8", errors="surrogateescape") for line in proc.stdout)
     if ctx.into_other:
@@ -800,32 +804,53 @@ def _refuse_outside_dependents(ctx: RestoreContext) -> None:
             "(restore the whole database, or drop or move those objects first)")
 
 
+def _schema_lists(dump: Path, schema: str, folder: Path) -> tuple[Path, Path]:
+    """pg_restore list files of a dump: the schema's own entries (without foreign keys), and every
+    foreign key of the database (which of them touch the schema only their statements say)."""
+    listing = procs.run(["pg_restore", "--list", str(dump)], capture_output=True, check=True).stdout.decode()
+    entries = parse_toc(listing)
+    main, _ = schema_entries(entries, schema)
+    fks = [e for e in entries if e.kind == "FK CONSTRAINT"]
+    main_list, fk_list = folder / f"{dump.name}.main.list", folder / f"{dump.name}.fk.list"
+    main_list.write_text("".join(f"{e.line}\n" for e in main))
+    fk_list.write_text("".join(f"{e.line}\n" for e in fks))
+    return (main_list if main else None), (fk_list if fks else None)
+
+
+def _script_statements(ctx: RestoreContext, dump: Path, list_file: Path | None, schema_only: bool = False) -> list[str]:
+    if list_file is None:
+        return []
+    return statements(b"".join(_pg_restore_script(ctx, dump, list_file, schema_only)).decode())
+
+
 def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) -> None:
+    """Replace one schema in one transaction: its objects, its rows (checked against the
+    manifest), and every foreign key touching it — its own (outbound, to any schema) and those of
+    other schemas that reference it (inbound), from the restore point, plus the live inbound ones
+    the restore point did not have. Then the schema's DDL is compared with the restore point's."""
     schema = ctx.schema
     target = ctx.target.database
     dsn = ctx.settings.pg_dsn
-    listing = procs.run(["pg_restore", "--list", str(dump)], capture_output=True, check=True).stdout.decode()
-    main, fks = schema_entries(parse_toc(listing), schema)
-    if not main:
-        raise BadInput(f"schema {schema} is not in the dump of session {ctx.manifest.session_id}")
     pg.create_database(dsn, target)
     with pg.connection(dsn, target, autocommit=True) as conn, conn.cursor() as cur:
-        external = _external_foreign_keys(cur, schema)
+        live_inbound = _external_foreign_keys(cur, schema)
     tables = {t: v for t, v in ctx.result.checksums.get("tables", {}).items() if t.split(".")[0].strip('"') == schema}
     with tempfile.TemporaryDirectory(dir=dump.parent) as tmp:
-        main_list, fk_list = Path(tmp, "main.list"), Path(tmp, "fk.list")
-        main_list.write_text("\n".join(e.line for e in main) + "\n")
-        fk_list.write_text("\n".join(e.line for e in fks) + "\n")
-        fk_script = b"".join(_pg_restore_script(ctx, dump, fk_list)).decode() if fks else ""
+        main_list, fk_list = _schema_lists(dump, schema, Path(tmp))
+        if main_list is None:
+            raise BadInput(f"schema {schema} is not in the dump of session {ctx.manifest.session_id}")
+        foreign = foreign_keys_touching(_script_statements(ctx, dump, fk_list), schema)
+        from_dump = {(fk.table, fk.name) for fk in foreign}
+        live_only = [(t, n, d) for t, n, d in live_inbound if (t, n) not in from_dump]
         erasure_sql = ctx.reapply(TIER, ("schema-sql", target, schema)).get("sql", "")  # the ledger, in-transaction
 
         def script() -> Iterator[bytes]:
             yield sql_text(outside_dependents_guard(schema))
             yield sql_text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE;\n")
             yield from _pg_restore_script(ctx, dump, main_list)
-            for statement in statements(fk_script):
-                yield sql_text(guarded_foreign_key(statement, statement.split("ADD CONSTRAINT", 1)[-1].split()[0]))
-            for table, name, definition in external:
+            for fk in foreign:
+                yield sql_text(guarded_foreign_key(fk.statement, fk.label))
+            for table, name, definition in live_only:
                 yield sql_text(guarded_foreign_key(
                     f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(name)} {definition}", f"{table}.{name}"))
             if _fixed_rendering(ctx):
@@ -838,8 +863,34 @@ def _restore_schema(ctx: RestoreContext, dump: Path, outcome: RestoreOutcome) ->
         ctx.report.info(f"terminated {outcome.connections_terminated} connection(s) to {target}")
         _run_psql_script(ctx, target, script(), True, outcome)
         outcome.details.update(ctx.reapply(TIER, ("schema-done", target, outcome.details.pop("_lgpd", []))))
+        expected = set(_script_statements(ctx, dump, main_list, schema_only=True)) | {fk.statement for fk in foreign}
+        _check_schema_ddl(ctx, expected, Path(tmp))
     outcome.restored = sum(count for count, _ in tables.values())
     outcome.details["schema"] = schema
+    outcome.details["foreign_keys"] = len(foreign) + len(live_only)
+
+
+def _check_schema_ddl(ctx: RestoreContext, expected: set[str], folder: Path) -> None:
+    """`pg_dump --schema-only` of the restored database, read through the same selection as the
+    restore point's dump (the schema's objects, the foreign keys touching it): every statement of
+    the restore point must be there, or the restore fails naming what is not."""
+    schema = ctx.schema
+    live = folder / "live.pgdump"
+    db_args, env = pg.tool_args(ctx.settings.pg_dsn, ctx.target.database)
+    proc = procs.run(["pg_dump", "--schema-only", "-Fc", f"--file={live}", *db_args], capture_output=True, env=env)
+    if proc.returncode != 0:
+        raise OperationFailed(f"tenant {ctx.target.tenant_id}, tier postgresql: schema {schema} was restored but its "
+                              f"DDL could not be checked: pg_dump failed: {one_line(proc.stderr.decode(errors='replace'))}")
+    main_list, fk_list = _schema_lists(live, schema, folder)
+    plain = RestoreContext(ctx.settings, ctx.target, ctx.target, ctx.repo, ctx.manifest, ctx.result, ctx.report)
+    actual = set(_script_statements(plain, live, main_list, schema_only=True))
+    actual |= {fk.statement for fk in foreign_keys_touching(_script_statements(plain, live, fk_list), schema)}
+    missing = sorted(expected - actual)
+    if missing:
+        shown = "; ".join(ddl_label(m) for m in missing[:6]) + (f"; and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise OperationFailed(
+            f"tenant {ctx.target.tenant_id}, tier postgresql: schema {schema}'s rows were restored, but {len(missing)} "
+            f"statement(s) of the restore point's DDL are not in the database: {shown}")
 
 
 def sql_text(text: str) -> bytes:

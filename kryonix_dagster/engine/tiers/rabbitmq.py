@@ -396,12 +396,50 @@ def _drop_staging_exchanges(api: services.RabbitMQApi, vhost: str) -> None:
             api.request("DELETE", f"/exchanges/{api.q(vhost)}/{api.q(exchange['name'])}", ok=(200, 204, 404))
 
 
+def live_depths(settings, api: services.RabbitMQApi, vhost: str) -> dict[str, int]:
+    """Each queue's message count as the restore begins, read over AMQP (the management API's
+    counts lag by its statistics interval). A queue AMQP cannot inspect (exclusive to another
+    connection, or the vhost no longer grants our AMQP user access) takes the API's count.
+    No vhost: nothing."""
+    if not api.vhost_exists(vhost):
+        return {}
+    queues = api.queues(vhost) or []
+    depths = {queue["name"]: int(queue.get("messages") or 0) for queue in queues}
+    try:
+        connection = services.amqp_connection(settings, vhost)
+    except pika.exceptions.AMQPError:
+        return depths
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            try:
+                depths[queue["name"]] = channel.queue_declare(queue["name"], passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                channel = connection.channel()  # the API's count stays
+    finally:
+        connection.close()
+    return depths
+
+
+def messages_removed(live: dict[str, int], records: list[dict]) -> int:
+    """Messages the restore point does not bring back: per queue, those beyond the number it
+    re-publishes (messages have no identity to match them by; a queue the restore point lacks
+    loses all of its own)."""
+    republished: dict[str, int] = {}
+    for record in records:
+        republished[record["queue"]] = republished.get(record["queue"], 0) + 1
+    return sum(max(0, depth - republished.get(queue, 0)) for queue, depth in live.items())
+
+
 def replace_vhost(ctx: RestoreContext, api: services.RabbitMQApi, snap: VhostSnapshot, access: Access,
                   outcome: RestoreOutcome) -> None:
     vhost = ctx.target.vhost
     definitions = restorable_definitions(snap, vhost, outcome)
     parameters = definitions.pop("parameters")  # limits last: a max-connections of 0 would stop the publisher
+    live = live_depths(ctx.settings, api, vhost)
     api.delete_vhost(vhost)  # replace semantics: the vhost ends as it was at the backup
+    outcome.removed = messages_removed(live, snap.records)
+    outcome.details["messages_discarded"] = sum(live.values())
     create_vhost(api, vhost, snap.metadata)
     grant_service_users(ctx, api, vhost)
     api.load_definitions(vhost, definitions)

@@ -222,10 +222,10 @@ def present_keys(client: redis.Redis, target) -> set[bytes]:
     return present
 
 
-def delete_keys(client: redis.Redis, keys: set[bytes]) -> None:
+def delete_keys(client: redis.Redis, keys: set[bytes]) -> int:
+    """How many of `keys` were deleted (one that expired meanwhile is not counted)."""
     ordered = sorted(keys)
-    for start in range(0, len(ordered), BATCH):
-        client.delete(*ordered[start:start + BATCH])
+    return sum(client.delete(*ordered[start:start + BATCH]) for start in range(0, len(ordered), BATCH))
 
 
 def restore(ctx: RestoreContext) -> RestoreOutcome:
@@ -248,11 +248,11 @@ def restore(ctx: RestoreContext) -> RestoreOutcome:
     try:
         done = restore_keys(client, planned, int(time.time() * 1000))
         stale = present - done.keys
-        delete_keys(client, stale)
+        outcome.removed = delete_keys(client, stale)
     except redis.RedisError as exc:
         raise OperationFailed(f"{where}: RESTORE failed: {one_line(exc)}") from None
     outcome.restored = len(done.keys)
-    outcome.details.update(expired_not_restored=done.expired, removed=len(stale))
+    outcome.details.update(expired_not_restored=done.expired)
     return outcome
 
 
