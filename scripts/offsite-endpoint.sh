@@ -50,6 +50,10 @@ case "${1:-start}" in
   start)
     if running; then echo "off-site endpoint already running (pid $(cat "$pidfile"))"; exit 0; fi
     command -v rclone >/dev/null || { echo "rclone is missing: apt-get install -y rclone" >&2; exit 1; }
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then  # else the wait below would take it for ours
+      echo "port $port already answers (another endpoint, e.g. one started by an older version of this script: stop it)" >&2
+      exit 1
+    fi
     (umask 022; mkdir -p "$state")  # parents it creates stay traversable for the endpoint's user
     if [ ! -s "$client_file" ]; then
       mkdir -p "$(dirname "$client_file")"
@@ -93,7 +97,7 @@ case "${1:-start}" in
       --addr "127.0.0.1:$port" "$target" >"$logfile" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 50); do
-      if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+      if running && curl -s -o /dev/null "http://127.0.0.1:$port/"; then
         echo "off-site endpoint: rest:http://$client_user:***@127.0.0.1:$port (append-only, as $(ps -o user= -p "$(cat "$pidfile")")) in front of ${OFFSITE_S3_ENDPOINT:+s3 }${OFFSITE_S3_BUCKET:-$dir}; client password in $client_file"
         exit 0
       fi
