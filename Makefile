@@ -18,15 +18,24 @@ export DAGSTER_HOME ?= $(KRYONIX_LOCAL_DIR)/dagster_home
 # /var/lib/pgbackrest, config in /etc/pgbackrest/conf.d as root), which the cluster's owner can
 # reach from any clone, a root user's 0700 home included.
 # The demo's off-site copy: an append-only endpoint on loopback in front of a local folder
-# (scripts/offsite-endpoint.sh); only the demo and dev targets get these, not `make test`. The
-# folder sits beside the primary repositories (the user's data home, like KRYONIX_REPO's
-# default), so every clone on this machine uses one primary and one copy.
+# (scripts/offsite-endpoint.sh); only the demo and dev targets get these, not `make test`. As
+# root the endpoint runs as its own system user (kryonix-offsite) and keeps its folder and state
+# under /var/lib/kryonix-offsite (a 0700 home such as /root is closed to it); otherwise beside the
+# primary repositories (the user's data home). Commands and Dagster runs get only the workers'
+# URL with the endpoint's client password (kept 0600 in OFFSITE_CLIENT_FILE), never the admin
+# path (KRYONIX_REPO_SECONDARY_ADMIN): the demo needs none; README, "Off-site copy".
 DATA_HOME := $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/kryonix
-OFFSITE_DIR ?= $(DATA_HOME)/offsite
-OFFSITE_STATE ?= $(DATA_HOME)/offsite-endpoint
+OFFSITE_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/kryonix-offsite,$(DATA_HOME)/offsite-endpoint)
+OFFSITE_DIR ?= $(OFFSITE_HOME)/offsite
+OFFSITE_STATE ?= $(OFFSITE_HOME)/state
+OFFSITE_CLIENT_FILE ?= $(DATA_HOME)/offsite-client.secret
 OFFSITE_PORT ?= 8765
-OFFSITE_ENV := KRYONIX_REPO_SECONDARY=$${KRYONIX_REPO_SECONDARY:-rest:http://127.0.0.1:$(OFFSITE_PORT)} \
-	KRYONIX_REPO_SECONDARY_ADMIN=$${KRYONIX_REPO_SECONDARY_ADMIN:-file://$(OFFSITE_DIR)}
+OFFSITE_START := OFFSITE_PORT=$(OFFSITE_PORT) OFFSITE_DIR=$(OFFSITE_DIR) OFFSITE_STATE=$(OFFSITE_STATE) \
+	OFFSITE_CLIENT_FILE=$(OFFSITE_CLIENT_FILE) scripts/offsite-endpoint.sh start
+OFFSITE_ENV := KRYONIX_REPO_SECONDARY=$${KRYONIX_REPO_SECONDARY:-rest:http://kryonix-worker:$$(cat $(OFFSITE_CLIENT_FILE))@127.0.0.1:$(OFFSITE_PORT)}
+# Dagster (and so every run it starts): the workers' URL, never an admin path or endpoint key this shell holds
+OFFSITE_WORKER_ENV := env -u KRYONIX_REPO_SECONDARY_ADMIN -u KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY \
+	-u KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY -u OFFSITE_S3_ACCESS_KEY -u OFFSITE_S3_SECRET_KEY $(OFFSITE_ENV)
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
 PYTEST_ARGS ?= -n 3 --dist loadgroup
@@ -54,7 +63,7 @@ demo: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/kryonix-backup demo seed --tenants $(DEMO_TENANTS) --scale $(DEMO_SCALE)
 	$(BIN)/kryonix-backup backup --all --type full
-	@OFFSITE_PORT=$(OFFSITE_PORT) OFFSITE_DIR=$(OFFSITE_DIR) OFFSITE_STATE=$(OFFSITE_STATE) scripts/offsite-endpoint.sh start
+	@$(OFFSITE_START)
 	$(OFFSITE_ENV) $(BIN)/kryonix-backup copy --all
 	@# a tenant's restore points in both locations
 	$(OFFSITE_ENV) $(BIN)/kryonix-backup snapshots demo1
@@ -73,8 +82,8 @@ demo: install system-deps services s3
 
 dev: install system-deps services s3
 	@mkdir -p "$(DAGSTER_HOME)" && touch "$(DAGSTER_HOME)/dagster.yaml"
-	@OFFSITE_PORT=$(OFFSITE_PORT) OFFSITE_DIR=$(OFFSITE_DIR) OFFSITE_STATE=$(OFFSITE_STATE) scripts/offsite-endpoint.sh start
-	$(OFFSITE_ENV) KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@$(OFFSITE_START)
+	$(OFFSITE_WORKER_ENV) KRYONIX_SCHEDULES_RUNNING=$${KRYONIX_SCHEDULES_RUNNING:-false} $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install system-deps services
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -7,7 +7,8 @@
 # $KRYONIX_LOCAL_DIR/workers (`make workers` sets KRYONIX_LOCAL_DIR to .kryonix in the checkout).
 # Each worker runs one step at a time (-c 1): a step is a chunk of tenants' sessions, which
 # are mostly restic/pg_dump child processes; about one worker per core (see README).
-# The workers need the same DAGSTER_HOME (instance) and KRYONIX_* settings as the daemon.
+# The workers need the same DAGSTER_HOME (instance) and KRYONIX_* settings as the daemon, except
+# the off-site copy's admin path and keys, which are taken out of their environment here.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${KRYONIX_BIN:-$root/.venv/bin}
@@ -23,14 +24,17 @@ start() {
   local n=${1:-2}
   : "${DAGSTER_HOME:?set DAGSTER_HOME: the workers write to the same Dagster instance as the daemon}"
   mkdir -p "$dir"
-  "$bin/python" -m kryonix_dagster.workers.broker >/dev/null  # the broker vhost, idempotently
+  "$bin/python" -m kryonix_dagster.workers.broker >/dev/null  # the broker's vhost and user, idempotently
   for i in $(seq "$n"); do
     local name="kryonix-w$i" pidfile="$dir/kryonix-w$i.pid"
     if [ -f "$pidfile" ] && is_ours "$(cat "$pidfile")"; then
       echo "$name already running (pid $(cat "$pidfile"))"; continue
     fi
     rm -f "$pidfile"
-    (cd "$root" && "$bin/celery" -A "$app" worker --detach -n "$name@%h" -Q "$queue" -c 1 \
+    # never the off-site copy's admin path or the endpoint's admin keys, whatever this shell holds
+    (cd "$root" && env -u KRYONIX_REPO_SECONDARY_ADMIN -u KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY \
+      -u KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY -u OFFSITE_S3_ACCESS_KEY -u OFFSITE_S3_SECRET_KEY \
+      "$bin/celery" -A "$app" worker --detach -n "$name@%h" -Q "$queue" -c 1 \
       --without-gossip --without-mingle --loglevel INFO \
       --pidfile "$pidfile" --logfile "$dir/$name.log")
     local pid=""

@@ -79,7 +79,7 @@ def make_small_world(base, endpoint: Endpoint, tenant_id: str) -> tuple[World, s
 @pytest.fixture(scope="session")  # once per test process (xdist worker)
 def erasure_world(settings, tmp_path_factory):
     base = tmp_path_factory.mktemp("lgpd-dr")
-    endpoint = start_endpoint(base)
+    endpoint = start_endpoint()
     world = None
     try:
         world, session = make_small_world(base, endpoint, "g" + secrets.token_hex(4))

@@ -1,6 +1,7 @@
 """A world of its own for the off-site and runbook tests: its own main database, master key,
 primary repository root and off-site copy behind the real append-only endpoint
-(`scripts/offsite-endpoint.sh`, i.e. `rclone serve restic --append-only`), in front of a
+(`scripts/offsite-endpoint.sh`, i.e. `rclone serve restic --append-only --htpasswd` as its own
+system user, workers holding its client password), in front of a
 folder or of a moto S3 bucket. One tenant is seeded, backed up and copied once per module.
 
 Everything the world's CLI calls see comes from `World.env`; in-process engine calls use
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,25 +34,42 @@ ENDPOINT_SCRIPT = ROOT / "scripts" / "offsite-endpoint.sh"
 
 @dataclass
 class Endpoint:
-    url: str  # rest:http://127.0.0.1:PORT
+    url: str  # rest:http://USER:PASSWORD@127.0.0.1:PORT, what workers are given
     admin: str  # the same storage reached directly (file://… or s3:http://…/bucket)
     admin_env: dict[str, str]
     state: Path
     script_env: dict[str, str]
+    home: Path  # the endpoint's folders (state, folder backend, client password): removed by stop()
+    password: str  # the workers' client password
 
     @property
     def http(self) -> str:
         return self.url[len("rest:"):]
 
+    @property
+    def http_anonymous(self) -> str:
+        """The endpoint's URL without the client credentials."""
+        return "http://" + self.http.split("@", 1)[1]
+
+    @property
+    def pid(self) -> int:
+        return int((self.state / "offsite-endpoint.pid").read_text())
+
     def stop(self) -> None:
         subprocess.run([str(ENDPOINT_SCRIPT), "stop"], env=self.script_env, check=False, capture_output=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
-def start_endpoint(base: Path, s3: dict[str, str] | None = None) -> Endpoint:
-    """The append-only endpoint, started by the same script `make demo` uses."""
+def start_endpoint(s3: dict[str, str] | None = None) -> Endpoint:
+    """The append-only endpoint, started by the same script `make demo` uses, as its own system
+    user. Its folders sit in a folder of their own under /tmp (traversable, 0711): pytest's
+    temporary root is 0700 root's, which the endpoint's user cannot enter."""
     port = free_port()
-    state = base / "endpoint-state"
-    env = dict(os.environ, OFFSITE_PORT=str(port), OFFSITE_STATE=str(state), OFFSITE_DIR=str(base / "offsite"))
+    home = Path(tempfile.mkdtemp(prefix="kryonix-offsite-"))
+    home.chmod(0o711)
+    state = home / "state"
+    env = dict(os.environ, OFFSITE_PORT=str(port), OFFSITE_STATE=str(state), OFFSITE_DIR=str(home / "offsite"),
+               OFFSITE_CLIENT_FILE=str(home / "client.secret"))
     admin_env: dict[str, str] = {}
     if s3:
         env.update(OFFSITE_S3_ENDPOINT=s3["endpoint"], OFFSITE_S3_BUCKET=s3["bucket"],
@@ -58,10 +78,13 @@ def start_endpoint(base: Path, s3: dict[str, str] | None = None) -> Endpoint:
         admin_env = {"KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY": s3["access_key"],
                      "KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY": s3["secret_key"]}
     else:
-        admin = f"file://{base / 'offsite'}"
+        admin = f"file://{home / 'offsite'}"
     proc = subprocess.run([str(ENDPOINT_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    return Endpoint(f"rest:http://127.0.0.1:{port}", admin, admin_env, state, env)
+    password = (home / "client.secret").read_text().strip()
+    assert password and password not in proc.stdout + proc.stderr
+    return Endpoint(f"rest:http://kryonix-worker:{password}@127.0.0.1:{port}", admin, admin_env, state, env,
+                    home, password)
 
 
 def s3_bucket(moto_endpoint: str) -> dict[str, str]:
@@ -147,7 +170,7 @@ def dr_world_fixture(settings, tmp_path_factory):
     """One world per test process, shared by test_offsite.py and test_runbook.py (their tests
     compare relative counts, so any order works)."""
     base = tmp_path_factory.mktemp("dr")
-    endpoint = start_endpoint(base)
+    endpoint = start_endpoint()
     world = None
     try:
         world = make_world(base, endpoint, "d" + secrets.token_hex(4))

@@ -1,23 +1,30 @@
 """The off-site copy through the real append-only endpoint (rclone serve restic --append-only),
 in front of a folder and in front of a moto S3 bucket: whole restore points copied, the
-`--from secondary` forms, and a worker's credentials unable to delete or overwrite anything."""
+`--from secondary` forms, a worker's credentials unable to delete or overwrite anything, the endpoint
+refusing clients without its password and keeping its secrets from the workers' user, and no
+worker or Dagster run given the admin path."""
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import pytest
+import requests
 
 from kryonix_dagster.engine import keys, registry
 from kryonix_dagster.engine.naming import repository_in
 from kryonix_dagster.engine.repository import restic_location
 from kryonix_dagster.engine.tenant_repository import open_repository
 
+from .conftest import ROOT
 from .helpers import purge_tenant
 from .offsite_world import rest_status, s3_bucket, start_endpoint
 from .recovery_checks import assert_restored, lose_everything, restic_snapshots, sessions_in
@@ -59,12 +66,25 @@ def test_copy_holds_whole_restore_points_and_the_secondary_reads_like_the_primar
 def test_a_worker_cannot_delete_or_overwrite_anything_off_site(world):
     before = json.loads(worker_restic(world, "snapshots", "--json").stdout)
     assert before, "the copy holds snapshots"
+    # without the endpoint's client password: refused, reading as much as deleting
+    snap = before[0]["id"]
+    anonymous = f"{world.endpoint.http_anonymous}/cliente_{world.tenant_id}"
+    wrong = world.endpoint.http.replace(world.endpoint.password, "x" + world.endpoint.password[1:])
+    assert rest_status("GET", f"{anonymous}/config") == 401
+    assert rest_status("GET", f"{wrong}/cliente_{world.tenant_id}/config") == 401
+    assert rest_status("DELETE", f"{anonymous}/snapshots/{snap}") == 401
+    # the client password is never printed, not even where an error names the endpoint
+    elsewhere = world.cli("snapshots", world.tenant_id, "--from", "secondary",
+                          env={"KRYONIX_REPO_SECONDARY": f"{world.endpoint.url}/elsewhere"})
+    assert elsewhere.returncode == 1 and "127.0.0.1" in elsewhere.stderr, elsewhere.stderr
+    assert world.endpoint.password not in elsewhere.stdout + elsewhere.stderr, elsewhere.stderr
+    # with it: reads, and every delete or overwrite is still refused
     refusal = forget_is_refused(world, before[0]["id"])
     assert "403" in refusal, refusal
     after = json.loads(worker_restic(world, "snapshots", "--json").stdout)
     assert {s["id"] for s in after} == {s["id"] for s in before}
     repo = f"{world.endpoint.http}/cliente_{world.tenant_id}"
-    snap = before[0]["id"]
+    assert rest_status("GET", f"{repo}/config") == 200
     assert rest_status("DELETE", f"{repo}/snapshots/{snap}") == 403
     assert rest_status("POST", f"{repo}/snapshots/{snap}", data=b"{}") == 403  # no overwrite
     assert rest_status("DELETE", f"{repo}/config") in (403, 405)
@@ -103,7 +123,6 @@ def forget_is_refused(world, snapshot_id: str, timeout: float = 60) -> str:
 
 
 def requests_json(url: str):
-    import requests
     return requests.get(url, headers={"Accept": "application/vnd.x.restic.rest.v2"}, timeout=30).json()
 
 
@@ -127,7 +146,7 @@ def test_off_site_commands_refuse_bad_input(world):
 def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_path):
     """The same tenant, copied to a second secondary: a moto bucket behind the real endpoint."""
     bucket = s3_bucket(moto_endpoint)
-    endpoint = start_endpoint(tmp_path, s3=bucket)
+    endpoint = start_endpoint(s3=bucket)
     try:
         env = {"KRYONIX_REPO_SECONDARY": endpoint.url, "KRYONIX_REPO_SECONDARY_ADMIN": endpoint.admin,
                **endpoint.admin_env, "KRYONIX_STATE_DIR": str(tmp_path / "state")}
@@ -145,6 +164,7 @@ def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_p
         assert rest_status("DELETE", f"{endpoint.http}/cliente_{world.tenant_id}/snapshots/{snap}") == 403
         vault = client.list_objects_v2(Bucket=bucket["bucket"], Prefix="kryonix-vault/keys/")
         assert [o["Key"] for o in vault["Contents"]][0].startswith(f"kryonix-vault/keys/{world.tenant_id}-")
+        assert_endpoint_keeps_its_secrets(endpoint, [bucket["access_key"], bucket["secret_key"], endpoint.password])
         # the tenant's data lost everywhere: a worker restores it from the S3 copy alone
         assert secondary[0]["session"] == world.cli_json("snapshots", world.tenant_id)[0]["session"]
         before = lose_everything(world.settings, world.tenant_id)
@@ -155,6 +175,88 @@ def test_copy_to_s3_through_the_append_only_endpoint(world, moto_endpoint, tmp_p
         assert_restored(world.settings, world.tenant_id, before)
     finally:
         endpoint.stop()
+
+
+def assert_endpoint_keeps_its_secrets(endpoint, secrets_: list[str]) -> None:
+    """The endpoint runs as its own system user; its command line and environment hold none of
+    the bucket's admin keys nor the client password (they sit in its 0600 files); the workers'
+    user (here `nobody`, not root) can read neither its environment nor those files."""
+    proc = Path(f"/proc/{endpoint.pid}")
+    cmdline = (proc / "cmdline").read_bytes()
+    assert cmdline.split(b"\0")[:3] == [b"rclone", b"serve", b"restic"] and b"--htpasswd" in cmdline
+    owner = pwd.getpwuid(proc.stat().st_uid)
+    assert owner.pw_name == "kryonix-offsite" and owner.pw_shell == "/usr/sbin/nologin"
+    environ = (proc / "environ").read_bytes()  # read as root: everything there is
+    assert b"PATH=" in environ
+    for secret in secrets_:
+        assert secret.encode() not in cmdline + environ, secret
+    conf = endpoint.state / "rclone.conf"
+    assert secrets_[1] in conf.read_text()  # where the admin keys are kept instead
+    for path in (conf, endpoint.state / "htpasswd"):
+        assert (path.stat().st_mode & 0o777, pwd.getpwuid(path.stat().st_uid).pw_name) == (0o600, "kryonix-offsite")
+    for path in (proc / "environ", conf, endpoint.state / "htpasswd"):
+        denied = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(path)],
+                                capture_output=True, text=True, timeout=30)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (path, denied.stderr)
+    assert (proc / "cmdline").read_bytes() == cmdline  # the same endpoint process throughout
+
+
+def test_workers_and_dagster_runs_get_no_admin_secret(world, tmp_path, settings):
+    """A Celery worker started by the setup script from a shell that holds the copy's admin path and
+    keys, and the command line `make dev` runs Dagster with: neither environment holds them (read
+    from the real worker's /proc/PID/environ), both hold the workers' endpoint URL."""
+    token = secrets.token_hex(4)
+    admin = {"KRYONIX_REPO_SECONDARY_ADMIN": world.endpoint.admin,
+             "KRYONIX_REPO_SECONDARY_ADMIN_ACCESS_KEY": f"admin-key-{token}",
+             "KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY": f"admin-secret-{token}",
+             "OFFSITE_S3_SECRET_KEY": f"endpoint-secret-{token}"}
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").touch()
+    broker_user = f"kryonix-broker-test-{token}"
+    env = {**os.environ, **world.env, **admin, "DAGSTER_HOME": str(home), "KRYONIX_WORKERS_DIR": str(tmp_path / "w"),
+           "KRYONIX_CELERY_QUEUE": f"kryonix_test_{token}", "KRYONIX_CELERY_BROKER_USER": broker_user,
+           "KRYONIX_BIN": str(Path(sys.executable).parent)}
+    script = ROOT / "scripts" / "workers.sh"
+    try:
+        started = subprocess.run([str(script), "start", "1"], env=env, capture_output=True, text=True, timeout=240)
+        assert started.returncode == 0, started.stderr + started.stdout
+        pid = int((tmp_path / "w" / "kryonix-w1.pid").read_text())
+        assert_no_admin_secret(Path(f"/proc/{pid}/environ").read_bytes(), admin, world.endpoint.url)
+        assert b"kryonix_dagster.workers.app" in Path(f"/proc/{pid}/cmdline").read_bytes()  # still that worker
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
+        requests.delete(f"{settings.rabbitmq_api}/api/users/{broker_user}", timeout=10,
+                        auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
+        requests.delete(f"{settings.rabbitmq_api}/api/queues/%2Fkryonix_dagster/kryonix_test_{token}", timeout=10,
+                        auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password))
+    # what a deployment's worker host is given: no admin setting in deploy/*.env, and the unit drops them
+    for env_file in (ROOT / "deploy").glob("*.env"):
+        assigned = {line.split("=", 1)[0] for line in env_file.read_text().splitlines() if "=" in line
+                    and not line.startswith("#")}
+        assert assigned and not assigned & set(admin), env_file
+    unit = (ROOT / "deploy" / "kryonix-worker@.service").read_text()
+    [unset] = [line for line in unit.splitlines() if line.startswith("UnsetEnvironment=")]
+    assert set(admin) - {"OFFSITE_S3_SECRET_KEY"} <= set(unset.split("=", 1)[1].split())
+    # `make dev`'s Dagster command, run with a printer of its environment in Dagster's place
+    client_file = world.endpoint.home / "client.secret"
+    planned = subprocess.run(["make", "-n", "dev", f"OFFSITE_CLIENT_FILE={client_file}", "OFFSITE_PORT=1"],
+                             cwd=ROOT, env={**os.environ, **admin}, capture_output=True, text=True, timeout=60)
+    [dagster_line] = [line for line in planned.stdout.splitlines() if "/dagster dev " in line]
+    printer = f"{sys.executable} -c 'import os, sys; sys.stdout.buffer.write(open(\"/proc/self/environ\", \"rb\").read())'"
+    shown = subprocess.run(["bash", "-c", dagster_line.split(" .venv/bin/dagster dev ")[0] + " " + printer],
+                           env={k: v for k, v in {**os.environ, **admin}.items() if k != "KRYONIX_REPO_SECONDARY"},
+                           capture_output=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert_no_admin_secret(shown.stdout, admin, f"rest:http://kryonix-worker:{world.endpoint.password}@127.0.0.1:1")
+
+
+def assert_no_admin_secret(environ: bytes, admin: dict[str, str], worker_url: str) -> None:
+    entries = environ.split(b"\0")
+    assert f"KRYONIX_REPO_SECONDARY={worker_url}".encode() in entries  # the worker's own path is there
+    for name, value in admin.items():
+        assert not any(e.startswith(name.encode() + b"=") for e in entries), name
+        assert value.encode() not in environ, name
 
 
 def snapshots_of_sessions(world, session_ids: list[str]) -> list[dict]:
@@ -184,7 +286,7 @@ def test_copy_all_then_retention_on_the_copy_removes_old_restore_points(world, t
     basic plan's `forget --repo secondary` (admin path) then removes a restore point older than
     48 hours that a later one of the same day supersedes. Both read back with restic itself."""
     settings = world.settings
-    endpoint = start_endpoint(tmp_path)
+    endpoint = start_endpoint()
     env = {"KRYONIX_REPO_SECONDARY": endpoint.url, "KRYONIX_REPO_SECONDARY_ADMIN": endpoint.admin,
            "KRYONIX_STATE_DIR": str(tmp_path / "state")}
     small = "r" + secrets.token_hex(4)

@@ -3,6 +3,7 @@ product's RabbitMQ, a Dagster instance on PostgreSQL, tiny demo tenants."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -10,14 +11,17 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
+import amqp
 import pytest
+import requests
 from dagster import AssetKey, DagsterEventType, DagsterInstance, build_reconstructable_job, execute_job
 
 from kryonix_dagster.demo import seed_tenant
 from kryonix_dagster.engine import pg
-from kryonix_dagster.engine.naming import DAGSTER_BROKER_VHOST, tenant_names
-from kryonix_dagster.workers.broker import broker_url, redacted
+from kryonix_dagster.engine.naming import DAGSTER_BROKER_VHOST, names_for, tenant_names
+from kryonix_dagster.workers.broker import broker_credentials, broker_url, redacted
 
 from . import workers_world
 from .helpers import purge_tenant
@@ -94,8 +98,29 @@ def six_tenants(settings):
 def test_broker_vhost_is_no_tenant_vhost():
     assert DAGSTER_BROKER_VHOST == "/kryonix_dagster"
     assert tenant_names("kryonixdagster", "/tmp", "file:///r").vhost != DAGSTER_BROKER_VHOST
-    assert broker_url({"KRYONIX_AMQP_URL": "amqp://u:secret@h:5672/"}) == "pyamqp://u:secret@h:5672/%2Fkryonix_dagster"
-    assert "secret" not in redacted(broker_url({"KRYONIX_AMQP_URL": "amqp://u:secret@h:5672/"}))
+    # the broker's own user, never the product's AMQP user (u)
+    own = {"KRYONIX_AMQP_URL": "amqp://u:secret@h:5672/", "KRYONIX_CELERY_BROKER_PASSWORD": "b-secret"}
+    assert broker_url(own) == "pyamqp://kryonix-broker:b-secret@h:5672/%2Fkryonix_dagster"
+    assert "secret" not in redacted(broker_url(own))
+
+
+def test_the_broker_user_reaches_its_vhost_only(settings, celery_workers, six_tenants):
+    """The user the workers and the executor connect as (the product's setup made it): rights on
+    the broker vhost and nowhere else, no management access, refused by a tenant's vhost."""
+    user, password = broker_credentials()
+    assert user == os.environ["KRYONIX_CELERY_BROKER_USER"] and user in broker_url()
+    admin = (settings.rabbitmq_api_user, settings.rabbitmq_api_password)
+    granted = requests.get(f"{settings.rabbitmq_api}/api/users/{user}/permissions", auth=admin, timeout=10).json()
+    assert [(p["vhost"], p["configure"], p["write"], p["read"]) for p in granted] == [
+        (DAGSTER_BROKER_VHOST, ".*", ".*", ".*")]
+    assert requests.get(f"{settings.rabbitmq_api}/api/vhosts", auth=(user, password), timeout=10).status_code == 401
+    tenant_vhost = names_for(settings, six_tenants[0]).vhost
+    assert requests.get(f"{settings.rabbitmq_api}/api/vhosts/{quote(tenant_vhost, safe='')}", auth=admin,
+                        timeout=10).status_code == 200  # the tenant's vhost exists: the refusal below is a refusal
+    with amqp.Connection("127.0.0.1:5672", userid=user, password=password, virtual_host=DAGSTER_BROKER_VHOST) as ok:
+        assert ok.connected  # the right password: the refusal below is about the vhost
+    with pytest.raises(amqp.exceptions.NotAllowed, match=f"access to vhost '{tenant_vhost}' refused"):
+        amqp.Connection("127.0.0.1:5672", userid=user, password=password, virtual_host=tenant_vhost).connect()
 
 
 def test_a_batch_run_spreads_over_two_workers(settings, celery_workers, pg_dagster_home, six_tenants):

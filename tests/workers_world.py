@@ -113,6 +113,10 @@ class Workers:
 
 @pytest.fixture(scope="module")
 def celery_workers(test_env, settings, pg_dagster_home, tmp_path_factory):
+    # a broker user of the module's own (others share this RabbitMQ): created by the product's
+    # setup, its password derived from this run's master key, removed afterwards
+    broker_user = "kryonix-broker-test-" + secrets.token_hex(4)
+    os.environ["KRYONIX_CELERY_BROKER_USER"] = broker_user  # the workers and the executor here use it
     ensure_vhost()
     queue = "kryonix_test_" + secrets.token_hex(4)
     os.environ["KRYONIX_CELERY_QUEUE"] = queue  # the executor in this process sends there
@@ -126,5 +130,8 @@ def celery_workers(test_env, settings, pg_dagster_home, tmp_path_factory):
     finally:
         workers.stop()
         os.environ.pop("KRYONIX_CELERY_QUEUE", None)
+        os.environ.pop("KRYONIX_CELERY_BROKER_USER", None)
+        auth = (settings.rabbitmq_api_user, settings.rabbitmq_api_password)
         requests.delete(f"{settings.rabbitmq_api}/api/queues/{quote(DAGSTER_BROKER_VHOST, safe='')}/{queue}",
-                        auth=(settings.rabbitmq_api_user, settings.rabbitmq_api_password), timeout=10)
+                        auth=auth, timeout=10)
+        requests.delete(f"{settings.rabbitmq_api}/api/users/{broker_user}", auth=auth, timeout=10)

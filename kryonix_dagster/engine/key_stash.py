@@ -22,7 +22,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 from . import keys, registry
@@ -119,7 +118,7 @@ def vault_folder(settings: Settings, where: Location) -> KeyFolder:
     if folder is None:
         raise OSError(f"the {where.kind} repository location cannot hold the key vault's stash")
     if isinstance(folder, LocalKeyFolder):
-        Path(folder.folder).mkdir(parents=True, exist_ok=True)
+        folder.make_folder()
     return folder
 
 

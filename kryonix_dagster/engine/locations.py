@@ -1,7 +1,7 @@
 """Where a tenant's repositories live: the primary, and the off-site copy (the secondary).
 
 Workers reach the secondary through `KRYONIX_REPO_SECONDARY`, an append-only endpoint (e.g.
-`rest:http://127.0.0.1:8765` served by `rclone serve restic --append-only`): they can add
+`rest:http://USER:PASSWORD@127.0.0.1:8765` served by `rclone serve restic --append-only --htpasswd`): they can add
 snapshots and files but never delete or overwrite. Retention and key rotation on the copy
 go through `KRYONIX_REPO_SECONDARY_ADMIN`, the same storage reached directly (a folder or an
 S3 prefix, with its own credentials) that workers are not given.

@@ -151,6 +151,12 @@ def restic_location(repo: str) -> str:
     return repo[len("file://"):] if repo.startswith("file://") else repo
 
 
+def shown_location(location: str) -> str:
+    """A repository location fit for a message: without the user and password a URL may carry
+    (`rest:http://USER:PASSWORD@host:port/…`, the off-site endpoint's client credentials)."""
+    return re.sub(r"^([a-z0-9+]+:(?:[a-z0-9+]+:)?//)[^/@]*@", r"\1", location)
+
+
 def restic_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -178,7 +184,7 @@ class Restic:
         self._secret_key = secret_key
 
     def __repr__(self) -> str:
-        return f"Restic({self.label}, {self.location})"
+        return f"Restic({self.label}, {shown_location(self.location)})"
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -216,7 +222,7 @@ class Restic:
     def missing_message(self) -> str:
         """One line for a repository that is not there (deleted, or its storage unreachable):
         what is missing and what to run, never restic's own text."""
-        where = self.location.split("@")[-1] if "@" in self.location.split("/")[0] else self.location
+        where = shown_location(self.location)
         if getattr(self, "is_copy", False):
             return (f"{self.label}: the off-site copy has no repository at {where} (deleted, or the endpoint does not "
                     f"serve it): `kryonix-backup copy {self._tenant}` writes it again from the primary; restores need the "

@@ -127,12 +127,23 @@ class LocalKeyFolder:
     def read(self, name: str) -> bytes:
         return (self.folder / name).read_bytes()
 
+    def make_folder(self) -> None:
+        """keys/ and the folders above it that are missing; group-readable (and setgid kept)
+        where the nearest existing folder is, as restic does for a repository shared with a group."""
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        shared = _shared_with_group(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in missing if shared else ():
+            os.chmod(path, 0o750 | (path.stat().st_mode & 0o2000))
+
     def write(self, name: str, raw: bytes) -> None:
-        """Atomic and durable, read-only like restic's own files; the temporary file sits
-        outside keys/ so restic never lists a partial key."""
+        """Atomic and durable, read-only like restic's own files (group-readable when the folder
+        is: the off-site endpoint's own user must read what the admin path writes as root); the
+        temporary file sits outside keys/ so restic never lists a partial key."""
         tmp = self.root / f".kryonix-key-{secrets.token_hex(8)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            os.fchmod(fd, 0o440 if _shared_with_group(self.folder) else 0o400)
             with os.fdopen(fd, "wb") as out:
                 out.write(raw)
                 out.flush()
@@ -190,6 +201,14 @@ class _as_oserror:
         if isinstance(exc, (BotoCoreError, ClientError)):
             raise OSError(f"S3: {type(exc).__name__}: {exc}") from None
         return False
+
+
+def _shared_with_group(path: Path) -> bool:
+    """Is the nearest existing folder at or above `path` readable by its group?"""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return bool(folder.stat().st_mode & 0o040)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:
