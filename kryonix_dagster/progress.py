@@ -97,6 +97,6 @@ class TerminalReporter:
             text = f"{task}: {human_bytes(done)}"
         if self.tty:
             self._draw(text)
-        elif time.monotonic() - self._last_line >= 10:
+        elif done > 0 and time.monotonic() - self._last_line >= 10:  # a log line of "0 B" says nothing
             click.echo(text, err=True)
             self._last_line = time.monotonic()

@@ -51,3 +51,14 @@ def test_run_log_progress_never_says_zero_bytes():
     reporter.progress("demo1 postgresql", 2048, 4096)
     reporter.progress("demo1 postgresql", 4096, 4096)  # within 15 s of the last line: not repeated
     assert lines == ["demo1 postgresql: 2048 bytes of 4096"]
+
+
+def test_cli_progress_lines_never_say_zero_bytes(capsys):
+    from kryonix_dagster.progress import TerminalReporter
+
+    reporter = TerminalReporter()
+    reporter.tty = False  # as in a log file or CI: one line at most every 10 s
+    reporter.progress("demo3 redis keys", 0, None)
+    assert capsys.readouterr().err == ""
+    reporter.progress("demo3 redis keys", 4096, None)
+    assert capsys.readouterr().err == "demo3 redis keys: 4.0 KiB\n"
