@@ -88,6 +88,7 @@ def complete_backup(cli, tid, env=None) -> dict:
 # --- kill -9 of backups and of forget ---------------------------------------------------------
 
 @pytest.mark.slow(144)
+@pytest.mark.timeout(600)  # eight backups killed at seeded steps and their heals: over 300 s on a loaded machine
 def test_kill9_of_backups_at_seeded_steps_then_next_sessions_and_forget_heal(cli, settings, tenant_factory, tmp_path):
     rng = random.Random(SEED)
     tid = small_tenant(settings, tenant_factory)
