@@ -143,6 +143,28 @@ def run_process(gql: GraphQL, run_id: str) -> int | None:
 
 @pytest.mark.slow(150)
 @pytest.mark.timeout(420)
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGSTOP the process (it starts nothing more), then SIGKILL it and every descendant."""
+    os.kill(pid, signal.SIGSTOP)
+    for victim in [pid, *_descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_instance_graphql_queue_pools_retries_and_backfill(production, settings, cli):
     gql, budget, (t1, t2) = production
 
@@ -199,13 +221,15 @@ def test_instance_graphql_queue_pools_retries_and_backfill(production, settings,
     backfill = launched["launchPartitionBackfill"]
     assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
 
-    # the queued run's process dies (kill -9): the instance's run retries (deploy/dagster.yaml:
-    # max_retries 1) launch it again, and the retry backs the tenant up
+    # the queued run's process dies with everything it started (kill -9 of the whole tree, as a
+    # lost host or an OOM-killed container): the instance's run retries (deploy/dagster.yaml:
+    # max_retries 1) launch it again, and the retry backs the tenant up. Killing the run process
+    # alone would leave a step subprocess that may already run the session and finish it.
     def started_process():
         return gql(RUN_STATUS, id=run_id)["runOrError"]["status"] == "STARTED" and run_process(gql, run_id)
     pid = budget.wait(started_process, 120, "the queued run's process", interval=0.5)
     assert alive(pid), f"run process {pid} ended before the kill"
-    os.kill(pid, signal.SIGKILL)
+    kill_tree(pid)
     assert budget.wait(lambda: (s := gql(RUN_STATUS, id=run_id)["runOrError"]["status"]) in FINISHED and s,
                        60, "the killed run marked finished") == "FAILURE"
 
