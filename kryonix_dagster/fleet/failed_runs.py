@@ -1,7 +1,7 @@
 """Failed runs: alert with the tenant(s), the tier(s) and the error."""
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
-from ..engine.alerts import Alert
+from ..engine.alerts import Alert, send_logged
 from ..engine.errors import one_line
 from ..resources import AlertsResource
 
@@ -39,5 +39,7 @@ def failed_runs_sensor(context: RunFailureSensorContext, alerts: AlertsResource)
     text = f"Run {run.run_id[:8]} of {run.job_name} failed for tenant(s) {who}: {error}"
     if details:
         text += "\n" + "\n".join(f"- {k}: {one_line(str(v), 300)}" for k, v in details.items())
-    alerts.send(Alert("run_failed", f"Backup run failed: {who}", text, tenant=tenants[0] if len(tenants) == 1 else None,
-                      fields={"run_id": run.run_id, "job": run.job_name, "tenants": tenants, "failed": details}))
+    alert = Alert("run_failed", f"Backup run failed: {who}", text, tenant=tenants[0] if len(tenants) == 1 else None,
+                  fields={"run_id": run.run_id, "job": run.job_name, "tenants": tenants, "failed": details})
+    send_logged(context.log, alerts, alert)
+

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource, EnvVar
 
 from ..engine import audit, registry
-from ..engine.alerts import Alert, AlertChannels, deliver
+from ..engine.alerts import Alert, deliver, notify_success, urls_from_env
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
 from ..engine.locations import SECONDARY
@@ -204,6 +204,10 @@ class BackupEngineResource(ConfigurableResource):
         """Waits for a running session or forget of the tenant rather than failing."""
         return run_copy(self.settings(), tenant_id, wait_seconds=wait_seconds, report=report)
 
+    def offsite_lags(self) -> list[OffsiteLag]:
+        """Every tenant's (from the main database only); [] when no off-site copy is configured."""
+        return offsite_lags(self.settings()) if self.offsite_configured() else []
+
     def offsite_lag(self, tenant_id: str) -> OffsiteLag | None:
         lags = offsite_lags(self.settings(), tenant_id)
         return lags[0] if lags else None
@@ -250,26 +254,26 @@ class BackupEngineResource(ConfigurableResource):
 
 
 class AlertsResource(ConfigurableResource):
-    """Where alerts go: a JSON webhook (Slack-compatible) and/or e-mail over SMTP."""
+    """Where notifications go: Apprise URLs. `from_env` reads them when sending from
+    KRYONIX_NOTIFY_URLS and the old KRYONIX_ALERT_* variables, so the URLs' secrets never sit in
+    Dagster's run config; `urls` (space-separated) is for tests and explicit set-ups."""
 
-    webhook_url: str | None = None
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    smtp_user: str | None = None
-    smtp_password: str | None = None
-    smtp_starttls: bool = False
-    email_from: str = "kryonix-backup@localhost"
-    email_to: str = ""  # comma-separated
+    urls: str = ""
+    from_env: bool = False
 
-    def channels(self) -> AlertChannels:
-        return AlertChannels(
-            webhook_url=self.webhook_url, smtp_host=self.smtp_host, smtp_port=self.smtp_port,
-            smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_starttls=self.smtp_starttls,
-            email_from=self.email_from, email_to=tuple(a.strip() for a in self.email_to.split(",") if a.strip()),
-        )
+    def channel_urls(self) -> list[str]:
+        return self.urls.split() + (urls_from_env() if self.from_env else [])
+
+    def configured(self) -> bool:
+        return bool(self.channel_urls())
+
+    def notify_success(self) -> bool:
+        return notify_success()
 
     def send(self, alert: Alert) -> list[str]:
-        return deliver(self.channels(), alert)
+        """The channels that took it ([] when none is configured or all failed); never raises."""
+        urls = self.channel_urls()
+        return deliver(urls, alert) if urls else []
 
 
 def resources_from_env() -> dict[str, ConfigurableResource]:
@@ -278,16 +282,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
     return {
         "postgres": postgres,
         "engine": BackupEngineResource(postgres=postgres, **services),
-        "alerts": AlertsResource(
-            webhook_url=env_or_default("KRYONIX_ALERT_WEBHOOK_URL"),
-            smtp_host=env_or_default("KRYONIX_ALERT_SMTP_HOST"),
-            smtp_port=int(os.environ.get("KRYONIX_ALERT_SMTP_PORT") or 25),
-            smtp_user=env_or_default("KRYONIX_ALERT_SMTP_USER"),
-            smtp_password=env_or_default("KRYONIX_ALERT_SMTP_PASSWORD"),
-            smtp_starttls=os.environ.get("KRYONIX_ALERT_SMTP_STARTTLS", "").lower() in ("1", "true", "yes"),
-            email_from=os.environ.get("KRYONIX_ALERT_EMAIL_FROM") or "kryonix-backup@localhost",
-            email_to=os.environ.get("KRYONIX_ALERT_EMAIL_TO") or "",
-        ),
+        "alerts": AlertsResource(from_env=True),
     }
 
 
