@@ -2,6 +2,9 @@
 STARTTLS and a login (aiosmtpd, self-signed certificate), and the AlertsResource pointing at
 both (`inbox.alerts`, `inbox.urls`)."""
 import datetime
+import email
+import email.policy
+import ipaddress
 import json
 import ssl
 import threading
@@ -25,7 +28,7 @@ SMTP_USER, SMTP_PASSWORD = "kryonix", "s3cret-Pw!"
 class Inbox:
     def __init__(self):
         self.webhook: list[dict] = []  # Apprise's json:// payloads: version, title, message, type
-        self.mail: list[str] = []
+        self.mail: list[str] = []  # each message as "Subject: …" and its plain-text body, decoded
         self.logins: list[str] = []  # who authenticated, after STARTTLS
         self.tls: list[bool] = []  # each message: was the session encrypted
 
@@ -35,6 +38,8 @@ def self_signed(folder) -> ssl.SSLContext:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -65,7 +70,8 @@ def inbox(tmp_path):
     class Handler:
         async def handle_DATA(self, server, session, envelope):
             box.tls.append(session.ssl is not None)
-            box.mail.append(envelope.content.decode(errors="replace"))
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            box.mail.append(f"Subject: {message['subject']}\n\n{message.get_body(('plain',)).get_content()}")
             return "250 OK"
 
     def authenticator(server, session, envelope, mechanism, auth_data):
@@ -78,6 +84,8 @@ def inbox(tmp_path):
     smtp = Controller(Handler(), hostname="127.0.0.1", port=free_port(), tls_context=self_signed(tmp_path),
                       require_starttls=True, authenticator=authenticator, auth_required=True)
     smtp.start()
+    box.cert = tmp_path / "cert.pem"  # SSL_CERT_FILE for a client that verifies the certificate
+    box.smtp_port = smtp.port
     box.json_url = f"json://127.0.0.1:{http.server_port}/hook"
     # mailtos:// with STARTTLS and a login; verify=no accepts the self-signed certificate
     box.mail_url = (f"mailtos://{SMTP_USER}:{SMTP_PASSWORD.replace('!', '%21')}@127.0.0.1:{smtp.port}"

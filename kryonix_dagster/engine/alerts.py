@@ -25,6 +25,7 @@ NOTIFY_TYPES = {"stale": apprise.NotifyType.FAILURE, "run_failed": apprise.Notif
                 "batch_failed": apprise.NotifyType.FAILURE, "lgpd": apprise.NotifyType.WARNING,
                 "resolved": apprise.NotifyType.SUCCESS, "batch_ok": apprise.NotifyType.SUCCESS,
                 "digest": apprise.NotifyType.INFO}
+NO_CHANNEL = "no notification channel configured (KRYONIX_NOTIFY_URLS)"
 MAX_IDS_SHOWN = 10  # tenant ids one message names at most (the rest as a count)
 
 
@@ -129,8 +130,7 @@ def send_logged(log, channels, alert: Alert) -> list[str]:
     """Send through `channels` (anything with `configured()` and `send(alert)`, as AlertsResource) and
     log the alert's text with where it went, or that no channel is configured, or that all failed."""
     if not channels.configured():
-        log.warning(f"no notification channel configured (KRYONIX_NOTIFY_URLS): alert not sent: {alert.title}\n"
-                    f"{alert.text}")
+        log.warning(f"{NO_CHANNEL}: alert not sent: {alert.title}\n{alert.text}")
         return []
     delivered = channels.send(alert)
     if delivered:

@@ -11,7 +11,7 @@ import json
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, DefaultSensorStatus,
                      MetadataValue, SensorEvaluationContext, SkipReason, asset_check, sensor)
 
-from ..engine.alerts import MAX_IDS_SHOWN, Alert, first_ids
+from ..engine.alerts import MAX_IDS_SHOWN, NO_CHANNEL, Alert, first_ids
 from ..engine.errors import one_line
 from ..engine.fleet import TenantStatus
 from ..backup.metadata import RESTORE_POINT_ASSET
@@ -132,14 +132,13 @@ def stale_backups_sensor(context: SensorEvaluationContext, engine: BackupEngineR
         return SkipReason(f"{len(after)} open incident(s), nothing new{later}")
     alert = tick_alert(stale, resolved, archiving, lag_new, lag_gone, len(lagging))
     if not alerts.configured():
-        context.log.warning(f"no notification channel configured (KRYONIX_NOTIFY_URLS): alert not sent: "
-                            f"{alert.title}\n{alert.text}")
-    else:
-        delivered = alerts.send(alert)
-        if not delivered:  # every channel failed: the same incidents again on the next tick
-            context.log.error(f"alert not delivered (every channel failed), retried next tick: {alert.title}\n"
-                              f"{alert.text}")
-            return SkipReason(f"alert not delivered: {alert.title}{later}")
-        context.log.info(f"alert sent to {', '.join(delivered)}: {alert.title}\n{alert.text}")
+        context.log.warning(f"{NO_CHANNEL}: alert not sent: {alert.title}\n{alert.text}")
+        context.update_cursor(json.dumps(after, sort_keys=True))  # said in the log; not repeated every tick
+        return SkipReason(f"{NO_CHANNEL}: not sent: {alert.title}{later}")
+    delivered = alerts.send(alert)
+    if not delivered:  # every channel failed: the same incidents again on the next tick
+        context.log.error(f"alert not delivered (every channel failed), retried next tick: {alert.title}\n{alert.text}")
+        return SkipReason(f"alert not delivered: {alert.title}{later}")
+    context.log.info(f"alert sent to {', '.join(delivered)}: {alert.title}\n{alert.text}")
     context.update_cursor(json.dumps(after, sort_keys=True))
     return SkipReason(f"alerted: {alert.title}{later}")
