@@ -164,3 +164,25 @@ def test_multi_tenant_backup_sends_one_summary_and_a_failing_channel_never_fails
     ok = inbox.webhook[1]
     assert ok["type"] == "success" and "total 2, succeeded 2, failed 0, success rate 100%" in ok["message"]
     assert "summary not delivered to 1 of 3" in result.stderr and token not in result.stderr
+
+    # a scheduled batch of the same tenants: the failed-run sensor sends the batch's one summary
+    from kryonix_dagster.definitions import defs
+
+    with DagsterInstance.ephemeral() as instance:
+        run = defs.get_job_def("backup_batch_job").execute_in_process(
+            run_config={"ops": {"split_active_tenants": {"config": {"tenants": [good, broken], "chunk_size": 1}}}},
+            instance=instance, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in instance.all_logs(run.run_id)
+                       if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
+        context = build_run_status_sensor_context(
+            sensor_name="failed_runs_sensor", dagster_event=failure.dagster_event, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(run.run_id), resources={"alerts": inbox.alerts},
+        ).for_run_failure()
+        failed_runs_sensor(context)
+    assert len(inbox.webhook) == 3, inbox.webhook
+    batch = inbox.webhook[2]
+    assert batch["title"] == "kryonix-backup: incremental backup failed for 1 of 2 tenant(s)"
+    assert "total 2, succeeded 1, failed 1, success rate 50%" in batch["message"]
+    assert f"run {run.run_id[:8]} of backup_batch_job" in batch["message"]
+    assert f"- {broken}: " in batch["message"] and f"kryonix_cliente_{broken}" in batch["message"]

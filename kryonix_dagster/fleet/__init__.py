@@ -4,6 +4,7 @@ that keeps tenant partitions equal to the registry, and the job that runs every 
 tenant."""
 from dagster import Definitions
 
+from .batch_summary import backup_batch_success_sensor
 from .failed_runs import failed_runs_sensor
 from .freshness import freshness_check, stale_backups_sensor
 from .report import fleet_backup_report, fleet_report_job, fleet_report_schedule
@@ -15,9 +16,9 @@ defs = Definitions(
     asset_checks=[freshness_check],
     jobs=[fleet_report_job, tenant_checks_job],
     schedules=[fleet_report_schedule],
-    sensors=[tenant_partitions_sensor, stale_backups_sensor, failed_runs_sensor],
+    sensors=[tenant_partitions_sensor, stale_backups_sensor, failed_runs_sensor, backup_batch_success_sensor],
 )
 
-__all__ = ["TENANT_CHECKS", "defs", "failed_runs_sensor", "fleet_backup_report", "fleet_report_job",
+__all__ = ["TENANT_CHECKS", "backup_batch_success_sensor", "defs", "failed_runs_sensor", "fleet_backup_report", "fleet_report_job",
            "fleet_report_schedule", "freshness_check", "stale_backups_sensor", "tenant_checks_job",
            "tenant_partitions_sensor"]

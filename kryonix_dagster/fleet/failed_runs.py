@@ -4,6 +4,7 @@ from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_se
 from ..engine.alerts import Alert, send_logged
 from ..engine.errors import one_line
 from ..resources import AlertsResource
+from .batch_summary import BATCH_JOB, batch_alert
 
 
 def _failure_details(context: RunFailureSensorContext) -> tuple[list[str], dict, str]:
@@ -31,10 +32,14 @@ def _failure_details(context: RunFailureSensorContext) -> tuple[list[str], dict,
 
 
 @run_failure_sensor(name="failed_runs_sensor", default_status=DefaultSensorStatus.RUNNING,
-                    description="Alerts on every failed run with its tenant(s), tier(s) and error.")
+                    description="Alerts on every failed run with its tenant(s), tier(s) and error; a backup batch "
+                                "with its summary (total, succeeded, failed, each failed tenant's reason).")
 def failed_runs_sensor(context: RunFailureSensorContext, alerts: AlertsResource):
-    tenants, details, error = _failure_details(context)
     run = context.dagster_run
+    if run.job_name == BATCH_JOB:  # a backup batch: its one summary, every failed tenant with its reason
+        send_logged(context.log, alerts, batch_alert(context.instance, run))
+        return
+    tenants, details, error = _failure_details(context)
     who = ", ".join(tenants) or "(no tenant)"
     text = f"Run {run.run_id[:8]} of {run.job_name} failed for tenant(s) {who}: {error}"
     if details:
