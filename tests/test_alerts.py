@@ -15,6 +15,7 @@ from kryonix_dagster.fleet.freshness import freshness_evaluation, stale_alert
 from kryonix_dagster.partitions import KRYONIX_TENANTS
 from kryonix_dagster.resources import AlertsResource, BackupEngineResource, PostgresResource, resources_from_env
 from kryonix_dagster.fleet import failed_runs_sensor, stale_backups_sensor
+from kryonix_dagster.fleet.digest import fleet_digest_sensor
 from kryonix_dagster.fleet.freshness import OFFSITE_INCIDENT
 from kryonix_dagster.pitr.sensors import INCIDENT as ARCHIVING_INCIDENT
 
@@ -98,6 +99,22 @@ def test_stale_tenants_alert_in_one_message_per_tick_and_again_when_resolved(own
     assert alert["type"] == "failure" and alert["title"] == f"Backup stale: tenant {tid}"
     assert f"latest restore point {old.age_hours:.1f} h old, RPO 8 h" in alert["message"]
     assert f"Subject: Backup stale: tenant {tid}" in inbox.mail[2]
+
+    # the daily digest: one message a day with the fleet's ages, stale tenants, storage, last 24 h
+    with DagsterInstance.ephemeral() as instance:
+        with build_sensor_context(instance=instance, resources={"engine": engine, "alerts": inbox.alerts}) as context:
+            fleet_digest_sensor(context)
+            day = context.cursor
+        with build_sensor_context(instance=instance, cursor=day,
+                                  resources={"engine": engine, "alerts": inbox.alerts}) as context:
+            assert "already sent" in fleet_digest_sensor(context).skip_message
+    assert len(inbox.webhook) == len(inbox.mail) == 4
+    digest = inbox.webhook[3]
+    assert digest["type"] == "info" and digest["title"] == f"kryonix-backup daily digest {day}: 3 tenant(s), 1 stale"
+    assert f"3 tenant(s), 2 active; 1 stale: {other}" in digest["message"]
+    assert f"never backed up: 1 ({other})" in digest["message"] and f"({tid}), oldest" in digest["message"]
+    assert "Last 24 h: 1 session(s), 1 tenant(s) backed up" in digest["message"]
+    assert "daily digest" in inbox.mail[3]
 
 
 def test_failed_run_alerts_with_tenant_tier_and_error(inbox, cli, tenant_factory, settings):

@@ -1,11 +1,13 @@
 """LGPD assets: the per-tenant retention run and the fleet compliance report for reviewers."""
 import json
+from datetime import timezone
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from ..engine.alerts import MAX_IDS_SHOWN, Alert, first_ids, send_logged
 from ..engine.errors import KryonixError, one_line
 from ..partitions import kryonix_tenants
-from ..resources import BackupEngineResource
+from ..resources import AlertsResource, BackupEngineResource
 from .metadata import GROUP, LGPD_RETENTION_ASSET, retention_metadata
 
 
@@ -23,16 +25,33 @@ def lgpd_retention(context: AssetExecutionContext, engine: BackupEngineResource)
     return MaterializeResult(metadata=retention_metadata(result))
 
 
+def lgpd_alert(fleet) -> Alert:
+    """The compliance report as a notification: counts, then each non-compliant tenant's problems."""
+    bad = [t for t in fleet.tenants if not t.compliant]
+    lines = [f"LGPD compliance report ({fleet.generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC): {len(fleet.tenants)} tenant(s), "
+             f"{len(bad)} not compliant, {sum(t.overdue_rows for t in fleet.tenants)} row(s) past their period, "
+             f"{sum(t.ledger_pending for t in fleet.tenants)} erasure-ledger entr(ies) pending"]
+    for tenant in bad[:MAX_IDS_SHOWN]:
+        lines.append(f"- {tenant.tenant_id}: " + "; ".join(one_line(p, 200) for p in tenant.problems))
+    if len(bad) > MAX_IDS_SHOWN:
+        lines.append(f"… and {len(bad) - MAX_IDS_SHOWN} more: `kryonix-backup lgpd report` lists them all")
+    return Alert("lgpd", f"kryonix-backup: LGPD: {len(bad)} tenant(s) not compliant: {first_ids(fleet.non_compliant, 5)}",
+                 "\n".join(lines), fields={"non_compliant": fleet.non_compliant})
+
+
 @asset(group_name=GROUP, kinds={"postgres", "json"},
        description="LGPD compliance of every registered tenant (`kryonix-backup lgpd report`): personal data past "
                    "its period, restore points past the plan, erasure-ledger entries not yet rewritten out of old "
                    "restore points, last retention run, last erasure. Markdown here, JSON on disk for reviewers.")
-def lgpd_compliance_report(context: AssetExecutionContext, engine: BackupEngineResource) -> MaterializeResult:
+def lgpd_compliance_report(context: AssetExecutionContext, engine: BackupEngineResource,
+                           alerts: AlertsResource) -> MaterializeResult:
     fleet = engine.lgpd_fleet_compliance()
     path = engine.reports_dir() / "lgpd_compliance_report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(fleet.to_json(), indent=2, default=str))
     context.log.info(f"{len(fleet.tenants)} tenants, {len(fleet.non_compliant)} not compliant; report at {path}")
+    if fleet.non_compliant:  # the report goes out whenever a tenant is not compliant
+        send_logged(context.log, alerts, lgpd_alert(fleet))
     return MaterializeResult(metadata={
         "tenants": MetadataValue.int(len(fleet.tenants)),
         "non_compliant_tenants": MetadataValue.int(len(fleet.non_compliant)),
