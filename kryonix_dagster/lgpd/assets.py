@@ -25,14 +25,18 @@ def lgpd_retention(context: AssetExecutionContext, engine: BackupEngineResource)
     return MaterializeResult(metadata=retention_metadata(result))
 
 
-def lgpd_alert(fleet) -> Alert:
-    """The compliance report as a notification: counts, then each non-compliant tenant's problems."""
+def lgpd_alert(fleet, buckets: dict[str, int] | None = None) -> Alert:
+    """The compliance report as a notification: counts, then each non-compliant tenant's buckets (the
+    seed's report counts them) and problems."""
     bad = [t for t in fleet.tenants if not t.compliant]
+    buckets = buckets or {}
     lines = [f"LGPD compliance report ({fleet.generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC): {len(fleet.tenants)} tenant(s), "
              f"{len(bad)} not compliant, {sum(t.overdue_rows for t in fleet.tenants)} row(s) past their period, "
              f"{sum(t.ledger_pending for t in fleet.tenants)} erasure-ledger entr(ies) pending"]
     for tenant in bad[:MAX_IDS_SHOWN]:
-        lines.append(f"- {tenant.tenant_id}: " + "; ".join(one_line(p, 200) for p in tenant.problems))
+        count = buckets.get(tenant.tenant_id)
+        lines.append(f"- {tenant.tenant_id} ({'?' if count is None else count} bucket(s)): "
+                     + "; ".join(one_line(p, 200) for p in tenant.problems))
     if len(bad) > MAX_IDS_SHOWN:
         lines.append(f"… and {len(bad) - MAX_IDS_SHOWN} more: `kryonix-backup lgpd report` lists them all")
     return Alert("lgpd", f"kryonix-backup: LGPD: {len(bad)} tenant(s) not compliant: {first_ids(fleet.non_compliant, 5)}",
@@ -51,7 +55,12 @@ def lgpd_compliance_report(context: AssetExecutionContext, engine: BackupEngineR
     path.write_text(json.dumps(fleet.to_json(), indent=2, default=str))
     context.log.info(f"{len(fleet.tenants)} tenants, {len(fleet.non_compliant)} not compliant; report at {path}")
     if fleet.non_compliant:  # the report goes out whenever a tenant is not compliant
-        send_logged(context.log, alerts, lgpd_alert(fleet))
+        try:
+            buckets = engine.bucket_counts(fleet.non_compliant[:MAX_IDS_SHOWN])
+        except Exception as exc:  # the object storage unreachable: the report goes out without the counts
+            context.log.warning(f"bucket counts unavailable: {type(exc).__name__}: {one_line(str(exc), 200)}")
+            buckets = {}
+        send_logged(context.log, alerts, lgpd_alert(fleet, buckets))
     return MaterializeResult(metadata={
         "tenants": MetadataValue.int(len(fleet.tenants)),
         "non_compliant_tenants": MetadataValue.int(len(fleet.non_compliant)),

@@ -196,6 +196,15 @@ class BackupEngineResource(ConfigurableResource):
     def lgpd_fleet_compliance(self) -> FleetCompliance:
         return fleet_compliance(self.settings(), load_rules())
 
+    def bucket_counts(self, tenant_ids: list[str]) -> dict[str, int]:
+        """How many buckets each tenant owns (`cliente-{id}-*`), from one listing of the object storage."""
+        from ..engine.naming import names_for
+        from ..engine.services.s3 import s3_client
+
+        settings = self.settings()
+        listed = [b["Name"] for b in s3_client(settings).list_buckets().get("Buckets", [])]
+        return {tid: sum(1 for b in listed if names_for(settings, tid).owns_bucket(b)) for tid in tenant_ids}
+
     # --- off-site copy
     def offsite_configured(self) -> bool:
         return bool(self.settings().repo_secondary)
