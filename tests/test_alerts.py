@@ -117,19 +117,22 @@ def test_stale_tenants_alert_in_one_message_per_tick_and_again_when_resolved(own
     assert "daily digest" in inbox.mail[3]
 
 
+def failed_run_tick(instance, run_id: str, alerts) -> None:
+    """failed_runs_sensor on the run's RUN_FAILURE event, as the daemon would call it."""
+    failure = next(e for e in instance.all_logs(run_id)
+                   if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
+    failed_runs_sensor(build_run_status_sensor_context(
+        sensor_name="failed_runs_sensor", dagster_event=failure.dagster_event, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id), resources={"alerts": alerts}).for_run_failure())
+
+
 def test_failed_run_alerts_with_tenant_tier_and_error(inbox, cli, tenant_factory, settings):
     tid = tenant_factory()
     assert cli("tenants", "add", tid, "--name", "Sem banco", "--plan", "pro").returncode == 0
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
         run = failed_session_run(instance, tid)
-        failure = next(e for e in instance.all_logs(run.run_id)
-                       if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
-        context = build_run_status_sensor_context(
-            sensor_name="failed_runs_sensor", dagster_event=failure.dagster_event, dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(run.run_id), resources={"alerts": inbox.alerts},
-        ).for_run_failure()
-        failed_runs_sensor(context)
+        failed_run_tick(instance, run.run_id, inbox.alerts)
     assert len(inbox.webhook) == 1 and len(inbox.mail) == 1  # sent before the sensor returned
     alert = inbox.webhook[0]
     assert alert["type"] == "failure" and alert["title"] == f"Backup run failed: {tid}"
@@ -190,13 +193,7 @@ def test_multi_tenant_backup_sends_one_summary_and_a_failing_channel_never_fails
             run_config={"ops": {"split_active_tenants": {"config": {"tenants": [good, broken], "chunk_size": 1}}}},
             instance=instance, raise_on_error=False)
         assert not run.success
-        failure = next(e for e in instance.all_logs(run.run_id)
-                       if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
-        context = build_run_status_sensor_context(
-            sensor_name="failed_runs_sensor", dagster_event=failure.dagster_event, dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(run.run_id), resources={"alerts": inbox.alerts},
-        ).for_run_failure()
-        failed_runs_sensor(context)
+        failed_run_tick(instance, run.run_id, inbox.alerts)
     assert len(inbox.webhook) == 3, inbox.webhook
     batch = inbox.webhook[2]
     assert batch["title"] == "kryonix-backup: incremental backup failed for 1 of 2 tenant(s)"
