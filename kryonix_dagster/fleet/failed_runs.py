@@ -37,8 +37,10 @@ def _failure_details(context: RunFailureSensorContext) -> tuple[list[str], dict,
 def failed_runs_sensor(context: RunFailureSensorContext, alerts: AlertsResource):
     run = context.dagster_run
     if run.job_name == BATCH_JOB:  # a backup batch: its one summary, every failed tenant with its reason
-        send_logged(context.log, alerts, batch_alert(context.instance, run))
-        return
+        summary = batch_alert(context.instance, run)
+        if summary.fields["failed"]:  # (else the run failed before or beside its tenants: the generic alert)
+            send_logged(context.log, alerts, summary)
+            return
     tenants, details, error = _failure_details(context)
     who = ", ".join(tenants) or "(no tenant)"
     text = f"Run {run.run_id[:8]} of {run.job_name} failed for tenant(s) {who}: {error}"
