@@ -62,4 +62,7 @@ def batch_alert(instance, run) -> Alert:
 def backup_batch_success_sensor(context: RunStatusSensorContext, alerts: AlertsResource):
     if not alerts.notify_success():
         return SkipReason("KRYONIX_NOTIFY_SUCCESS is not true: a batch that succeeded sends no summary")
-    send_logged(context.log, alerts, batch_alert(context.instance, context.dagster_run))
+    summary = batch_alert(context.instance, context.dagster_run)
+    if not summary.fields["total"]:
+        return SkipReason("the batch had no tenants")
+    send_logged(context.log, alerts, summary)
