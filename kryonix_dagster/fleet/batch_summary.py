@@ -7,7 +7,7 @@ from dagster import (DagsterEventType, DagsterRunStatus, DefaultSensorStatus, Ru
                      run_status_sensor)
 
 from ..backup.jobs import backup_batch_job
-from ..engine.alerts import Alert, batch_summary_alert, send_logged
+from ..engine.alerts import Alert, batch_summary_alert, notify_success, send_logged
 from ..engine.errors import one_line
 from ..resources import AlertsResource
 from ..workers.io import MAPPING_KEY, VALUE_KEY
@@ -56,7 +56,9 @@ def batch_alert(instance, run) -> Alert:
 
 
 @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[backup_batch_job],
-                   name="backup_batch_success_sensor", default_status=DefaultSensorStatus.RUNNING,
+                   name="backup_batch_success_sensor",
+                   # only worth running when it may send (an operator can still start it in the UI)
+                   default_status=DefaultSensorStatus.RUNNING if notify_success() else DefaultSensorStatus.STOPPED,
                    description="A backup batch that succeeded: its summary, with KRYONIX_NOTIFY_SUCCESS=true "
                                "(failed batches: failed_runs_sensor).")
 def backup_batch_success_sensor(context: RunStatusSensorContext, alerts: AlertsResource):

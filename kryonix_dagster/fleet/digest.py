@@ -9,7 +9,7 @@ from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, se
 from ..engine.alerts import Alert, first_ids, send_logged
 from ..progress import human_bytes
 from ..resources import AlertsResource, BackupEngineResource
-from ..scheduling import TIMEZONE
+from ..scheduling import TIMEZONE, default_schedule_status
 
 
 def digest_alert(status: dict, day: str) -> Alert:
@@ -43,7 +43,9 @@ def digest_alert(status: dict, day: str) -> Alert:
                  "\n".join(lines), fields={"day": day})
 
 
-@sensor(name="fleet_digest_sensor", minimum_interval_seconds=1800, default_status=DefaultSensorStatus.RUNNING,
+@sensor(name="fleet_digest_sensor", minimum_interval_seconds=1800,
+        # a daily report, so it starts with the schedules (KRYONIX_SCHEDULES_RUNNING=false: stopped)
+        default_status=DefaultSensorStatus[default_schedule_status().name],
         description="Once a day: the fleet's digest (tenants, stale, ages, storage, last 24 h, last checks) to every "
                     "KRYONIX_NOTIFY_URLS channel.")
 def fleet_digest_sensor(context: SensorEvaluationContext, engine: BackupEngineResource, alerts: AlertsResource):
