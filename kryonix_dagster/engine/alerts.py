@@ -14,17 +14,14 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode, urlsplit
 
-import apprise
-
 from .errors import one_line
 
 log = logging.getLogger(__name__)
 
-# what each kind of alert is to Apprise (the `type` of a json:// payload, the icon elsewhere)
-NOTIFY_TYPES = {"stale": apprise.NotifyType.FAILURE, "run_failed": apprise.NotifyType.FAILURE,
-                "batch_failed": apprise.NotifyType.FAILURE, "lgpd": apprise.NotifyType.WARNING,
-                "resolved": apprise.NotifyType.SUCCESS, "batch_ok": apprise.NotifyType.SUCCESS,
-                "digest": apprise.NotifyType.INFO}
+# what each kind of alert is to Apprise (its NotifyType: the `type` of a json:// payload, the icon
+# elsewhere); apprise itself is imported when sending (its plugins cost every process that loads this)
+NOTIFY_TYPES = {"stale": "failure", "run_failed": "failure", "batch_failed": "failure", "lgpd": "warning",
+                "resolved": "success", "batch_ok": "success", "digest": "info"}
 NO_CHANNEL = "no notification channel configured (KRYONIX_NOTIFY_URLS)"
 MAX_IDS_SHOWN = 10  # tenant ids one message names at most (the rest as a count)
 
@@ -39,7 +36,7 @@ class Alert:
 
     @property
     def notify_type(self) -> str:
-        return NOTIFY_TYPES.get(self.kind, apprise.NotifyType.INFO)
+        return NOTIFY_TYPES.get(self.kind, "info")
 
 
 def first_ids(ids: list[str], limit: int = MAX_IDS_SHOWN) -> str:
@@ -103,6 +100,8 @@ def channel_name(url: str) -> str:
 def deliver(urls: list[str] | tuple[str, ...], alert: Alert) -> list[str]:
     """Send `alert` on every channel (one Apprise URL each); the names of those that took it.
     Failures are logged (channel named without its secrets), never raised."""
+    import apprise
+
     delivered = []
     for url in urls:
         name = channel_name(url)
