@@ -191,6 +191,8 @@ def backup(tenant_ids: tuple[str, ...], all_: bool, plan: str | None, backup_typ
         if not result.success:
             failures.append(tid)
     summary = _summary(sessions)
+    if len(selected) > 1:
+        _notify_backup_summary(reporter, sessions, backup_type)
     if as_json:
         emit_json({"sessions": sessions, "summary": summary})
     else:
@@ -204,6 +206,29 @@ def backup(tenant_ids: tuple[str, ...], all_: bool, plan: str | None, backup_typ
                        f"success rate {summary['success_rate']:.0%}")
     if failures:
         raise OperationFailed(f"backup failed for tenant(s) {', '.join(failures)}")
+
+
+def _notify_backup_summary(reporter: TerminalReporter, sessions: list[dict], backup_type: str) -> None:
+    """A multi-tenant backup's one summary to every notification channel: with any failure (or always
+    with KRYONIX_NOTIFY_SUCCESS=true). A channel that fails is a warning, never the backup's failure."""
+    from .engine import alerts
+
+    failed = {s["tenant"]: _failure_reason(s) for s in sessions if not s.get("success")}
+    urls = alerts.urls_from_env()
+    if not urls or not (failed or alerts.notify_success()):
+        return
+    alert = alerts.batch_summary_alert(f"{backup_type} backup", len(sessions), failed, "kryonix-backup backup")
+    delivered = alerts.deliver(urls, alert)
+    if delivered:
+        reporter.info(f"summary sent to {', '.join(delivered)}")
+    if len(delivered) < len(urls):
+        reporter.warn(f"summary not delivered to {len(urls) - len(delivered)} of {len(urls)} notification channel(s)"
+                      " (see the log above)")
+
+
+def _failure_reason(session: dict) -> str:
+    tiers = "; ".join(f"{name}: {t['error']}" for name, t in (session.get("tiers") or {}).items() if t.get("error"))
+    return one_line(session.get("error") or tiers or session.get("status") or "failed")
 
 
 def _summary(sessions: list[dict]) -> dict:

@@ -1,25 +1,58 @@
-"""A local webhook receiver and SMTP server that alerts are delivered to, and the
-AlertsResource pointing at both (`inbox.alerts`)."""
+"""A local JSON receiver (what Apprise's json:// POSTs) and a local SMTP server that wants
+STARTTLS and a login (aiosmtpd, self-signed certificate), and the AlertsResource pointing at
+both (`inbox.alerts`, `inbox.urls`)."""
+import datetime
+import email
+import email.policy
+import ipaddress
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from kryonix_dagster.resources import AlertsResource
 
 from .conftest import free_port
 
+SMTP_USER, SMTP_PASSWORD = "kryonix", "s3cret-Pw!"
+
 
 class Inbox:
     def __init__(self):
-        self.webhook: list[dict] = []
-        self.mail: list[str] = []
+        self.webhook: list[dict] = []  # Apprise's json:// payloads: version, title, message, type
+        self.mail: list[str] = []  # each message as "Subject: …" and its plain-text body, decoded
+        self.logins: list[str] = []  # who authenticated, after STARTTLS
+        self.tls: list[bool] = []  # each message: was the session encrypted
+
+
+def self_signed(folder) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
 
 
 @pytest.fixture
-def inbox():
+def inbox(tmp_path):
     box = Inbox()
 
     class Hook(BaseHTTPRequestHandler):
@@ -36,13 +69,29 @@ def inbox():
 
     class Handler:
         async def handle_DATA(self, server, session, envelope):
-            box.mail.append(envelope.content.decode(errors="replace"))
+            box.tls.append(session.ssl is not None)
+            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            box.mail.append(f"Subject: {message['subject']}\n\n{message.get_body(('plain',)).get_content()}")
             return "250 OK"
 
-    smtp = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == SMTP_USER
+              and auth_data.password.decode() == SMTP_PASSWORD)
+        if ok:
+            box.logins.append(SMTP_USER)
+        return AuthResult(success=ok)
+
+    smtp = Controller(Handler(), hostname="127.0.0.1", port=free_port(), tls_context=self_signed(tmp_path),
+                      require_starttls=True, authenticator=authenticator, auth_required=True)
     smtp.start()
-    box.alerts = AlertsResource(webhook_url=f"http://127.0.0.1:{http.server_port}/hook", smtp_host="127.0.0.1",
-                                smtp_port=smtp.port, email_to="sre@kryonix.test")
+    box.cert = tmp_path / "cert.pem"  # SSL_CERT_FILE for a client that verifies the certificate
+    box.smtp_port = smtp.port
+    box.json_url = f"json://127.0.0.1:{http.server_port}/hook"
+    # mailtos:// with STARTTLS and a login; verify=no accepts the self-signed certificate
+    box.mail_url = (f"mailtos://{SMTP_USER}:{SMTP_PASSWORD.replace('!', '%21')}@127.0.0.1:{smtp.port}"
+                    "?mode=starttls&verify=no&from=kryonix-backup@kryonix.test&to=sre@kryonix.test")
+    box.urls = [box.json_url, box.mail_url]
+    box.alerts = AlertsResource(urls=" ".join(box.urls))
     yield box
     smtp.stop()
     http.shutdown()

@@ -360,12 +360,14 @@ def test_failing_webhook_never_logs_its_url(caplog):
     alert = alerts.Alert("run_failed", "backup failed", "tenant x")
     try:
         with caplog.at_level(logging.INFO):  # urllib3 itself logs request paths at DEBUG
-            for url in (f"http://127.0.0.1:{http.server_port}/services/{token}",  # HTTP 500
-                        f"http://127.0.0.1:{free_port()}/services/{token}"):  # connection refused
-                assert alerts.deliver(alerts.AlertChannels(webhook_url=url), alert) == []
+            for url in (f"json://kryonix:{token}@127.0.0.1:{http.server_port}/services/{token}",  # HTTP 500
+                        f"json://kryonix:{token}@127.0.0.1:{free_port()}/services/{token}",  # connection refused
+                        f"nosuchscheme://{token}@127.0.0.1/{token}"):  # not an Apprise URL
+                assert alerts.deliver([url], alert) == []
     finally:
         http.shutdown()
-    assert "webhook failed" in caplog.text and "HTTP 500" in caplog.text
+    assert caplog.text.count("channel json://127.0.0.1 failed") == 2 and "500" in caplog.text
+    assert "nosuchscheme://127.0.0.1 is not a valid Apprise URL" in caplog.text
     assert token not in caplog.text
 
 

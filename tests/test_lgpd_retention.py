@@ -3,7 +3,9 @@ logged, dry runs change nothing, missing tables skipped and reported, the compli
 failing on an over-age row and passing after `lgpd apply`, and the Dagster wiring."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -17,6 +19,8 @@ from kryonix_dagster.engine.lgpd.report import tenant_compliance
 from kryonix_dagster.engine.lgpd.retention import apply
 from kryonix_dagster.engine.lgpd.rules import RULES_FILE, LgpdRules, load_rules
 
+from . import observe
+from .alert_inbox import inbox  # noqa: F401 (a fixture)
 from .lgpd_world import (ANONYMISED, ANONYMISED_IDS, EXPECTED, KEPT_IDS, checksums, drop_lgpd_tenant,
                          new_tenant_id, seed_lgpd_tenant)
 
@@ -158,7 +162,7 @@ def test_cli_bad_input_exits_2_and_touches_nothing(settings, cli, capsys):
         apply(settings, new_tenant_id(), load_rules())
 
 
-def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd_tenant, rules, monkeypatch):
+def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd_tenant, rules, monkeypatch, inbox):
     """On a registry of the test's own (so the fleet report sees only this test's tenants): the
     check fails on over-age rows, the asset applies the rules (rows per rule as metadata), the
     check then passes, the daily schedule's batch run logs both per partition, and the fleet
@@ -173,11 +177,26 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
     assert defs.resolve_job_def("lgpd_retention_job") and defs.resolve_schedule_def("lgpd_retention_schedule")
     monkeypatch.setenv("KRYONIX_MAIN_DB", own_registry.main_db)
     tid = new_tenant_id()
+    s3 = observe.s3(os.environ["KRYONIX_S3_ENDPOINT"], os.environ["KRYONIX_S3_ACCESS_KEY"],
+                    os.environ["KRYONIX_S3_SECRET_KEY"])
     try:
         db = seed_lgpd_tenant(own_registry, tid)
         before = compliance_evaluation(tenant_compliance(own_registry, tid, rules))
         assert not before["passed"] and before["metadata"]["overdue_rows"].value == 6
+        # the report counts the tenant's buckets (`cliente-{id}-*`), not a neighbour's (`cliente-{id}0-*`)
+        for bucket in (f"cliente-{tid}-docs", f"cliente-{tid}0-docs"):
+            s3.create_bucket(Bucket=bucket)
         with DagsterInstance.ephemeral() as instance:
+            # not compliant yet: the report goes to every channel (one message), with the tenant's problems
+            notifying = {**resources_from_env(), "alerts": inbox.alerts}
+            assert materialize([lgpd_compliance_report], instance=instance, resources=notifying).success
+            assert len(inbox.webhook) == 1 and len(inbox.mail) == 1, inbox.webhook
+            assert f"LGPD: 1 tenant(s) not compliant: {tid}" in inbox.webhook[0]["title"]
+            assert "1 tenant(s), 1 not compliant, 6 row(s) past their period" in inbox.webhook[0]["message"]
+            owned = [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith(f"cliente-{tid}-")]
+            assert f"cliente-{tid}-docs" in owned and f"- {tid} ({len(owned)} bucket(s)): " in inbox.webhook[0]["message"]
+            assert "row(s) of" in inbox.webhook[0]["message"] and "Ana" not in inbox.webhook[0]["message"]
+            assert f"LGPD: 1 tenant(s) not compliant: {tid}" in inbox.mail[0]
             instance.add_dynamic_partitions(KRYONIX_TENANTS, [tid])
             run = materialize([lgpd_retention, lgpd_compliance, lgpd_compliance_report], partition_key=tid,
                               instance=instance, resources=resources_from_env(),
@@ -205,7 +224,8 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
             [evaluation] = [e.event_specific_data for e in batch.all_events
                             if e.event_type_value == "ASSET_CHECK_EVALUATION"]
             assert evaluation.passed and evaluation.partition == tid
-            assert materialize([lgpd_compliance_report], instance=instance, resources=resources_from_env()).success
+            assert materialize([lgpd_compliance_report], instance=instance, resources=notifying).success
+            assert len(inbox.webhook) == 1  # compliant now: nothing sent
             report = instance.get_latest_materialization_event(AssetKey("lgpd_compliance_report"))
         fleet = report.asset_materialization.metadata
         assert fleet["tenants"].value == 1 and fleet["non_compliant_tenants"].value == 0
@@ -215,6 +235,9 @@ def test_dagster_asset_check_and_fleet_report(settings, own_registry, psql, lgpd
         assert psql(db, "SELECT count(*) FROM crm.contatos WHERE nome = 'ANONIMIZADO'") == "3"
     finally:
         drop_lgpd_tenant(own_registry, tid)
+        for bucket in (f"cliente-{tid}-docs", f"cliente-{tid}0-docs"):
+            with contextlib.suppress(s3.exceptions.NoSuchBucket):  # (not made if the seeding failed)
+                s3.delete_bucket(Bucket=bucket)
 
 
 def _restic_json(cli, tid, *args):

@@ -182,7 +182,8 @@ def test_instance_graphql_queue_pools_retries_and_backfill(production, settings,
             "retention_schedule"} <= set(schedules)
     assert set(schedules.values()) == {"STOPPED"}  # KRYONIX_SCHEDULES_RUNNING=false: no tick backs anything up
     assert {s["name"] for s in repo["sensors"]} == {"tenant_partitions_sensor", "stale_backups_sensor",
-                                                    "failed_runs_sensor"}
+                                                    "failed_runs_sensor", "backup_batch_success_sensor",
+                                                    "fleet_digest_sensor"}
     assert {"backup_tenant_job", "backup_batch_job", "retention_job", "integrity_job", "drill_job"} <= {
         j["name"] for j in repo["jobs"]}
 

@@ -1,6 +1,6 @@
 """PITR: the cluster's pgBackRest base backups (one non-partitioned asset), its archiving and
 window checks, and the weekly full / daily differential schedules. The archiving alert is sent
-by the stale sensor (fleet/freshness.py) through `sensors.archiving_alerts`."""
+by the stale sensor (fleet/freshness.py) through `sensors.archiving_change`."""
 from dagster import Definitions
 
 from .assets import pitr_base_backup, wal_archiving_check, window_covers_plans_check

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource, EnvVar
 
 from ..engine import audit, registry
-from ..engine.alerts import Alert, AlertChannels, deliver
+from ..engine.alerts import Alert, deliver, notify_success, urls_from_env
 from ..engine.config import Settings, api_credentials, load_settings
 from ..engine.drill import DrillResult, run_drill
 from ..engine.locations import SECONDARY
@@ -197,6 +197,15 @@ class BackupEngineResource(ConfigurableResource):
     def lgpd_fleet_compliance(self) -> FleetCompliance:
         return fleet_compliance(self.settings(), load_rules())
 
+    def bucket_counts(self, tenant_ids: list[str]) -> dict[str, int]:
+        """How many buckets each tenant owns (`cliente-{id}-*`), from one listing of the object storage."""
+        from ..engine.naming import names_for
+        from ..engine.services.s3 import s3_client
+
+        settings = self.settings()
+        listed = [b["Name"] for b in s3_client(settings).list_buckets().get("Buckets", [])]
+        return {tid: sum(1 for b in listed if names_for(settings, tid).owns_bucket(b)) for tid in tenant_ids}
+
     # --- off-site copy
     def offsite_configured(self) -> bool:
         return bool(self.settings().repo_secondary)
@@ -204,6 +213,10 @@ class BackupEngineResource(ConfigurableResource):
     def copy(self, tenant_id: str, report: Reporter | None = None, wait_seconds: float = 600) -> CopyResult:
         """Waits for a running session or forget of the tenant rather than failing."""
         return run_copy(self.settings(), tenant_id, wait_seconds=wait_seconds, report=report)
+
+    def offsite_lags(self) -> list[OffsiteLag]:
+        """Every tenant's (from the main database only); [] when no off-site copy is configured."""
+        return offsite_lags(self.settings()) if self.offsite_configured() else []
 
     def offsite_lag(self, tenant_id: str) -> OffsiteLag | None:
         lags = offsite_lags(self.settings(), tenant_id)
@@ -255,26 +268,26 @@ class BackupEngineResource(ConfigurableResource):
 
 
 class AlertsResource(ConfigurableResource):
-    """Where alerts go: a JSON webhook (Slack-compatible) and/or e-mail over SMTP."""
+    """Where notifications go: Apprise URLs. `from_env` reads them when sending from
+    KRYONIX_NOTIFY_URLS and the old KRYONIX_ALERT_* variables, so the URLs' secrets never sit in
+    Dagster's run config; `urls` (space-separated) is for tests and explicit set-ups."""
 
-    webhook_url: str | None = None
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    smtp_user: str | None = None
-    smtp_password: str | None = None
-    smtp_starttls: bool = False
-    email_from: str = "kryonix-backup@localhost"
-    email_to: str = ""  # comma-separated
+    urls: str = ""
+    from_env: bool = False
 
-    def channels(self) -> AlertChannels:
-        return AlertChannels(
-            webhook_url=self.webhook_url, smtp_host=self.smtp_host, smtp_port=self.smtp_port,
-            smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_starttls=self.smtp_starttls,
-            email_from=self.email_from, email_to=tuple(a.strip() for a in self.email_to.split(",") if a.strip()),
-        )
+    def channel_urls(self) -> list[str]:
+        return self.urls.split() + (urls_from_env() if self.from_env else [])
+
+    def configured(self) -> bool:
+        return bool(self.channel_urls())
+
+    def notify_success(self) -> bool:
+        return notify_success()
 
     def send(self, alert: Alert) -> list[str]:
-        return deliver(self.channels(), alert)
+        """The channels that took it ([] when none is configured or all failed); never raises."""
+        urls = self.channel_urls()
+        return deliver(urls, alert) if urls else []
 
 
 def resources_from_env() -> dict[str, ConfigurableResource]:
@@ -283,16 +296,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
     return {
         "postgres": postgres,
         "engine": BackupEngineResource(postgres=postgres, **services),
-        "alerts": AlertsResource(
-            webhook_url=env_or_default("KRYONIX_ALERT_WEBHOOK_URL"),
-            smtp_host=env_or_default("KRYONIX_ALERT_SMTP_HOST"),
-            smtp_port=int(os.environ.get("KRYONIX_ALERT_SMTP_PORT") or 25),
-            smtp_user=env_or_default("KRYONIX_ALERT_SMTP_USER"),
-            smtp_password=env_or_default("KRYONIX_ALERT_SMTP_PASSWORD"),
-            smtp_starttls=os.environ.get("KRYONIX_ALERT_SMTP_STARTTLS", "").lower() in ("1", "true", "yes"),
-            email_from=os.environ.get("KRYONIX_ALERT_EMAIL_FROM") or "kryonix-backup@localhost",
-            email_to=os.environ.get("KRYONIX_ALERT_EMAIL_TO") or "",
-        ),
+        "alerts": AlertsResource(from_env=True),
     }
 
 
