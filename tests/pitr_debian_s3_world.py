@@ -194,7 +194,7 @@ def _drop_debian_cluster(base: Path, name: str) -> None:
 @pytest.fixture(scope="module", name="debian_s3_world")
 def debian_s3_world_fixture():
     if os.geteuid() != 0 or not shutil.which("pg_createcluster"):
-        pytest.skip("needs root and Debian's postgresql-common (pg_createcluster, mount)")
+        pytest.fail("needs root and Debian's postgresql-common (pg_createcluster, mount): the suite runs as root")
     token = secrets.token_hex(4)
     name, port = f"kryonix{token}", free_port()
     base = Path(tempfile.mkdtemp(prefix="kryonix-deb-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
