@@ -38,7 +38,7 @@ OFFSITE_WORKER_ENV := env -u KRYONIX_REPO_SECONDARY_ADMIN -u KRYONIX_REPO_SECOND
 	-u KRYONIX_REPO_SECONDARY_ADMIN_SECRET_KEY -u OFFSITE_S3_ACCESS_KEY -u OFFSITE_S3_SECRET_KEY $(OFFSITE_ENV)
 DEMO_TENANTS ?= 3
 DEMO_SCALE ?= 1
-PYTEST_ARGS ?= -n 3 --dist loadgroup
+PYTEST_ARGS ?= -n 4 --dist loadgroup
 
 .PHONY: install system-deps services s3 demo dev test bench screenshot clean workers stop-workers
 
