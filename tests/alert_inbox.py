@@ -51,21 +51,32 @@ def self_signed(folder) -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture
-def inbox(tmp_path):
-    box = Inbox()
+def local_http(answer) -> HTTPServer:
+    """An HTTP server on a free loopback port, in a daemon thread: each POST's body goes to
+    `answer`, whose return value is the status code sent back. The caller shuts it down."""
 
-    class Hook(BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            box.webhook.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
+            self.send_response(answer(self.rfile.read(int(self.headers.get("content-length") or 0))))
             self.end_headers()
 
         def log_message(self, *args):
             pass
 
-    http = HTTPServer(("127.0.0.1", free_port()), Hook)
+    http = HTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
+    return http
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    box = Inbox()
+
+    def record(body: bytes) -> int:
+        box.webhook.append(json.loads(body))
+        return 200
+
+    http = local_http(record)
 
     class Handler:
         async def handle_DATA(self, server, session, envelope):

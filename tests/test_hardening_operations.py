@@ -342,21 +342,10 @@ def test_missing_or_wrong_master_key_is_one_clear_error(cli, settings, tenant_fa
 # --- webhook URL never logged (finding 23) -------------------------------------------------------
 
 def test_failing_webhook_never_logs_its_url(caplog):
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-    import threading
+    from .alert_inbox import local_http
 
     token = "T0KEN" + secrets.token_hex(8)
-
-    class Broken(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.send_response(500)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    http = HTTPServer(("127.0.0.1", free_port()), Broken)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
+    http = local_http(lambda _body: 500)  # a broken webhook
     alert = alerts.Alert("run_failed", "backup failed", "tenant x")
     try:
         with caplog.at_level(logging.INFO):  # urllib3 itself logs request paths at DEBUG
